@@ -1,0 +1,182 @@
+"""The Qwen2 decoder: GQA with q/k/v bias, SwiGLU, RMSNorm, M-RoPE.
+
+Every layer calls `sif_jax.kernels.region_attention.attention`; the layers listed in
+`mass_layers` also return how much attention each query paid to the region / visual keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sif_jax.kernels.region_attention import attention
+from sif_jax.model.config import TextConfig
+from sif_jax.model.layers import DTYPES, GatedMLP, RMSNorm, apply_rotary, dense, inverse_frequencies
+
+
+def mrope_cos_sin(positions: jax.Array, config: TextConfig) -> tuple[jax.Array, jax.Array]:
+    """cos, sin [B, L, head_dim] float32 for M-RoPE positions int [3, B, L].
+
+    The head_dim/2 frequencies are split by `mrope_section` (t, h, w): frequency j rotates by
+    the temporal, height or width position according to the section it falls in.
+    """
+    inv = inverse_frequencies(config.head_dim, config.rope_theta)
+    freqs = positions.astype(jnp.float32)[..., None] * inv  # [3, B, L, D/2]
+    axis_of_freq = jnp.concatenate(
+        [jnp.full((n,), i, jnp.int32) for i, n in enumerate(config.mrope_section)]
+    )
+    chosen = jnp.take_along_axis(freqs, axis_of_freq[None, None, None, :], axis=0)[0]
+    # take_along_axis over axis 0 with a broadcast index picks freqs[axis_of_freq[j], ..., j].
+    emb = jnp.concatenate([chosen, chosen], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+class DecoderLayer(nn.Module):
+    config: TextConfig
+    attention_backend: str | None = None
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        *,
+        kv_valid: jax.Array,
+        visual_mask: jax.Array | None,
+        visual_scale: jax.Array | None,
+        region_mask: jax.Array | None,
+        want_mass: bool,
+        cache_kv: tuple[jax.Array, jax.Array] | None = None,
+        cache_index: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None, tuple | None]:
+        """One decoder layer.
+
+        Args:
+          x: [B, L, hidden]. cos, sin: [B, L, head_dim].
+          kv_valid: bool [B, Lk] keys that may be seen (Lk = L, or the cache length S).
+          visual_mask, region_mask: bool [B, Lk] or None; visual_scale: [B, L] or None.
+          want_mass: return (region_mass, visual_mass) [B, heads, L] of this layer.
+          cache_kv: (keys, values) [B, S, kv_heads, head_dim] for a decode step; the new
+            key/value is written at `cache_index` and attention runs over the whole cache.
+
+        Returns:
+          (x [B, L, hidden], (keys, values) this layer produced or the updated cache, masses).
+        """
+        c = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = RMSNorm(c.rms_norm_eps, self.param_dtype, name="input_norm")(x)
+        q = dense((c.num_heads, c.head_dim), ("embed", "heads", "head_dim"), name="q_proj",
+                  use_bias=True, **kw)(h)
+        k = dense((c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), name="k_proj",
+                  use_bias=True, **kw)(h)
+        v = dense((c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), name="v_proj",
+                  use_bias=True, **kw)(h)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache_kv is None:
+            keys, values, causal = k, v, True
+        else:
+            # Decode: write this step's key/value into its slot, attend over every valid slot.
+            keys = jax.lax.dynamic_update_slice_in_dim(cache_kv[0], k.astype(cache_kv[0].dtype),
+                                                       cache_index, axis=1)
+            values = jax.lax.dynamic_update_slice_in_dim(cache_kv[1], v.astype(cache_kv[1].dtype),
+                                                         cache_index, axis=1)
+            causal = False
+        result = attention(
+            q, keys.astype(q.dtype), values.astype(q.dtype), causal=causal, kv_valid=kv_valid,
+            visual_mask=visual_mask if (want_mass or visual_scale is not None) else None,
+            visual_scale=visual_scale,
+            region_mask=region_mask if want_mass else None,
+            backend=self.attention_backend,
+        )
+        x = x + dense(c.hidden_size, ("heads", "head_dim", "embed"), axis=(-2, -1), name="o_proj",
+                      use_bias=False, **kw)(result.out)
+        h = RMSNorm(c.rms_norm_eps, self.param_dtype, name="post_attn_norm")(x)
+        x = x + GatedMLP(c.intermediate_size, c.hidden_act, False, ("embed", "mlp"), name="mlp",
+                         **kw)(h)
+        masses = (result.region_mass, result.visual_mass) if want_mass else None
+        return x, (keys, values), masses
+
+
+class Decoder(nn.Module):
+    """Token embedding, `num_layers` decoder layers, final norm and the LM head."""
+
+    config: TextConfig
+    attention_backend: str | None = None
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def setup(self) -> None:
+        c = self.config
+        dtype, param_dtype = DTYPES[self.dtype], DTYPES[self.param_dtype]
+        self.embed_tokens = nn.Embed(
+            c.vocab_size, c.hidden_size, dtype=dtype, param_dtype=param_dtype,
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(stddev=0.02), ("vocab", "embed")
+            ),
+        )
+        self.layers = [
+            DecoderLayer(c, self.attention_backend, dtype, param_dtype, name=f"layers_{i}")
+            for i in range(c.num_layers)
+        ]
+        self.final_norm = RMSNorm(c.rms_norm_eps, param_dtype)
+        if not c.tie_word_embeddings:
+            self.lm_head = dense(c.vocab_size, ("embed", "vocab"), name="lm_head", use_bias=False,
+                                 dtype=dtype, param_dtype=param_dtype)
+
+    def embed(self, input_ids: jax.Array) -> jax.Array:
+        return self.embed_tokens(input_ids)
+
+    def __call__(
+        self,
+        embeddings: jax.Array,
+        positions: jax.Array,
+        *,
+        kv_valid: jax.Array,
+        visual_mask: jax.Array | None = None,
+        visual_scale: jax.Array | None = None,
+        region_mask: jax.Array | None = None,
+        mass_layers: Sequence[int] = (),
+        cache_kv: tuple[jax.Array, jax.Array] | None = None,
+        cache_index: jax.Array | None = None,
+        return_kv: bool = False,
+    ) -> tuple[jax.Array, dict]:
+        """embeddings [B, L, hidden], positions int [3, B, L] -> (logits [B, L, vocab] f32, aux).
+
+        aux["attention_mass"][layer] = {"region": [B, H, L], "visual": [B, H, L]} for
+        `mass_layers`; aux["kv"] = (keys, values) stacked [layers, B, Lk, kv_heads, head_dim]
+        when `return_kv` or decoding with `cache_kv` (stacked the same way).
+        """
+        c = self.config
+        for i in mass_layers:
+            if not 0 <= i < c.num_layers:
+                raise ValueError(f"return_attention_mass: layer {i} not in [0, {c.num_layers})")
+        cos, sin = mrope_cos_sin(positions, c)
+        x = embeddings
+        masses, keys, values = {}, [], []
+        for i, layer in enumerate(self.layers):
+            x, (k, v), mass = layer(
+                x, cos, sin, kv_valid=kv_valid, visual_mask=visual_mask,
+                visual_scale=visual_scale, region_mask=region_mask, want_mass=i in mass_layers,
+                cache_kv=None if cache_kv is None else (cache_kv[0][i], cache_kv[1][i]),
+                cache_index=cache_index,
+            )
+            if mass is not None:
+                masses[i] = {"region": mass[0], "visual": mass[1]}
+            if return_kv or cache_kv is not None:
+                keys.append(k)
+                values.append(v)
+        x = self.final_norm(x)
+        if c.tie_word_embeddings:
+            logits = self.embed_tokens.attend(x)
+        else:
+            logits = self.lm_head(x)
+        aux: dict = {"attention_mass": masses}
+        if keys:
+            aux["kv"] = (jnp.stack(keys), jnp.stack(values))
+        return logits.astype(jnp.float32), aux

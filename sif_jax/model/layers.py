@@ -1,0 +1,100 @@
+"""Building blocks shared by the vision tower and the decoder: RMSNorm, gated MLP, rotary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+}
+
+# Linear layers use the same normal(0.02) init as HF's `initializer_range`.
+KERNEL_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def dense(
+    features: int | Sequence[int],
+    axes: tuple[str, ...],
+    *,
+    name: str,
+    use_bias: bool,
+    axis: int | Sequence[int] = -1,
+    dtype: jnp.dtype = jnp.float32,
+    param_dtype: jnp.dtype = jnp.float32,
+) -> nn.DenseGeneral:
+    """A DenseGeneral whose kernel carries logical axis names `axes` (inputs then outputs)."""
+    n_out = 1 if isinstance(features, int) else len(features)
+    return nn.DenseGeneral(
+        features=features,
+        axis=axis,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nn.with_logical_partitioning(KERNEL_INIT, axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-n_out:]),
+        name=name,
+    )
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32, scaled in the input dtype (as HF's Qwen2RMSNorm)."""
+
+    eps: float
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+            (x.shape[-1],), self.param_dtype,
+        )
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(x.dtype) * y.astype(x.dtype)
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)) — SwiGLU for the released models."""
+
+    hidden: int
+    act: str
+    use_bias: bool
+    axes: tuple[str, str]  # (model axis, mlp axis)
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        model_axis, mlp_axis = self.axes
+        gate = dense(self.hidden, (model_axis, mlp_axis), name="gate_proj", **kw)(x)
+        up = dense(self.hidden, (model_axis, mlp_axis), name="up_proj", **kw)(x)
+        return dense(x.shape[-1], (mlp_axis, model_axis), name="down_proj", **kw)(
+            ACTIVATIONS[self.act](gate) * up
+        )
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    half = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates x [..., heads, head_dim] by cos/sin [..., head_dim] (broadcast over heads), in f32."""
+    xf = x.astype(jnp.float32)
+    cos, sin = cos[..., None, :], sin[..., None, :]
+    return (xf * cos + rotate_half(xf) * sin).astype(x.dtype)
+
+
+def inverse_frequencies(dim: int, theta: float) -> jax.Array:
+    """[dim // 2] float32: theta ** (-2i / dim)."""
+    return 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))

@@ -1,0 +1,133 @@
+"""The Qwen2.5-VL vision tower: patch embedding, 2-D rotary ViT blocks, 2x2 patch merger.
+
+Window and full attention are the same block with different segment ids (see geometry.py),
+so patches stay in HF's order and no permutation is needed.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sif_jax.kernels.region_attention import attention
+from sif_jax.model.config import VisionConfig
+from sif_jax.model.layers import (
+    DTYPES,
+    GatedMLP,
+    RMSNorm,
+    apply_rotary,
+    dense,
+    inverse_frequencies,
+)
+
+
+def vision_rotary(
+    patch_positions: jax.Array, config: VisionConfig
+) -> tuple[jax.Array, jax.Array]:
+    """cos, sin [N, head_dim] float32 of the 2-D rotary for patch (row, col) positions [N, 2].
+
+    The first half of the rotated dims encodes the row, the second the column, each with
+    head_dim // 4 frequencies; the result is tiled twice to cover the rotate-half layout.
+    """
+    inv = inverse_frequencies(config.head_dim // 2, config.rope_theta)
+    pos = patch_positions.astype(jnp.float32)
+    freqs = jnp.concatenate([pos[:, :1] * inv, pos[:, 1:2] * inv], axis=-1)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+class VisionBlock(nn.Module):
+    config: VisionConfig
+    attention_backend: str | None = None
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array, segments: jax.Array
+    ) -> jax.Array:
+        """x [N, hidden] -> [N, hidden]; patches attend within equal `segments` [N]."""
+        c = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = RMSNorm(c.rms_norm_eps, self.param_dtype, name="norm1")(x)
+        qkv = dense((3, c.num_heads, c.head_dim), ("vision_embed", "qkv", "vision_heads", "head_dim"),
+                    name="qkv", use_bias=True, **kw)(h)
+        q = apply_rotary(qkv[:, 0], cos, sin)
+        k = apply_rotary(qkv[:, 1], cos, sin)
+        seg = segments[None]
+        out = attention(
+            q[None], k[None], qkv[None, :, 2], causal=False, q_segment_ids=seg,
+            kv_segment_ids=seg, backend=self.attention_backend,
+        ).out[0]
+        x = x + dense(c.hidden_size, ("vision_heads", "head_dim", "vision_embed"), axis=(-2, -1),
+                      name="proj", use_bias=True, **kw)(out)
+        h = RMSNorm(c.rms_norm_eps, self.param_dtype, name="norm2")(x)
+        return x + GatedMLP(c.intermediate_size, c.hidden_act, True, ("vision_embed", "vision_mlp"),
+                            name="mlp", **kw)(h)
+
+
+class PatchMerger(nn.Module):
+    """RMSNorm, then each `merge**2` consecutive patches -> one LLM token through a GELU MLP."""
+
+    config: VisionConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [N, hidden] -> [N / merge**2, out_hidden]."""
+        c = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=True)
+        width = c.hidden_size * c.merge_unit
+        h = RMSNorm(c.rms_norm_eps, self.param_dtype, name="ln_q")(x).reshape(-1, width)
+        h = dense(width, ("vision_merged", "vision_merged_out"), name="mlp_0", **kw)(h)
+        h = jax.nn.gelu(h, approximate=False)
+        return dense(c.out_hidden_size, ("vision_merged_out", "embed"), name="mlp_2", **kw)(h)
+
+
+class VisionTower(nn.Module):
+    config: VisionConfig
+    attention_backend: str | None = None
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(
+        self,
+        pixel_values: jax.Array,
+        patch_positions: jax.Array,
+        window_segments: jax.Array,
+        frame_segments: jax.Array,
+    ) -> jax.Array:
+        """Image features, one row per LLM visual token.
+
+        Args:
+          pixel_values: [N, C*T*P*P] patches in HF's processor order (N a multiple of merge**2).
+          patch_positions: int [N, 2]; window_segments, frame_segments: int [N] (geometry.py).
+
+        Returns:
+          [N / merge**2, out_hidden_size] in the compute dtype.
+        """
+        c = self.config
+        dtype, param_dtype = DTYPES[self.dtype], DTYPES[self.param_dtype]
+        if pixel_values.ndim != 2 or pixel_values.shape[-1] != c.patch_dim:
+            raise ValueError(
+                f"pixel_values has shape {pixel_values.shape}; expected [num_patches, {c.patch_dim}]"
+            )
+        if pixel_values.shape[0] % c.merge_unit:
+            raise ValueError(
+                f"pixel_values has {pixel_values.shape[0]} patches, not a multiple of "
+                f"spatial_merge_size**2={c.merge_unit}"
+            )
+        # The Conv3d with stride = kernel is a Dense on the flattened (C, T, P, P) patch.
+        x = dense(c.hidden_size, ("patch", "vision_embed"), name="patch_embed", use_bias=False,
+                  dtype=dtype, param_dtype=param_dtype)(pixel_values.astype(dtype))
+        cos, sin = vision_rotary(patch_positions, c)
+        full = set(c.fullatt_block_indexes)
+        for i in range(c.depth):
+            segments = frame_segments if i in full else window_segments
+            x = VisionBlock(c, self.attention_backend, dtype, param_dtype, name=f"blocks_{i}")(
+                x, cos, sin, segments
+            )
+        return PatchMerger(c, dtype, param_dtype, name="merger")(x)

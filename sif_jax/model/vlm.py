@@ -1,0 +1,248 @@
+"""The vision-language model: vision tower features scattered into the decoder's image pads.
+
+Two layers of API:
+- `Qwen25VL` (Flax Linen, pure): consumes only arrays, including the host-computed geometry
+  (M-RoPE positions, vision segments), so it jit-compiles once per shape bucket.
+- `prepare_inputs` / `forward`: accept exactly the arrays HF's processor produces for
+  `Qwen2_5_VLForConditionalGeneration.forward` (`input_ids`, `attention_mask`, `pixel_values`
+  [N, 1176], `image_grid_thw`) and compute the geometry on the host.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sif_jax.model.config import ModelConfig
+from sif_jax.model.geometry import vision_geometry
+from sif_jax.model.language import Decoder
+from sif_jax.model.rope import get_rope_index
+from sif_jax.model.vision import VisionTower
+
+Params = Any
+
+
+class Qwen25VL(nn.Module):
+    """Qwen2.5-VL in Flax Linen. Call as `Qwen25VL(config).apply({'params': p}, **inputs)`."""
+
+    config: ModelConfig
+
+    def setup(self) -> None:
+        c = self.config
+        self.visual = VisionTower(c.vision, c.attention_backend, c.dtype, c.param_dtype)
+        self.text = Decoder(c.text, c.attention_backend, c.dtype, c.param_dtype)
+
+    def embed(
+        self,
+        input_ids: jax.Array,
+        pixel_values: jax.Array | None = None,
+        patch_positions: jax.Array | None = None,
+        window_segments: jax.Array | None = None,
+        frame_segments: jax.Array | None = None,
+    ) -> jax.Array:
+        """Token embeddings [B, L, hidden] with the image pads replaced by vision features.
+
+        The k-th image-pad token of the batch (row-major, as HF's `masked_scatter`) receives
+        the k-th merged vision feature.
+        """
+        embeddings = self.text.embed(input_ids)
+        if pixel_values is None:
+            return embeddings
+        features = self.visual(pixel_values, patch_positions, window_segments, frame_segments)
+        is_image = input_ids == self.config.image_token_id
+        index = jnp.cumsum(is_image.reshape(-1)).reshape(is_image.shape) - 1
+        index = jnp.clip(index, 0, features.shape[0] - 1)
+        gathered = features.astype(embeddings.dtype)[index]
+        return jnp.where(is_image[..., None], gathered, embeddings)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        positions: jax.Array,
+        pixel_values: jax.Array | None = None,
+        patch_positions: jax.Array | None = None,
+        window_segments: jax.Array | None = None,
+        frame_segments: jax.Array | None = None,
+        *,
+        region_mask: jax.Array | None = None,
+        visual_scale: jax.Array | None = None,
+        return_attention_mass: Sequence[int] = (),
+        return_kv: bool = False,
+    ) -> tuple[jax.Array, dict]:
+        """Full forward over a (padded) batch.
+
+        Args:
+          input_ids: int [B, L]; attention_mask: {0,1} [B, L]; positions: int [3, B, L].
+          pixel_values, patch_positions, window_segments, frame_segments: the images of the
+            batch and their geometry (see `prepare_inputs`); None for text only.
+          region_mask: bool [B, L] keys inside the target region (padded-sequence coordinates).
+          visual_scale: float [B, L] AdaptVis alpha per query row (1.0 = untouched).
+          return_attention_mass: decoder layer indices whose region/visual masses to return.
+          return_kv: also return the keys/values of every layer (for a KV cache).
+
+        Returns:
+          logits float32 [B, L, vocab] and aux: {"attention_mass": {layer: {"region", "visual"}:
+          [B, heads, L]}, "kv": ([layers, B, L, kv_heads, head_dim], same) if return_kv}.
+        """
+        embeddings = self.embed(input_ids, pixel_values, patch_positions, window_segments,
+                                frame_segments)
+        return self.text(
+            embeddings, positions,
+            kv_valid=attention_mask.astype(bool),
+            visual_mask=input_ids == self.config.image_token_id,
+            visual_scale=visual_scale,
+            region_mask=region_mask,
+            mass_layers=tuple(return_attention_mass),
+            return_kv=return_kv,
+        )
+
+    def decode_step(
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        cache_kv: tuple[jax.Array, jax.Array],
+        cache_index: jax.Array,
+        kv_valid: jax.Array,
+        visual_mask: jax.Array,
+        *,
+        region_mask: jax.Array | None = None,
+        visual_scale: jax.Array | None = None,
+        return_attention_mass: Sequence[int] = (),
+    ) -> tuple[jax.Array, dict]:
+        """One token per row against a KV cache (see cache.py). input_ids int [B, 1]."""
+        return self.text(
+            self.text.embed(input_ids), positions,
+            kv_valid=kv_valid, visual_mask=visual_mask, visual_scale=visual_scale,
+            region_mask=region_mask, mass_layers=tuple(return_attention_mass),
+            cache_kv=cache_kv, cache_index=cache_index,
+        )
+
+
+def count_image_tokens(image_grid_thw: np.ndarray, config: ModelConfig) -> int:
+    grids = np.asarray(image_grid_thw).reshape(-1, 3)
+    return int(np.sum(np.prod(grids, axis=-1)) // config.vision.merge_unit)
+
+
+def prepare_inputs(
+    config: ModelConfig,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray | None = None,
+    pixel_values: np.ndarray | None = None,
+    image_grid_thw: np.ndarray | None = None,
+    *,
+    pad_patches_to: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Host-side: HF-processor arrays -> the arrays `Qwen25VL.__call__` consumes.
+
+    Checks that the image-pad tokens match the images (clear error otherwise), computes
+    M-RoPE positions and the vision geometry, and optionally pads the patches to a bucket.
+    """
+    input_ids = np.asarray(input_ids)
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, length]; got shape {input_ids.shape}")
+    if attention_mask is None:
+        attention_mask = np.ones_like(input_ids)
+    attention_mask = np.asarray(attention_mask)
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask has shape {attention_mask.shape}, input_ids {input_ids.shape}"
+        )
+    if (input_ids >= config.text.vocab_size).any() or (input_ids < 0).any():
+        bad = input_ids[(input_ids >= config.text.vocab_size) | (input_ids < 0)][0]
+        raise ValueError(f"input_ids holds token {bad}, outside [0, vocab_size={config.text.vocab_size})")
+    n_pads = int(np.sum((input_ids == config.image_token_id) & (attention_mask > 0)))
+    inputs: dict[str, np.ndarray] = {"input_ids": input_ids.astype(np.int32),
+                                     "attention_mask": attention_mask.astype(np.int32)}
+    if pixel_values is None:
+        if n_pads:
+            raise ValueError(f"input_ids hold {n_pads} image-pad tokens but no pixel_values")
+        image_grid_thw = None
+    else:
+        if image_grid_thw is None:
+            raise ValueError("pixel_values given without image_grid_thw")
+        n_features = count_image_tokens(image_grid_thw, config)
+        if n_pads != n_features:
+            raise ValueError(
+                f"image features and image tokens do not match: input_ids hold {n_pads} "
+                f"image-pad tokens (id {config.image_token_id}), image_grid_thw gives "
+                f"{n_features} features"
+            )
+        n_patches = int(np.sum(np.prod(np.asarray(image_grid_thw).reshape(-1, 3), axis=-1)))
+        if np.shape(pixel_values)[0] != n_patches:
+            raise ValueError(
+                f"pixel_values has {np.shape(pixel_values)[0]} patches; image_grid_thw needs {n_patches}"
+            )
+        geometry = vision_geometry(image_grid_thw, config.vision, pad_to=pad_patches_to)
+        pixel_values = np.asarray(pixel_values, dtype=np.float32)
+        if pad_patches_to is not None:
+            pixel_values = np.concatenate(
+                [pixel_values, np.zeros((pad_patches_to - n_patches, pixel_values.shape[1]),
+                                        np.float32)]
+            )
+        inputs["pixel_values"] = pixel_values
+        inputs.update(geometry.as_dict())
+    positions, rope_deltas = get_rope_index(input_ids, image_grid_thw, attention_mask, config)
+    inputs["positions"] = positions
+    inputs["rope_deltas"] = rope_deltas
+    return inputs
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "positions", "pixel_values", "patch_positions",
+                "window_segments", "frame_segments")
+
+
+def model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The subset of `prepare_inputs`' output that `Qwen25VL.__call__` takes."""
+    return {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
+
+
+def forward(
+    params: Params,
+    config: ModelConfig,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray | None = None,
+    pixel_values: np.ndarray | None = None,
+    image_grid_thw: np.ndarray | None = None,
+    **kwargs: Any,
+) -> tuple[jax.Array, dict]:
+    """HF-style forward: the same input arrays as `Qwen2_5_VLForConditionalGeneration`.
+
+    Returns logits float32 [B, L, vocab] and the aux dict of `Qwen25VL.__call__`.
+    """
+    inputs = prepare_inputs(config, input_ids, attention_mask, pixel_values, image_grid_thw)
+    return Qwen25VL(config).apply({"params": params}, **model_inputs(inputs), **kwargs)
+
+
+def _dummy_inputs(config: ModelConfig) -> dict[str, np.ndarray]:
+    """A one-image batch that touches every parameter, for `init`."""
+    m = config.vision.spatial_merge_size
+    ids = np.array([[config.vision_start_token_id, config.image_token_id,
+                     config.vision_end_token_id, config.eos_token_id]], np.int32)
+    pixels = np.zeros((m * m, config.vision.patch_dim), np.float32)
+    return model_inputs(prepare_inputs(config, ids, None, pixels, np.array([[1, m, m]])))
+
+
+def init_params(config: ModelConfig, rng: jax.Array) -> Params:
+    """Random parameters (plain arrays, no partitioning boxes); works under `jax.eval_shape`."""
+    return nn.unbox(_init_boxed(config, rng))
+
+
+def _init_boxed(config: ModelConfig, rng: jax.Array) -> Params:
+    return Qwen25VL(config).init(rng, **_dummy_inputs(config))["params"]
+
+
+def param_logical_axes(config: ModelConfig) -> Params:
+    """A pytree like the params whose leaves are `PartitionSpec`s of logical axis names."""
+    boxed = jax.eval_shape(functools.partial(_init_boxed, config), jax.random.key(0))
+    return nn.get_partition_spec(boxed)
+
+
+def count_params(params: Params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
