@@ -1,0 +1,1 @@
+"""Data: procedural scenes, questions, traces, SIF records, TFDS builders, region masks."""
