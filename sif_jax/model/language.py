@@ -145,8 +145,12 @@ class Decoder(nn.Module):
         cache_kv: tuple[jax.Array, jax.Array] | None = None,
         cache_index: jax.Array | None = None,
         return_kv: bool = False,
-    ) -> tuple[jax.Array, dict]:
+        return_hidden: bool = False,
+    ) -> tuple[jax.Array | None, dict]:
         """embeddings [B, L, hidden], positions int [3, B, L] -> (logits [B, L, vocab] f32, aux).
+
+        With `return_hidden` the LM head is skipped: logits is None and aux["hidden"] holds the
+        final-normed hidden states [B, L, hidden] (callers chunk the vocabulary themselves).
 
         aux["attention_mass"][layer] = {"region": [B, H, L], "visual": [B, H, L]} for
         `mass_layers`; aux["kv"] = (keys, values) stacked [layers, B, Lk, kv_heads, head_dim]
@@ -172,11 +176,11 @@ class Decoder(nn.Module):
                 keys.append(k)
                 values.append(v)
         x = self.final_norm(x)
-        if c.tie_word_embeddings:
-            logits = self.embed_tokens.attend(x)
-        else:
-            logits = self.lm_head(x)
         aux: dict = {"attention_mass": masses}
         if keys:
             aux["kv"] = (jnp.stack(keys), jnp.stack(values))
+        if return_hidden:
+            aux["hidden"] = x
+            return None, aux
+        logits = self.embed_tokens.attend(x) if c.tie_word_embeddings else self.lm_head(x)
         return logits.astype(jnp.float32), aux

@@ -25,14 +25,14 @@ from sif_jax.model.layers import (
 def vision_rotary(
     patch_positions: jax.Array, config: VisionConfig
 ) -> tuple[jax.Array, jax.Array]:
-    """cos, sin [N, head_dim] float32 of the 2-D rotary for patch (row, col) positions [N, 2].
+    """cos, sin [..., head_dim] float32 of the 2-D rotary for patch (row, col) positions [..., 2].
 
     The first half of the rotated dims encodes the row, the second the column, each with
     head_dim // 4 frequencies; the result is tiled twice to cover the rotate-half layout.
     """
     inv = inverse_frequencies(config.head_dim // 2, config.rope_theta)
     pos = patch_positions.astype(jnp.float32)
-    freqs = jnp.concatenate([pos[:, :1] * inv, pos[:, 1:2] * inv], axis=-1)
+    freqs = jnp.concatenate([pos[..., :1] * inv, pos[..., 1:2] * inv], axis=-1)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
 
@@ -47,19 +47,18 @@ class VisionBlock(nn.Module):
     def __call__(
         self, x: jax.Array, cos: jax.Array, sin: jax.Array, segments: jax.Array
     ) -> jax.Array:
-        """x [N, hidden] -> [N, hidden]; patches attend within equal `segments` [N]."""
+        """x [I, N, hidden] -> same; patches of image row i attend within equal `segments` [I, N]."""
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = RMSNorm(c.rms_norm_eps, self.param_dtype, name="norm1")(x)
         qkv = dense((3, c.num_heads, c.head_dim), ("vision_embed", "qkv", "vision_heads", "head_dim"),
                     name="qkv", use_bias=True, **kw)(h)
-        q = apply_rotary(qkv[:, 0], cos, sin)
-        k = apply_rotary(qkv[:, 1], cos, sin)
-        seg = segments[None]
+        q = apply_rotary(qkv[:, :, 0], cos, sin)
+        k = apply_rotary(qkv[:, :, 1], cos, sin)
         out = attention(
-            q[None], k[None], qkv[None, :, 2], causal=False, q_segment_ids=seg,
-            kv_segment_ids=seg, backend=self.attention_backend,
-        ).out[0]
+            q, k, qkv[:, :, 2], causal=False, q_segment_ids=segments, kv_segment_ids=segments,
+            backend=self.attention_backend,
+        ).out
         x = x + dense(c.hidden_size, ("vision_heads", "head_dim", "vision_embed"), axis=(-2, -1),
                       name="proj", use_bias=True, **kw)(out)
         h = RMSNorm(c.rms_norm_eps, self.param_dtype, name="norm2")(x)
@@ -102,24 +101,31 @@ class VisionTower(nn.Module):
     ) -> jax.Array:
         """Image features, one row per LLM visual token.
 
-        Args:
-          pixel_values: [N, C*T*P*P] patches in HF's processor order (N a multiple of merge**2).
-          patch_positions: int [N, 2]; window_segments, frame_segments: int [N] (geometry.py).
+        Two layouts:
+          flat (HF's): pixel_values [N, C*T*P*P], all images' patches concatenated;
+            patch_positions [N, 2]; window_segments, frame_segments [N] (geometry.py).
+          batched: pixel_values [I, N, C*T*P*P], one image per row padded to N patches, with
+            geometry [I, N, 2] / [I, N]. Attention then costs I * N^2 instead of (I * N)^2.
 
         Returns:
-          [N / merge**2, out_hidden_size] in the compute dtype.
+          [num_patches / merge**2, out_hidden_size] in the compute dtype (batched: rows
+          i * N / merge**2 ... belong to image i).
         """
         c = self.config
         dtype, param_dtype = DTYPES[self.dtype], DTYPES[self.param_dtype]
-        if pixel_values.ndim != 2 or pixel_values.shape[-1] != c.patch_dim:
+        if pixel_values.ndim not in (2, 3) or pixel_values.shape[-1] != c.patch_dim:
             raise ValueError(
-                f"pixel_values has shape {pixel_values.shape}; expected [num_patches, {c.patch_dim}]"
+                f"pixel_values has shape {pixel_values.shape}; expected [num_patches, {c.patch_dim}] "
+                f"or [images, patches, {c.patch_dim}]"
             )
-        if pixel_values.shape[0] % c.merge_unit:
+        if pixel_values.shape[-2] % c.merge_unit:
             raise ValueError(
-                f"pixel_values has {pixel_values.shape[0]} patches, not a multiple of "
+                f"pixel_values has {pixel_values.shape[-2]} patches per row, not a multiple of "
                 f"spatial_merge_size**2={c.merge_unit}"
             )
+        if pixel_values.ndim == 2:
+            pixel_values, patch_positions = pixel_values[None], patch_positions[None]
+            window_segments, frame_segments = window_segments[None], frame_segments[None]
         # The Conv3d with stride = kernel is a Dense on the flattened (C, T, P, P) patch.
         x = dense(c.hidden_size, ("patch", "vision_embed"), name="patch_embed", use_bias=False,
                   dtype=dtype, param_dtype=param_dtype)(pixel_values.astype(dtype))
@@ -130,4 +136,4 @@ class VisionTower(nn.Module):
             x = VisionBlock(c, self.attention_backend, dtype, param_dtype, name=f"blocks_{i}")(
                 x, cos, sin, segments
             )
-        return PatchMerger(c, dtype, param_dtype, name="merger")(x)
+        return PatchMerger(c, dtype, param_dtype, name="merger")(x.reshape(-1, x.shape[-1]))

@@ -22,7 +22,7 @@ import numpy as np
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.geometry import vision_geometry
 from sif_jax.model.language import Decoder
-from sif_jax.model.rope import get_rope_index
+from sif_jax.model.rope import get_rope_index, image_token_runs
 from sif_jax.model.vision import VisionTower
 
 Params = Any
@@ -45,18 +45,23 @@ class Qwen25VL(nn.Module):
         patch_positions: jax.Array | None = None,
         window_segments: jax.Array | None = None,
         frame_segments: jax.Array | None = None,
+        image_token_index: jax.Array | None = None,
     ) -> jax.Array:
         """Token embeddings [B, L, hidden] with the image pads replaced by vision features.
 
-        The k-th image-pad token of the batch (row-major, as HF's `masked_scatter`) receives
-        the k-th merged vision feature.
+        Without `image_token_index` the k-th image-pad token of the batch (row-major, as HF's
+        `masked_scatter`) receives the k-th merged vision feature; with it (int [B, L], from
+        `prepare_inputs(batch_images=True)`), each image pad receives that feature row.
         """
         embeddings = self.text.embed(input_ids)
         if pixel_values is None:
             return embeddings
         features = self.visual(pixel_values, patch_positions, window_segments, frame_segments)
         is_image = input_ids == self.config.image_token_id
-        index = jnp.cumsum(is_image.reshape(-1)).reshape(is_image.shape) - 1
+        if image_token_index is None:
+            index = jnp.cumsum(is_image.reshape(-1)).reshape(is_image.shape) - 1
+        else:
+            index = image_token_index
         index = jnp.clip(index, 0, features.shape[0] - 1)
         gathered = features.astype(embeddings.dtype)[index]
         return jnp.where(is_image[..., None], gathered, embeddings)
@@ -70,12 +75,14 @@ class Qwen25VL(nn.Module):
         patch_positions: jax.Array | None = None,
         window_segments: jax.Array | None = None,
         frame_segments: jax.Array | None = None,
+        image_token_index: jax.Array | None = None,
         *,
         region_mask: jax.Array | None = None,
         visual_scale: jax.Array | None = None,
         return_attention_mass: Sequence[int] = (),
         return_kv: bool = False,
-    ) -> tuple[jax.Array, dict]:
+        return_hidden: bool = False,
+    ) -> tuple[jax.Array | None, dict]:
         """Full forward over a (padded) batch.
 
         Args:
@@ -86,13 +93,14 @@ class Qwen25VL(nn.Module):
           visual_scale: float [B, L] AdaptVis alpha per query row (1.0 = untouched).
           return_attention_mass: decoder layer indices whose region/visual masses to return.
           return_kv: also return the keys/values of every layer (for a KV cache).
+          return_hidden: skip the LM head; aux["hidden"] = final hidden states [B, L, hidden].
 
         Returns:
           logits float32 [B, L, vocab] and aux: {"attention_mass": {layer: {"region", "visual"}:
           [B, heads, L]}, "kv": ([layers, B, L, kv_heads, head_dim], same) if return_kv}.
         """
         embeddings = self.embed(input_ids, pixel_values, patch_positions, window_segments,
-                                frame_segments)
+                                frame_segments, image_token_index)
         return self.text(
             embeddings, positions,
             kv_valid=attention_mask.astype(bool),
@@ -101,6 +109,7 @@ class Qwen25VL(nn.Module):
             region_mask=region_mask,
             mass_layers=tuple(return_attention_mass),
             return_kv=return_kv,
+            return_hidden=return_hidden,
         )
 
     def decode_step(
@@ -138,11 +147,16 @@ def prepare_inputs(
     image_grid_thw: np.ndarray | None = None,
     *,
     pad_patches_to: int | None = None,
+    batch_images: bool = False,
 ) -> dict[str, np.ndarray]:
     """Host-side: HF-processor arrays -> the arrays `Qwen25VL.__call__` consumes.
 
     Checks that the image-pad tokens match the images (clear error otherwise), computes
-    M-RoPE positions and the vision geometry, and optionally pads the patches to a bucket.
+    M-RoPE positions and the vision geometry, and optionally pads the patches to a bucket:
+    the whole flat patch list (default), or with `batch_images` each image to `pad_patches_to`
+    patches, giving pixel_values [images, pad_patches_to, 1176] and `image_token_index` [B, L]
+    (which feature row each image pad takes). Batched images make vision attention cost
+    images * N^2 rather than (images * N)^2.
     """
     input_ids = np.asarray(input_ids)
     if input_ids.ndim != 2:
@@ -179,8 +193,15 @@ def prepare_inputs(
             raise ValueError(
                 f"pixel_values has {np.shape(pixel_values)[0]} patches; image_grid_thw needs {n_patches}"
             )
-        geometry = vision_geometry(image_grid_thw, config.vision, pad_to=pad_patches_to)
         pixel_values = np.asarray(pixel_values, dtype=np.float32)
+        if batch_images:
+            inputs.update(_batched_images(config, input_ids, attention_mask, pixel_values, image_grid_thw,
+                                          pad_patches_to))
+            positions, rope_deltas = get_rope_index(input_ids, image_grid_thw, attention_mask, config)
+            inputs["positions"] = positions
+            inputs["rope_deltas"] = rope_deltas
+            return inputs
+        geometry = vision_geometry(image_grid_thw, config.vision, pad_to=pad_patches_to)
         if pad_patches_to is not None:
             pixel_values = np.concatenate(
                 [pixel_values, np.zeros((pad_patches_to - n_patches, pixel_values.shape[1]),
@@ -194,8 +215,45 @@ def prepare_inputs(
     return inputs
 
 
+def _batched_images(
+    config: ModelConfig,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    pixel_values: np.ndarray,
+    image_grid_thw: np.ndarray,
+    patches_per_image: int | None,
+) -> dict[str, np.ndarray]:
+    grids = np.asarray(image_grid_thw).reshape(-1, 3)
+    counts = np.prod(grids, axis=-1)
+    if patches_per_image is None:
+        raise ValueError("batch_images=True needs pad_patches_to (the patches of each image row)")
+    if counts.max() > patches_per_image:
+        raise ValueError(
+            f"pad_patches_to={patches_per_image}: image {int(np.argmax(counts))} has {int(counts.max())} patches"
+        )
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    pixels = np.zeros((len(grids), patches_per_image, pixel_values.shape[1]), np.float32)
+    geometry = {k: [] for k in ("patch_positions", "window_segments", "frame_segments")}
+    for i, grid in enumerate(grids):
+        pixels[i, : counts[i]] = pixel_values[starts[i] : starts[i + 1]]
+        for k, v in vision_geometry(grid[None], config.vision, pad_to=patches_per_image).as_dict().items():
+            geometry[k].append(v)
+    per_image = patches_per_image // config.vision.merge_unit
+    index = np.zeros(input_ids.shape, np.int32)
+    image = 0
+    for row in range(input_ids.shape[0]):
+        valid = np.flatnonzero(attention_mask[row] > 0)
+        for start, end in image_token_runs(input_ids[row][valid], config.image_token_id):
+            index[row, valid[start:end]] = image * per_image + np.arange(end - start)
+            image += 1
+    out = {k: np.stack(v) for k, v in geometry.items()}
+    out["pixel_values"] = pixels
+    out["image_token_index"] = index
+    return out
+
+
 MODEL_INPUTS = ("input_ids", "attention_mask", "positions", "pixel_values", "patch_positions",
-                "window_segments", "frame_segments")
+                "window_segments", "frame_segments", "image_token_index")
 
 
 def model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -242,6 +300,13 @@ def param_logical_axes(config: ModelConfig) -> Params:
     """A pytree like the params whose leaves are `PartitionSpec`s of logical axis names."""
     boxed = jax.eval_shape(functools.partial(_init_boxed, config), jax.random.key(0))
     return nn.get_partition_spec(boxed)
+
+
+def lm_head_kernel(params: Params, config: ModelConfig) -> jax.Array:
+    """The output projection as [hidden, vocab] (the embedding, transposed, when tied)."""
+    if config.text.tie_word_embeddings:
+        return params["text"]["embed_tokens"]["embedding"].T
+    return params["text"]["lm_head"]["kernel"]
 
 
 def count_params(params: Params) -> int:

@@ -56,3 +56,16 @@ def test_padded_patch_bucket_gives_the_same_logits(loaded, hf_tiny_io):
     b, _ = jax.jit(model.apply)({"params": params}, **model_inputs(bucket))
     valid = hf_tiny_io["attention_mask"].astype(bool)
     np.testing.assert_allclose(np.asarray(a)[valid], np.asarray(b)[valid], atol=1e-5)
+
+
+def test_batched_image_layout_gives_the_same_logits(loaded, hf_tiny_io):
+    """One image per row, each padded to a patch bucket, matches HF's flat layout."""
+    config, params = loaded
+    batched = prepare_inputs(config, hf_tiny_io["input_ids"], hf_tiny_io["attention_mask"],
+                             hf_tiny_io["pixel_values"], hf_tiny_io["image_grid_thw"], pad_patches_to=64,
+                             batch_images=True)
+    assert batched["pixel_values"].shape == (2, 64, config.vision.patch_dim)
+    logits, _ = jax.jit(Qwen25VL(config).apply)({"params": params}, **model_inputs(batched))
+    valid = hf_tiny_io["attention_mask"].astype(bool)
+    err = np.abs(np.asarray(logits) - hf_tiny_io["logits"])[valid].max()
+    assert err <= 1e-4, err

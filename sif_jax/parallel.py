@@ -1,0 +1,138 @@
+"""Device mesh, logical-axis rules and shardings (the pjit side of training).
+
+Params carry logical axis names (`embed`, `mlp`, `heads`, ...; see the model). A rule table maps
+them onto the mesh axes ('data', 'fsdp', 'tensor'); `jax.jit` with these in/out shardings is the
+pjit. A dimension that a mesh axis does not divide is replicated along that axis instead of
+failing, so the tiny model runs on any mesh and the released models shard as intended.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axes. Batch-like axes go over data and fsdp; weights' model dimension
+# over fsdp (ZeRO-3 style), their head/mlp/vocab dimension over tensor (Megatron style).
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("vision_embed", "fsdp"),
+    ("vision_merged", "fsdp"),
+    ("patch", None),
+    ("mlp", "tensor"),
+    ("vision_mlp", "tensor"),
+    ("vision_merged_out", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("vision_heads", "tensor"),
+    ("vocab", "tensor"),
+    ("head_dim", None),
+    ("qkv", None),
+    ("norm", None),
+)
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """`jax.distributed.initialize()` when running multi-process; a no-op for one process.
+
+    On Cloud TPU all three arguments are discovered automatically; elsewhere pass them (or set
+    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
+    """
+    if num_processes is not None and num_processes <= 1:
+        return
+    if coordinator_address is None and num_processes is None and not _on_multihost_tpu():
+        return
+    if jax.distributed.is_initialized():
+        return
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def _on_multihost_tpu() -> bool:
+    import os
+
+    return bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","))
+
+
+def make_mesh(shape: Mapping[str, int] | Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ('data', 'fsdp', 'tensor') mesh. A size of -1 takes the remaining devices.
+
+    Raises ValueError (naming the sizes) when the product does not equal the device count.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [int(shape[a]) for a in MESH_AXES] if isinstance(shape, Mapping) else [int(s) for s in shape]
+    if len(sizes) != 3:
+        raise ValueError(f"mesh shape {sizes}: expected 3 sizes for {MESH_AXES}")
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh shape {sizes}: at most one axis may be -1")
+    if -1 in sizes:
+        rest = math.prod(s for s in sizes if s != -1)
+        if len(devices) % rest:
+            raise ValueError(f"mesh shape {sizes}: {len(devices)} devices are not divisible by {rest}")
+        sizes[sizes.index(-1)] = len(devices) // rest
+    if math.prod(sizes) != len(devices):
+        raise ValueError(
+            f"mesh shape {dict(zip(MESH_AXES, sizes, strict=True))} needs {math.prod(sizes)} devices; "
+            f"{len(devices)} are available"
+        )
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """Drops mesh axes that do not divide their dimension (replicating that dimension)."""
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
+        if axes is None:
+            fitted.append(None)
+            continue
+        axes = (axes,) if isinstance(axes, str) else tuple(axes)
+        kept = []
+        for axis in axes:
+            if dim % (math.prod(mesh.shape[a] for a in kept) * mesh.shape[axis]) == 0:
+                kept.append(axis)
+        fitted.append(tuple(kept) if len(kept) > 1 else (kept[0] if kept else None))
+    return PartitionSpec(*fitted)
+
+
+def logical_shardings(
+    shapes: Any, logical_axes: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES
+) -> Any:
+    """NamedShardings for a pytree of arrays/ShapeDtypeStructs with logical PartitionSpecs."""
+    def one(shape, logical):
+        mesh_spec = nn.logical_to_mesh_axes(tuple(logical), rules)
+        return NamedSharding(mesh, _fit_spec(mesh_spec, shape.shape, mesh))
+
+    return jax.tree.map(one, shapes, logical_axes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def batch_sharding(mesh: Mesh, shape: Sequence[int], batch_axis: int = 0) -> NamedSharding:
+    """Shards `batch_axis` over ('data', 'fsdp') where it divides; everything else replicated."""
+    spec = [None] * len(shape)
+    spec[batch_axis] = ("data", "fsdp")
+    return NamedSharding(mesh, _fit_spec(PartitionSpec(*spec), shape, mesh))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def shard_batch(batch: Mapping[str, Any], mesh: Mesh, batch_axes: Mapping[str, int]) -> dict[str, Any]:
+    """Places a host batch on the mesh: arrays named in `batch_axes` sharded on that axis,
+    other arrays replicated (e.g. the flat vision patches); non-arrays are left as they are."""
+    out = {}
+    for name, value in batch.items():
+        if isinstance(value, (np.ndarray, jax.Array)):
+            sharding = (batch_sharding(mesh, value.shape, batch_axes[name]) if name in batch_axes
+                        else replicated(mesh))
+            out[name] = jax.device_put(value, sharding)
+        else:
+            out[name] = value
+    return out

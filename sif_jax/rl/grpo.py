@@ -1,0 +1,216 @@
+"""One GRPO iteration as a composition of the pure pieces (METHODS §4).
+
+    prompts -repeat G-> sample (policy) -> score (policy: old log-probs, entropies, masses;
+    reference: log-probs) -> decode texts -> rewards -> group advantages -> mu passes of
+    clipped-surrogate + KL updates over micro-batches, gradients accumulated exactly.
+
+Array work is jit-compiled (sampler, scoring, advantages, loss/grad, optimizer update); only text
+decoding and reward parsing run on the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sif_jax.model.config import ModelConfig
+from sif_jax.rl.advantage import group_advantages
+from sif_jax.rl.loss import grpo_loss_terms
+from sif_jax.rl.rewards import RewardConfig, RewardResult, RewardState, combined_reward
+from sif_jax.rl.sampler import SamplingConfig, generate
+from sif_jax.rl.scoring import score
+from sif_jax.rl.types import RolloutBatch
+
+Params = Any
+PROMPT_KEYS = ("input_ids", "attention_mask", "positions", "pixel_values", "patch_positions",
+               "window_segments", "frame_segments", "image_token_index")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """step int32 []; params and the frozen reference params; optimizer state; rng key data."""
+
+    step: jax.Array
+    params: Params
+    ref_params: Params
+    opt_state: Any
+    rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    group_size: int = 8
+    mu: int = 1
+    beta: float = 0.04
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    reduction: str = "sequence_mean"
+    sampling: SamplingConfig = SamplingConfig()
+    mass_layers: tuple[int, ...] = (-1,)
+    vocab_chunk: int = 4096
+
+    def layers(self, config: ModelConfig) -> tuple[int, ...]:
+        """Mass layers with negative indices resolved (-1 = the last decoder layer)."""
+        n = config.text.num_layers
+        return tuple(sorted({i % n for i in self.mass_layers}))
+
+
+def _score_temperature(grpo: GRPOConfig) -> float:
+    """Log-probs are of the temperature-scaled distribution the samples came from (greedy: T=1)."""
+    return grpo.sampling.temperature if grpo.sampling.temperature > 0 else 1.0
+
+
+def prompt_arrays(batch: dict[str, Any]) -> dict[str, jax.Array]:
+    return {k: batch[k] for k in PROMPT_KEYS if k in batch}
+
+
+def make_optimizer(learning_rate: float | optax.Schedule, *, weight_decay: float = 0.0,
+                   grad_clip: float = 1.0, freeze_vision: bool = False) -> optax.GradientTransformation:
+    """AdamW with global-norm clipping; the vision tower optionally frozen (zero updates)."""
+    tx = optax.chain(optax.clip_by_global_norm(grad_clip), optax.adamw(learning_rate, weight_decay=weight_decay))
+    if not freeze_vision:
+        return tx
+
+    def labels(params):
+        return {name: jax.tree.map(lambda _, label="frozen" if name == "visual" else "train": label, sub)
+                for name, sub in params.items()}
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "grpo"))
+def _loss_grads(params, prompt, completion, completion_mask, old_logp, ref_logp, advantages, denominator,
+                *, config: ModelConfig, grpo: GRPOConfig):
+    """Gradient of numerator / total denominator for one micro-batch (exact accumulation)."""
+    def loss_fn(p):
+        scores = score(p, prompt, completion, completion_mask, config=config,
+                       temperature=_score_temperature(grpo), vocab_chunk=grpo.vocab_chunk)
+        num, den, metrics = grpo_loss_terms(
+            scores.logprobs, old_logp, ref_logp, advantages, completion_mask,
+            eps_low=grpo.eps_low, eps_high=grpo.eps_high, beta=grpo.beta, reduction=grpo.reduction,
+        )
+        return num / denominator, (num, den, metrics)
+
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, aux
+
+
+@dataclasses.dataclass
+class Rollout:
+    """One micro-batch of samples with everything the update needs (device arrays)."""
+
+    prompt: dict[str, jax.Array]
+    completion: jax.Array
+    completion_mask: jax.Array
+    old_logp: jax.Array
+    ref_logp: jax.Array | None
+    advantages: jax.Array | None = None
+
+
+def collect_rollouts(
+    state: TrainState,
+    micro_batches: Sequence[dict[str, Any]],
+    *,
+    config: ModelConfig,
+    grpo: GRPOConfig,
+    decode: Callable[[Sequence[int]], str],
+    reward_config: RewardConfig,
+    reward_state: RewardState,
+    reward_fn: Callable[[RolloutBatch, RewardState, RewardConfig], RewardResult] = combined_reward,
+    eos_token_id: int,
+    pad_token_id: int,
+) -> tuple[list[Rollout], RewardState, dict[str, float]]:
+    """Samples, scores and rewards every micro-batch (each already repeated G times per prompt)."""
+    rollouts: list[Rollout] = []
+    batches: list[RolloutBatch] = []
+    rng = jax.random.wrap_key_data(state.rng)
+    sample_time, generated = 0.0, 0
+    layers = grpo.layers(config)
+    for i, batch in enumerate(micro_batches):
+        prompt = prompt_arrays(batch)
+        t0 = time.perf_counter()
+        samples = generate(state.params, prompt, jax.random.fold_in(rng, i), config=config, sampling=grpo.sampling,
+                           eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+        jax.block_until_ready(samples.tokens)
+        sample_time += time.perf_counter() - t0
+        generated += int(jnp.sum(samples.completion_mask))
+        policy = score(state.params, prompt, samples.tokens, samples.completion_mask, batch["region_mask"],
+                       config=config, mass_layers=layers, temperature=_score_temperature(grpo),
+                       vocab_chunk=grpo.vocab_chunk)
+        ref_logp = None
+        if grpo.beta != 0:
+            ref_logp = score(state.ref_params, prompt, samples.tokens, samples.completion_mask, config=config,
+                             temperature=_score_temperature(grpo), vocab_chunk=grpo.vocab_chunk).logprobs
+        tokens = np.asarray(samples.tokens)
+        mask = np.asarray(samples.completion_mask)
+        texts = [decode(tokens[r][mask[r]].tolist()) for r in range(tokens.shape[0])]
+        batches.append(RolloutBatch(
+            group_size=grpo.group_size, prompt_ids=list(batch["prompt_ids"]), texts=texts,
+            answers=list(batch["answers"]), choices=list(batch["choices"]),
+            target_boxes=list(batch["target_boxes"]), depth_maps=list(batch["depth_maps"]),
+            completion_mask=samples.completion_mask, entropies=policy.entropies,
+            region_mass=policy.region_mass, visual_mass=policy.visual_mass,
+            region_tokens=jnp.asarray(batch["region_tokens"]), visual_tokens=jnp.asarray(batch["visual_tokens"]),
+        ))
+        rollouts.append(Rollout(prompt, samples.tokens, samples.completion_mask, policy.logprobs, ref_logp))
+
+    metrics: dict[str, list[float]] = {}
+    all_rewards = []
+    for rollout, rb in zip(rollouts, batches, strict=True):
+        result = reward_fn(rb, reward_state, reward_config)
+        reward_state = result.state
+        advantages, adv_metrics = group_advantages(jnp.asarray(result.rewards), grpo.group_size)
+        rollout.advantages = advantages
+        all_rewards.append(result.rewards)
+        for k, v in {**result.metrics, **adv_metrics}.items():
+            metrics.setdefault(k, []).append(float(v))
+        metrics.setdefault("completion_length", []).append(float(np.asarray(rb.completion_mask).sum(1).mean()))
+        entropy = float(np.asarray(rb.entropies).sum() / max(np.asarray(rb.completion_mask).sum(), 1))
+        metrics.setdefault("entropy", []).append(entropy)
+    out = {k: float(np.mean(v)) for k, v in metrics.items()}
+    out["reward"] = float(np.mean(np.concatenate(all_rewards)))
+    out["sampler_tokens_per_s"] = generated / max(sample_time, 1e-9)
+    out["sample_seconds"] = sample_time
+    out["texts_example"] = batches[0].texts[0] if batches else ""  # type: ignore[assignment]
+    return rollouts, reward_state, out
+
+
+def policy_update(
+    state: TrainState,
+    rollouts: Sequence[Rollout],
+    *,
+    config: ModelConfig,
+    grpo: GRPOConfig,
+    optimizer: optax.GradientTransformation,
+    apply_updates: Callable[[TrainState, Params], TrainState],
+) -> tuple[TrainState, dict[str, float]]:
+    """`grpo.mu` passes over the micro-batches; each pass is one optimizer step whose gradient is
+    the exact full-batch gradient (numerators over the total denominator)."""
+    totals = [grpo_loss_terms(r.old_logp, r.old_logp, None, r.advantages, r.completion_mask, beta=0.0,
+                              reduction=grpo.reduction)[1] for r in rollouts]
+    denominator = jnp.maximum(sum(totals), 1.0)
+    metrics: dict[str, float] = {}
+    for _ in range(grpo.mu):
+        grads_sum, num_sum, parts = None, 0.0, []
+        for r in rollouts:
+            grads, (num, _, m) = _loss_grads(state.params, r.prompt, r.completion, r.completion_mask, r.old_logp,
+                                             r.ref_logp, r.advantages, denominator, config=config, grpo=grpo)
+            grads_sum = grads if grads_sum is None else jax.tree.map(jnp.add, grads_sum, grads)
+            num_sum = num_sum + num
+            parts.append(m)
+        state = apply_updates(state, grads_sum)
+        weights = np.array([float(m["num_tokens"]) for m in parts])
+        weights = weights / max(weights.sum(), 1.0)
+        metrics = {"loss": float(num_sum / denominator), "grad_norm": float(optax.global_norm(grads_sum))}
+        for key in ("kl_mean", "ratio_mean", "clip_low_fraction", "clip_high_fraction"):
+            metrics[key] = float(sum(w * float(m[key]) for w, m in zip(weights, parts, strict=True)))
+    return state, metrics

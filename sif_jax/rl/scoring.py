@@ -1,0 +1,147 @@
+"""The teacher-forced scoring pass over prompt + completion.
+
+One forward returns, per completion token: its log-probability, the entropy of the distribution
+that produced it, and the attention mass its query row put on the target region and on all visual
+keys (from the region-attention kernel, averaged over the configured layers and heads). The LM
+head runs over vocabulary chunks inside a scan, so [N, T, V] logits are never all live.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from sif_jax.model.config import ModelConfig
+from sif_jax.model.vlm import Qwen25VL, lm_head_kernel, model_inputs
+
+Params = Any
+
+
+@flax.struct.dataclass
+class Scores:
+    """logprobs, entropies, region_mass, visual_mass: float32 [N, T] (0 where masked)."""
+
+    logprobs: jax.Array
+    entropies: jax.Array
+    region_mass: jax.Array
+    visual_mass: jax.Array
+
+
+def chunked_token_stats(
+    hidden: jax.Array, kernel: jax.Array, targets: jax.Array, *, temperature: float, chunk: int
+) -> tuple[jax.Array, jax.Array]:
+    """Log-prob of `targets` and entropy under softmax(hidden @ kernel / temperature).
+
+    Args:
+      hidden: [N, T, E]; kernel: [E, V]; targets: int [N, T].
+      chunk: vocabulary chunk size; the logits of one chunk [N, T, chunk] are live at a time.
+
+    Returns:
+      logprobs, entropies: float32 [N, T]. An online log-sum-exp accumulates m (max),
+      s = sum exp(l - m) and u = sum exp(l - m) * l, so entropy = lse - u / s.
+    """
+    vocab = kernel.shape[1]
+    n_chunks = -(-vocab // chunk)
+    kernel = jnp.pad(kernel, ((0, 0), (0, n_chunks * chunk - vocab)))
+    kernel = kernel.reshape(kernel.shape[0], n_chunks, chunk).transpose(1, 0, 2)
+    inv_t = 1.0 / (temperature if temperature > 0 else 1.0)
+    shape = targets.shape
+
+    def body(carry, xs):
+        m, s, u, target_logit = carry
+        index, w = xs
+        logits = jnp.einsum("nte,ev->ntv", hidden, w.astype(hidden.dtype)).astype(jnp.float32) * inv_t
+        ids = index * chunk + jnp.arange(chunk)
+        logits = jnp.where(ids < vocab, logits, -jnp.inf)
+        new_m = jnp.maximum(m, jnp.max(logits, axis=-1))
+        correction = jnp.exp(m - new_m)
+        p = jnp.exp(logits - new_m[..., None])
+        s = s * correction + jnp.sum(p, axis=-1)
+        u = u * correction + jnp.sum(jnp.where(p > 0, p * logits, 0.0), axis=-1)
+        hit = ids[None, None, :] == targets[..., None]
+        target_logit = target_logit + jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
+        return (new_m, s, u, target_logit), None
+
+    init = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32),
+            jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
+    (m, s, u, target_logit), _ = jax.lax.scan(body, init, (jnp.arange(n_chunks), kernel))
+    lse = m + jnp.log(s)
+    return target_logit - lse, lse - u / s
+
+
+def score_inputs(
+    prompt: dict[str, jax.Array], completion: jax.Array, completion_mask: jax.Array
+) -> dict[str, jax.Array]:
+    """Prompt batch + completions -> model inputs over [N, L + T].
+
+    Completion positions continue each row's M-RoPE positions from max(prompt positions) + 1.
+    """
+    n, steps = completion.shape
+    next_position = jnp.max(prompt["positions"], axis=(0, 2)) + 1
+    completion_positions = next_position[:, None] + jnp.arange(steps)[None, :]
+    inputs = dict(model_inputs(prompt))
+    inputs["input_ids"] = jnp.concatenate([prompt["input_ids"], completion.astype(jnp.int32)], axis=1)
+    inputs["attention_mask"] = jnp.concatenate(
+        [prompt["attention_mask"], completion_mask.astype(prompt["attention_mask"].dtype)], axis=1)
+    inputs["positions"] = jnp.concatenate(
+        [prompt["positions"], jnp.broadcast_to(completion_positions[None], (3, n, steps)).astype(
+            prompt["positions"].dtype)], axis=2)
+    return inputs
+
+
+@functools.partial(jax.jit, static_argnames=("config", "mass_layers", "temperature", "vocab_chunk"))
+def score(
+    params: Params,
+    prompt: dict[str, jax.Array],
+    completion: jax.Array,
+    completion_mask: jax.Array,
+    region_mask: jax.Array | None = None,
+    *,
+    config: ModelConfig,
+    mass_layers: Sequence[int] = (),
+    temperature: float = 1.0,
+    vocab_chunk: int = 4096,
+) -> Scores:
+    """Teacher-forced pass; differentiable in `params` through `logprobs`.
+
+    Args:
+      prompt: left-padded prompt batch [N, L] from `vlm.prepare_inputs`.
+      completion: int [N, T]; completion_mask: bool [N, T].
+      region_mask: bool [N, L] prompt keys inside the target region (None: no masses).
+      mass_layers: decoder layers whose masses are averaged (with the heads).
+      temperature: log-probs and entropies are of the temperature-scaled distribution.
+
+    Token t's entropy and log-prob come from the hidden state before it (position L + t - 1);
+    its attention masses from its own query row (position L + t).
+    """
+    prompt_len = prompt["input_ids"].shape[1]
+    steps = completion.shape[1]
+    inputs = score_inputs(prompt, completion, completion_mask)
+    full_region = None
+    want_mass = region_mask is not None and len(mass_layers) > 0
+    if want_mass:
+        full_region = jnp.concatenate([region_mask, jnp.zeros_like(completion_mask, bool)], axis=1)
+    _, aux = Qwen25VL(config).apply(
+        {"params": params}, **inputs, region_mask=full_region,
+        return_attention_mass=tuple(mass_layers) if want_mass else (), return_hidden=True,
+    )
+    hidden = aux["hidden"][:, prompt_len - 1 : prompt_len - 1 + steps]
+    logprobs, entropies = chunked_token_stats(
+        hidden, lm_head_kernel(params, config), completion, temperature=temperature,
+        chunk=min(vocab_chunk, config.text.vocab_size),
+    )
+    mask = completion_mask.astype(jnp.float32)
+    zeros = jnp.zeros_like(mask)
+    region_mass = visual_mass = zeros
+    if want_mass:
+        masses = aux["attention_mass"]
+        region_mass = jnp.mean(jnp.stack([masses[i]["region"] for i in mass_layers]), axis=(0, 2))
+        visual_mass = jnp.mean(jnp.stack([masses[i]["visual"] for i in mass_layers]), axis=(0, 2))
+        region_mass = region_mass[:, prompt_len:] * mask
+        visual_mass = visual_mass[:, prompt_len:] * mask
+    return Scores(logprobs * mask, entropies * mask, region_mass, visual_mass)

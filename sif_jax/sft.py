@@ -1,0 +1,48 @@
+"""Supervised step on interleaved box/depth traces (the SIFThinker warm-up before GRPO).
+
+Loss: token-mean negative log-likelihood of the trace tokens (`loss_mask`), computed with the
+vocabulary-chunked LM head. Exact under gradient accumulation: numerator (summed NLL) over the
+total number of target tokens of all micro-batches.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from sif_jax.model.config import ModelConfig
+from sif_jax.model.vlm import Qwen25VL, lm_head_kernel, model_inputs
+from sif_jax.rl.scoring import chunked_token_stats
+
+Params = Any
+
+
+def sft_loss_terms(params: Params, batch: dict[str, jax.Array], *, config: ModelConfig,
+                   vocab_chunk: int = 4096) -> tuple[jax.Array, jax.Array]:
+    """(summed NLL, number of target tokens) for a batch with `loss_mask` bool [B, L].
+
+    Position t's hidden state predicts token t + 1, so the target of position t is counted
+    when loss_mask[t + 1] is set.
+    """
+    _, aux = Qwen25VL(config).apply({"params": params}, **model_inputs(batch), return_hidden=True)
+    hidden = aux["hidden"][:, :-1]
+    targets = batch["input_ids"][:, 1:]
+    mask = batch["loss_mask"][:, 1:].astype(jnp.float32)
+    logp, _ = chunked_token_stats(hidden, lm_head_kernel(params, config), targets, temperature=1.0,
+                                  chunk=min(vocab_chunk, config.text.vocab_size))
+    return -jnp.sum(logp * mask), jnp.sum(mask)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "vocab_chunk"))
+def sft_grads(params: Params, batch: dict[str, jax.Array], denominator: jax.Array, *, config: ModelConfig,
+              vocab_chunk: int = 4096) -> tuple[Params, tuple[jax.Array, jax.Array]]:
+    """Gradient of summed NLL / `denominator` (the total target tokens of the whole step)."""
+    def loss_fn(p):
+        num, den = sft_loss_terms(p, batch, config=config, vocab_chunk=vocab_chunk)
+        return num / denominator, (num, den)
+
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, aux
