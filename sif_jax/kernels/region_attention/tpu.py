@@ -1,0 +1,505 @@
+"""Region attention as a Pallas Mosaic TPU kernel (flash attention + region/visual masses).
+
+Forward: grid (batch, q heads, q blocks, kv blocks); only the kv axis is sequential. Online
+softmax with f32 VMEM scratch (m, l, acc) reset on the first kv block, plus two running sums
+(region, visual) rescaled exactly like the denominator l, so
+
+    region_mass[b, h, q] = sum_{k in region} softmax(logits)[q, k]
+
+is ready at the last kv block without an [Lq, Lk] matrix anywhere.
+
+Masking: per-key flags (valid | visual | region bits, int32 [B, Lk]), optional segment ids and
+bottom-right causal masking, applied element-wise with a large finite MASK_VALUE (never -inf,
+so fully masked rows give 0 and no NaN). Blocks with no visible pair are skipped via a block
+table (scalar-prefetched into SMEM) built on the host side from the masks (causal, padding,
+segment-id intervals); the kv index_map is redirected to the last block that ran, so a
+skipped block is never copied into VMEM.
+
+GQA: the kv index_map sends q head h to kv head h // group; K/V are never repeated.
+
+AdaptVis: visual_scale [B, Lq] (alpha) multiplies the scaled logits of visual keys. Rows with
+alpha == 1 are unchanged (the multiply is exact), so no per-row branch is needed.
+
+Backward (custom_vjp): from the saved log-sum-exp, a dq kernel (grid ..., kv sequential; also
+accumulates d alpha) and a dk/dv kernel with grid (batch, kv heads, kv blocks, group * q blocks)
+that sums the group's q heads in its VMEM accumulators (no [B, Hq, Lk, D] temporaries). With
+z = c * s, c = alpha on visual keys else 1: dz = p * (dp - D), ds = c * dz, and
+d alpha_q = sum_{visual k} dz * s. The masses get zero cotangent.
+
+Per-row statistics (lse, masses) are stored lane-broadcast as [..., 128] like the JAX flash
+attention kernel, so every block is (8, 128)-tileable; the wrapper keeps lane 0.
+
+Status: developed on CPU. Tested in TPU interpret mode (numerics, race detection) and the
+Python side of the Mosaic lowering for a TPU v5e target (tests/kernels); never run on a real
+TPU yet, so Mosaic compilation, block-size tuning and timings are pending. Known costs to
+revisit on hardware: the per-row outputs use 128 lanes (each mass is [B, H, Lq, 128] f32 in
+HBM); the two block tables live in SMEM and grow as B * nq * nk int32 each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from sif_jax.kernels.region_attention import common
+from sif_jax.kernels.region_attention.common import MASK_VALUE, REGION, VALID, VISUAL
+
+LANES = 128
+SUBLANES = 8
+NT = (((1,), (1,)), ((), ()))  # a @ b.T
+TN = (((0,), (0,)), ((), ()))  # a.T @ b
+DEFAULT_BLOCK_Q = 512
+DEFAULT_BLOCK_K = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    """Static (hashable) description of one call; nondiff argument of the custom_vjp."""
+
+    causal: bool
+    scale: float
+    offset: int  # Lk - Lq of the unpadded problem: causal is bottom-right aligned
+    block_q: int
+    block_k: int
+    group: int
+    has_seg: bool
+    has_alpha: bool
+    want_region: bool
+    want_visual: bool
+    interpret: Any
+
+
+# ----------------------------------------------------------------------------- shared math
+
+
+def _logits(st: _Config, q, k, flags_ref, qseg_ref, kseg_ref, alpha_ref, q_start, k_start):
+    """Scaled logits of one block and its masks.
+
+    Returns s [bq, bk] (before alpha), z [bq, bk] (after alpha, masked with MASK_VALUE),
+    visible, visual_key (bool [bq, bk] / [1, bk]), region_key [1, bk], alpha [bq, 1] | None.
+    """
+    s = lax.dot_general(q, k, NT, preferred_element_type=jnp.float32) * st.scale
+    bq, bk = s.shape
+    flags = flags_ref[0:1, :]  # [1, bk]; rows of the (8, bk) block are copies
+    visible = (flags & VALID) != 0
+    visual_key = (flags & VISUAL) != 0
+    region_key = (flags & REGION) != 0
+    alpha = None
+    z = s
+    if st.has_alpha:
+        alpha = alpha_ref[...][:, :1]  # [bq, 1]
+        z = jnp.where(visual_key, s * alpha, s)
+    if st.causal:
+        q_pos = q_start + st.offset + lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
+        k_pos = k_start + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
+        visible = visible & (k_pos <= q_pos)
+    if st.has_seg:
+        visible = visible & (qseg_ref[...][:, :1] == kseg_ref[0:1, :])
+    visible = jnp.broadcast_to(visible, (bq, bk))
+    z = jnp.where(visible, z, MASK_VALUE)
+    return s, z, visible, visual_key, region_key, alpha
+
+
+def _lanes(x: jax.Array) -> jax.Array:
+    return jnp.broadcast_to(x, (x.shape[0], LANES))
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def _fwd_kernel(run_ref, fetch_ref, q_ref, k_ref, v_ref, flags_ref, qseg_ref, kseg_ref, alpha_ref,
+                o_ref, lse_ref, region_ref, visual_ref,
+                m_sc, l_sc, acc_sc, r_sc, vis_sc, *, st: _Config, nq: int, nk: int):
+    del fetch_ref  # used by the index maps only
+    b, qi, ki = pl.program_id(0), pl.program_id(2), pl.program_id(3)
+
+    @pl.when(ki == 0)
+    def _init():
+        m_sc[...] = jnp.full(m_sc.shape, MASK_VALUE, jnp.float32)
+        l_sc[...] = jnp.zeros(l_sc.shape, jnp.float32)
+        acc_sc[...] = jnp.zeros(acc_sc.shape, jnp.float32)
+        if r_sc is not None:
+            r_sc[...] = jnp.zeros(r_sc.shape, jnp.float32)
+        if vis_sc is not None:
+            vis_sc[...] = jnp.zeros(vis_sc.shape, jnp.float32)
+
+    @pl.when(run_ref[(b * nq + qi) * nk + ki] != 0)
+    def _body():
+        v = v_ref[...]
+        _, z, visible, visual_key, region_key, _ = _logits(
+            st, q_ref[...], k_ref[...], flags_ref, qseg_ref, kseg_ref, alpha_ref,
+            qi * st.block_q, ki * st.block_k)
+        m_prev = m_sc[...][:, :1]
+        m_new = jnp.maximum(m_prev, jnp.max(z, axis=1, keepdims=True))
+        corr = jnp.exp(m_prev - m_new)
+        # where(): masked entries of a row whose max is still MASK_VALUE would give exp(0) = 1.
+        p = jnp.where(visible, jnp.exp(z - m_new), 0.0)
+        m_sc[...] = _lanes(m_new)
+        l_sc[...] = _lanes(corr * l_sc[...][:, :1] + jnp.sum(p, axis=1, keepdims=True))
+        acc_sc[...] = corr * acc_sc[...] + jnp.dot(
+            p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        # The masses are extra "denominators" restricted to a key set: same rescaling as l.
+        if r_sc is not None:
+            r_blk = jnp.sum(jnp.where(region_key, p, 0.0), axis=1, keepdims=True)
+            r_sc[...] = _lanes(corr * r_sc[...][:, :1] + r_blk)
+        if vis_sc is not None:
+            v_blk = jnp.sum(jnp.where(visual_key, p, 0.0), axis=1, keepdims=True)
+            vis_sc[...] = _lanes(corr * vis_sc[...][:, :1] + v_blk)
+
+    @pl.when(ki == nk - 1)
+    def _finish():
+        denom = l_sc[...][:, :1]
+        l_safe = jnp.where(denom == 0.0, 1.0, denom)  # a row with no visible key: out 0, masses 0
+        inv = 1.0 / l_safe
+        o_ref[...] = (acc_sc[...] * inv).astype(o_ref.dtype)
+        if lse_ref is not None:
+            lse_ref[...] = _lanes(m_sc[...][:, :1] + jnp.log(l_safe))
+        if region_ref is not None:
+            region_ref[...] = _lanes(r_sc[...][:, :1] * inv)
+        if visual_ref is not None:
+            visual_ref[...] = _lanes(vis_sc[...][:, :1] * inv)
+
+
+def _row_specs(st: _Config, q_map, kv_map):
+    """BlockSpecs for the per-key/per-query side arrays (flags, segment ids, alpha)."""
+    bq, bk = st.block_q, st.block_k
+    flags = pl.BlockSpec((None, SUBLANES, bk), kv_map)
+    qseg = pl.BlockSpec((None, bq, LANES), q_map) if st.has_seg else None
+    kseg = pl.BlockSpec((None, SUBLANES, bk), kv_map) if st.has_seg else None
+    alpha = pl.BlockSpec((None, bq, LANES), q_map) if st.has_alpha else None
+    return flags, qseg, kseg, alpha
+
+
+def _fwd_call(st: _Config, run, fetch, q, k, v, flags, qseg, kseg, alpha, *, save_lse: bool):
+    batch, heads, q_len, head_dim = q.shape
+    nq, nk = q_len // st.block_q, k.shape[2] // st.block_k
+    bq, bk = st.block_q, st.block_k
+
+    def q_map(b, h, i, j, run_ref, fetch_ref):
+        return (b, h, i, 0)
+
+    def kv_map(b, h, i, j, run_ref, fetch_ref):
+        return (b, h // st.group, fetch_ref[(b * nq + i) * nk + j], 0)
+
+    def row_q_map(b, h, i, j, run_ref, fetch_ref):
+        return (b, i, 0)
+
+    def row_kv_map(b, h, i, j, run_ref, fetch_ref):
+        return (b, 0, fetch_ref[(b * nq + i) * nk + j])
+
+    flags_s, qseg_s, kseg_s, alpha_s = _row_specs(st, row_q_map, row_kv_map)
+    in_specs = [
+        pl.BlockSpec((None, None, bq, head_dim), q_map),
+        pl.BlockSpec((None, None, bk, head_dim), kv_map),
+        pl.BlockSpec((None, None, bk, head_dim), kv_map),
+        flags_s, qseg_s, kseg_s, alpha_s,
+    ]
+    stat = jax.ShapeDtypeStruct((batch, heads, q_len, LANES), jnp.float32)
+    stat_spec = pl.BlockSpec((None, None, bq, LANES), q_map)
+    want = (save_lse, st.want_region, st.want_visual)
+    out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)] + [stat if w else None for w in want]
+    out_specs = [pl.BlockSpec((None, None, bq, head_dim), q_map)] + [
+        stat_spec if w else None for w in want]
+    row = pltpu.VMEM((bq, LANES), jnp.float32)
+    scratch = [row, row, pltpu.VMEM((bq, head_dim), jnp.float32),
+               row if st.want_region else None, row if st.want_visual else None]
+    kernel = functools.partial(_fwd_kernel, st=st, nq=nq, nk=nk)
+    out, lse, region, visual = pl.pallas_call(
+        kernel,
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=2, grid=(batch, heads, nq, nk), in_specs=in_specs,
+            out_specs=out_specs, scratch_shapes=scratch),
+        out_shape=out_shape,
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+        interpret=st.interpret,
+        name="region_attention_fwd",
+    )(run, fetch, q, k, v, flags, qseg, kseg, alpha)
+    return out, lse, region, visual
+
+
+# ----------------------------------------------------------------------------- backward
+
+
+def _dq_kernel(run_ref, fetch_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref,
+               flags_ref, qseg_ref, kseg_ref, alpha_ref, dq_ref, da_ref, dq_sc, da_sc,
+               *, st: _Config, nq: int, nk: int):
+    del fetch_ref
+    b, qi, ki = pl.program_id(0), pl.program_id(2), pl.program_id(3)
+
+    @pl.when(ki == 0)
+    def _init():
+        dq_sc[...] = jnp.zeros(dq_sc.shape, jnp.float32)
+        if da_sc is not None:
+            da_sc[...] = jnp.zeros(da_sc.shape, jnp.float32)
+
+    @pl.when(run_ref[(b * nq + qi) * nk + ki] != 0)
+    def _body():
+        k, v, do = k_ref[...], v_ref[...], do_ref[...]
+        s, z, visible, visual_key, _, alpha = _logits(
+            st, q_ref[...], k, flags_ref, qseg_ref, kseg_ref, alpha_ref,
+            qi * st.block_q, ki * st.block_k)
+        p = jnp.where(visible, jnp.exp(z - lse_ref[...][:, :1]), 0.0)
+        dp = lax.dot_general(do, v, NT, preferred_element_type=jnp.float32)
+        dz = p * (dp - di_ref[...][:, :1])
+        ds = dz
+        if alpha is not None:
+            ds = jnp.where(visual_key, dz * alpha, dz)
+            da_sc[...] = _lanes(da_sc[...][:, :1] + jnp.sum(
+                jnp.where(visual_key, dz * s, 0.0), axis=1, keepdims=True))
+        dq_sc[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+
+    @pl.when(ki == nk - 1)
+    def _finish():
+        dq_ref[...] = (dq_sc[...] * st.scale).astype(dq_ref.dtype)
+        if da_ref is not None:
+            da_ref[...] = da_sc[...]
+
+
+def _dkv_kernel(run_ref, fetch_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref,
+                flags_ref, qseg_ref, kseg_ref, alpha_ref, dk_ref, dv_ref, dk_sc, dv_sc,
+                *, st: _Config, nq: int, nk: int):
+    del fetch_ref
+    b, ki, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
+    qi = j % nq
+
+    @pl.when(j == 0)
+    def _init():
+        dk_sc[...] = jnp.zeros(dk_sc.shape, jnp.float32)
+        dv_sc[...] = jnp.zeros(dv_sc.shape, jnp.float32)
+
+    @pl.when(run_ref[(b * nk + ki) * nq + qi] != 0)
+    def _body():
+        q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
+        _, z, visible, visual_key, _, alpha = _logits(
+            st, q, k, flags_ref, qseg_ref, kseg_ref, alpha_ref, qi * st.block_q, ki * st.block_k)
+        p = jnp.where(visible, jnp.exp(z - lse_ref[...][:, :1]), 0.0)
+        dv_sc[...] += lax.dot_general(p.astype(do.dtype), do, TN,
+                                      preferred_element_type=jnp.float32)
+        dp = lax.dot_general(do, v, NT, preferred_element_type=jnp.float32)
+        dz = p * (dp - di_ref[...][:, :1])
+        ds = jnp.where(visual_key, dz * alpha, dz) if alpha is not None else dz
+        dk_sc[...] += lax.dot_general(ds.astype(q.dtype), q, TN,
+                                      preferred_element_type=jnp.float32)
+
+    @pl.when(j == st.group * nq - 1)
+    def _finish():
+        dk_ref[...] = (dk_sc[...] * st.scale).astype(dk_ref.dtype)
+        dv_ref[...] = dv_sc[...].astype(dv_ref.dtype)
+
+
+def _bwd_call(st: _Config, run, fetch, res, d_out):
+    q, k, v, flags, qseg, kseg, alpha, out, lse = res
+    batch, heads, q_len, head_dim = q.shape
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    bq, bk = st.block_q, st.block_k
+    nq, nk = q_len // bq, kv_len // bk
+    # D_q = <do_q, o_q>: the softmax-Jacobian row term; zero for fully masked rows (o = 0).
+    di = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+    di = jnp.broadcast_to(di, (batch, heads, q_len, LANES))
+    params = pltpu.CompilerParams(
+        dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"))
+
+    # dq (and d alpha): kv sequential, like the forward.
+    def q_map(b, h, i, j, run_ref, fetch_ref):
+        return (b, h, i, 0)
+
+    def kv_map(b, h, i, j, run_ref, fetch_ref):
+        return (b, h // st.group, fetch_ref[(b * nq + i) * nk + j], 0)
+
+    def row_q_map(b, h, i, j, run_ref, fetch_ref):
+        return (b, i, 0)
+
+    def row_kv_map(b, h, i, j, run_ref, fetch_ref):
+        return (b, 0, fetch_ref[(b * nq + i) * nk + j])
+
+    q_spec = pl.BlockSpec((None, None, bq, head_dim), q_map)
+    kv_spec = pl.BlockSpec((None, None, bk, head_dim), kv_map)
+    stat_spec = pl.BlockSpec((None, None, bq, LANES), q_map)
+    row = pltpu.VMEM((bq, LANES), jnp.float32)
+    dq, dalpha = pl.pallas_call(
+        functools.partial(_dq_kernel, st=st, nq=nq, nk=nk),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=2, grid=(batch, heads, nq, nk),
+            in_specs=[q_spec, kv_spec, kv_spec, q_spec, stat_spec, stat_spec,
+                      *_row_specs(st, row_q_map, row_kv_map)],
+            out_specs=[q_spec, stat_spec if st.has_alpha else None],
+            scratch_shapes=[pltpu.VMEM((bq, head_dim), jnp.float32),
+                            row if st.has_alpha else None]),
+        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
+                   jax.ShapeDtypeStruct((batch, heads, q_len, LANES), jnp.float32)
+                   if st.has_alpha else None],
+        compiler_params=params, interpret=st.interpret, name="region_attention_dq",
+    )(run.reshape(-1), fetch.reshape(-1), q, k, v, d_out, lse, di, flags, qseg, kseg, alpha)
+
+    # dk/dv: grid (b, kv head, kv block, group * q blocks); the inner axis walks the group's
+    # q heads and their q blocks, so GQA sums happen in VMEM.
+    run_t = jnp.swapaxes(run, 1, 2)  # [B, nk, nq]
+    fetch_t = common.fetch_index(run_t)
+
+    def tq_map(b, h, i, j, run_ref, fetch_ref):
+        return (b, h * st.group + j // nq, fetch_ref[(b * nk + i) * nq + j % nq], 0)
+
+    def tkv_map(b, h, i, j, run_ref, fetch_ref):
+        return (b, h, i, 0)
+
+    def trow_q_map(b, h, i, j, run_ref, fetch_ref):
+        return (b, fetch_ref[(b * nk + i) * nq + j % nq], 0)
+
+    def trow_kv_map(b, h, i, j, run_ref, fetch_ref):
+        return (b, 0, i)
+
+    tq_spec = pl.BlockSpec((None, None, bq, head_dim), tq_map)
+    tkv_spec = pl.BlockSpec((None, None, bk, head_dim), tkv_map)
+    tstat_spec = pl.BlockSpec((None, None, bq, LANES), tq_map)
+    dk, dv = pl.pallas_call(
+        functools.partial(_dkv_kernel, st=st, nq=nq, nk=nk),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=2, grid=(batch, kv_heads, nk, st.group * nq),
+            in_specs=[tq_spec, tkv_spec, tkv_spec, tq_spec, tstat_spec, tstat_spec,
+                      *_row_specs(st, trow_q_map, trow_kv_map)],
+            out_specs=[tkv_spec, tkv_spec],
+            scratch_shapes=[pltpu.VMEM((bk, head_dim), jnp.float32),
+                            pltpu.VMEM((bk, head_dim), jnp.float32)]),
+        out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+        compiler_params=params, interpret=st.interpret, name="region_attention_dkv",
+    )(run_t.reshape(-1), fetch_t.reshape(-1), q, k, v, d_out, lse, di, flags, qseg, kseg, alpha)
+    if dalpha is not None:
+        dalpha = jnp.sum(dalpha[..., 0], axis=1)  # [B, H, Lq_p] -> [B, Lq_p]: alpha is per row
+        # alpha entered lane-broadcast [B, Lq_p, LANES]; spreading the cotangent evenly makes
+        # the broadcast's transpose (a sum over lanes) return it exactly (LANES is 2^7).
+        dalpha = jnp.broadcast_to(dalpha[..., None], alpha.shape).astype(alpha.dtype) / LANES
+    return dq, dk, dv, dalpha
+
+
+# ----------------------------------------------------------------------------- custom_vjp
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attention(st, run, q, k, v, alpha, flags, qseg, kseg):
+    out, _, region, visual = _fwd(st, run, q, k, v, alpha, flags, qseg, kseg, save_lse=False)
+    return out, region, visual
+
+
+def _fwd(st, run, q, k, v, alpha, flags, qseg, kseg, *, save_lse):
+    fetch = common.fetch_index(run)
+    return _fwd_call(st, run.reshape(-1), fetch.reshape(-1), q, k, v, flags, qseg, kseg, alpha,
+                     save_lse=save_lse)
+
+
+def _attention_fwd(st, run, q, k, v, alpha, flags, qseg, kseg):
+    out, lse, region, visual = _fwd(st, run, q, k, v, alpha, flags, qseg, kseg, save_lse=True)
+    return (out, region, visual), (run, q, k, v, alpha, flags, qseg, kseg, out, lse)
+
+
+def _attention_bwd(st, res, cts):
+    run, q, k, v, alpha, flags, qseg, kseg, out, lse = res
+    d_out = cts[0]  # region/visual masses carry no gradient
+    dq, dk, dv, dalpha = _bwd_call(
+        st, run, common.fetch_index(run), (q, k, v, flags, qseg, kseg, alpha, out, lse), d_out)
+    return None, dq, dk, dv, dalpha, None, None, None
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+# ----------------------------------------------------------------------------- public wrapper
+
+
+def _default_interpret() -> Any:
+    # Off-TPU the Mosaic kernel can only run in the TPU interpreter (slow, for tests).
+    return None if jax.default_backend() == "tpu" else pltpu.InterpretParams()
+
+
+def region_attention_tpu(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    causal: bool,
+    q_segment_ids: jax.Array | None = None,
+    kv_segment_ids: jax.Array | None = None,
+    kv_valid: jax.Array | None = None,
+    visual_mask: jax.Array | None = None,
+    visual_scale: jax.Array | None = None,
+    region_mask: jax.Array | None = None,
+    softmax_scale: float | None = None,
+    block_q: int | None = None,
+    block_k: int | None = None,
+    interpret: Any = "auto",
+) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+    """Pallas TPU region attention; same contract as `reference.attention_reference`.
+
+    Args:
+      q: [B, Lq, Hq, D]; k, v: [B, Lk, Hkv, D]; masks bool [B, Lk]; segment ids int [B, L];
+        visual_scale float [B, Lq].
+      block_q, block_k: tile sizes (multiples of 8; on a real TPU block_k must be a multiple
+        of 128 unless it covers the whole padded key length). Lengths need not be multiples:
+        the wrapper pads and masks the padded keys.
+      interpret: "auto" (default) = compiled on TPU, `pltpu.InterpretParams()` elsewhere;
+        None/False = always compile; or any value accepted by `pallas_call(interpret=...)`,
+        e.g. `pltpu.InterpretParams(detect_races=True)`.
+
+    Returns:
+      out [B, Lq, Hq, D] (q.dtype); region_mass, visual_mass f32 [B, Hq, Lq] or None.
+    """
+    batch, q_len, heads, head_dim = q.shape
+    kv_len, kv_heads = k.shape[1], k.shape[2]
+    if (q_segment_ids is None) != (kv_segment_ids is None):
+        raise ValueError("q_segment_ids and kv_segment_ids must be given together")
+    if visual_scale is not None and visual_mask is None:
+        raise ValueError("visual_scale needs visual_mask (which keys are visual)")
+    if interpret == "auto":
+        interpret = _default_interpret()
+    interpret = interpret or False
+    if block_q is None:
+        block_q = min(DEFAULT_BLOCK_Q, common.round_up(q_len, SUBLANES))
+    if block_k is None:
+        block_k = min(DEFAULT_BLOCK_K, common.round_up(kv_len, LANES))
+    for name, blk in (("block_q", block_q), ("block_k", block_k)):
+        if blk <= 0 or blk % SUBLANES:
+            raise ValueError(f"{name}={blk}; expected a positive multiple of {SUBLANES}")
+    q_pad, kv_pad = common.round_up(q_len, block_q), common.round_up(kv_len, block_k)
+    st = _Config(
+        causal=bool(causal),
+        scale=float(head_dim**-0.5 if softmax_scale is None else softmax_scale),
+        offset=kv_len - q_len, block_q=block_q, block_k=block_k, group=heads // kv_heads,
+        has_seg=q_segment_ids is not None, has_alpha=visual_scale is not None,
+        want_region=region_mask is not None, want_visual=visual_mask is not None,
+        interpret=interpret,
+    )
+
+    # [B, L, H, D] -> [B, H, L, D] so a (block, D) tile of one head is contiguous.
+    def heads_major(x, length):
+        return common.pad_axis(jnp.swapaxes(x, 1, 2), 2, length)
+
+    qt, kt, vt = heads_major(q, q_pad), heads_major(k, kv_pad), heads_major(v, kv_pad)
+    flags = common.key_flags(batch, kv_len, kv_pad, kv_valid=kv_valid, visual_mask=visual_mask,
+                             region_mask=region_mask)
+    qseg = kseg = qseg_rows = kseg_rows = alpha = None
+    if st.has_seg:
+        qseg = common.pad_axis(q_segment_ids.astype(jnp.int32), 1, q_pad, mode="edge")
+        kseg = common.pad_axis(kv_segment_ids.astype(jnp.int32), 1, kv_pad)
+        qseg_rows = jnp.broadcast_to(qseg[:, :, None], (batch, q_pad, LANES))
+        kseg_rows = jnp.broadcast_to(kseg[:, None, :], (batch, SUBLANES, kv_pad))
+    if st.has_alpha:
+        alpha = common.pad_axis(visual_scale.astype(jnp.float32), 1, q_pad, 1.0)
+        alpha = jnp.broadcast_to(alpha[:, :, None], (batch, q_pad, LANES))
+    run = common.block_tables(flags, qseg, kseg, block_q=block_q, block_k=block_k,
+                              num_q_blocks=q_pad // block_q, causal=st.causal, offset=st.offset)
+    flag_rows = jnp.broadcast_to(flags[:, None, :], (batch, SUBLANES, kv_pad))
+    out, region, visual = _attention(st, run.astype(jnp.int32), qt, kt, vt, alpha, flag_rows,
+                                     qseg_rows, kseg_rows)
+    out = jnp.swapaxes(out[:, :, :q_len], 1, 2)
+
+    def mass(x):
+        return None if x is None else lax.stop_gradient(x[:, :, :q_len, 0])
+
+    return out, mass(region), mass(visual)
