@@ -1,27 +1,355 @@
-"""`python -m sif_jax.train --config=configs/grpo.py`: GRPO training of the VLM.
+"""`python -m sif_jax.train --config=configs/grpo.py`: SFT warm-up, then GRPO-SIF + SAYO.
 
-The training loop (sampler, scoring, rewards, GRPO loss, sharding, checkpoints) is being built;
-until it lands this entry point validates the config and says so plainly.
+Runs sharded over every device (a ('data', 'fsdp', 'tensor') mesh from the config), saves orbax
+checkpoints every `checkpoint_every` steps and on SIGTERM, and resumes from the newest one with
+the same data order. Metrics go to a tqdm bar, a log line every `log_every` steps and
+`<workdir>/metrics.jsonl`; held-out accuracy and TAS before and after GRPO to `summary.json`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
+import json
+import os
 import sys
+import time
+from typing import Any
 
-from absl import app, flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app, flags, logging
 from ml_collections import config_flags
+from tqdm import tqdm
+
+from sif_jax import parallel
+from sif_jax.checkpoint import Checkpointer, PreemptionGuard, abstract_with_shardings
+from sif_jax.model.config import ModelConfig
+from sif_jax.model.vlm import MODEL_INPUTS, init_params, param_logical_axes
+from sif_jax.rl.grpo import GRPOConfig, TrainState, collect_rollouts, make_optimizer, policy_update
+from sif_jax.rl.rewards import RewardConfig, RewardState
+from sif_jax.rl.sampler import SamplingConfig
+from sif_jax.run_config import validate_config
+from sif_jax.sft import sft_grads
+from sif_jax.train_data import TrainData
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
 FLAGS = flags.FLAGS
+
+# Leading (batch) axis of each array of a collated batch; others are replicated.
+BATCH_AXES = {"input_ids": 0, "attention_mask": 0, "positions": 1, "region_mask": 0, "image_token_index": 0,
+              "pixel_values": 0, "patch_positions": 0, "window_segments": 0, "frame_segments": 0,
+              "region_tokens": 0, "visual_tokens": 0, "loss_mask": 0, "rope_deltas": 0}
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to <workdir>/<name>.jsonl (process 0 only)."""
+
+    def __init__(self, workdir: str, name: str = "metrics") -> None:
+        self.path = os.path.join(workdir, f"{name}.jsonl")
+        self.enabled = jax.process_index() == 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def _model_config(config: ml_collections.ConfigDict, base: ModelConfig) -> ModelConfig:
+    return base.replace(attention_backend=config.attention_backend or None)
+
+
+def _place(batch: dict[str, Any], mesh) -> dict[str, Any]:
+    return parallel.shard_batch(batch, mesh, BATCH_AXES)
+
+
+@dataclasses.dataclass
+class Run:
+    """What every phase shares: config, model, mesh, data, shardings."""
+
+    config: ml_collections.ConfigDict
+    model: ModelConfig
+    mesh: Any
+    data: TrainData
+    param_shardings: Any
+    workdir: str
+
+
+def _setup(config: ml_collections.ConfigDict) -> tuple[Run, Any]:
+    parallel.initialize_distributed()
+    mesh = parallel.make_mesh({"data": config.mesh.data, "fsdp": config.mesh.fsdp, "tensor": config.mesh.tensor})
+    data = TrainData(config)
+    params = None
+    if config.init_checkpoint and _is_hf_dir(config.init_checkpoint):
+        from sif_jax.convert.hf import load_hf_checkpoint
+
+        base, params = load_hf_checkpoint(config.init_checkpoint)
+    else:
+        from sif_jax.model.config import get_preset
+
+        base = get_preset(config.model)
+    model = _model_config(config, base)
+    data.check_model(model)
+    shapes = jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))
+    shardings = parallel.logical_shardings(shapes, param_logical_axes(model), mesh)
+    if params is None:
+        params = jax.jit(functools.partial(init_params, model), out_shardings=shardings)(
+            jax.random.key(config.seed))
+    else:
+        params = jax.device_put(params, shardings)
+    os.makedirs(config.workdir, exist_ok=True)
+    return Run(config, model, mesh, data, shardings, config.workdir), params
+
+
+def _is_hf_dir(path: str) -> bool:
+    return os.path.exists(os.path.join(path, "config.json")) and any(
+        n.endswith(".safetensors") for n in os.listdir(path))
+
+
+def _state_shardings(run: Run, state: TrainState) -> Any:
+    """Params and optimizer moments follow the param shardings; scalars are replicated."""
+    rep = parallel.replicated(run.mesh)
+    # optimizer.init under jit propagates the param shardings to the param-shaped moments
+    opt_shardings = jax.tree.map(lambda x: x.sharding, state.opt_state)
+    return TrainState(step=rep, params=run.param_shardings,
+                      ref_params=None if state.ref_params is None else run.param_shardings,
+                      opt_state=opt_shardings, rng=rep)
+
+
+@contextlib.contextmanager
+def _closing(ckpt: Checkpointer):
+    """Waits for in-flight async saves even when the loop raises, so no save is cut off."""
+    try:
+        yield ckpt
+    finally:
+        ckpt.close()
+
+
+def _make_apply(optimizer: optax.GradientTransformation, shardings: Any):
+    @functools.partial(jax.jit, donate_argnums=0, out_shardings=shardings)
+    def apply(state: TrainState, grads: Any) -> TrainState:
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                             opt_state=opt_state)
+
+    return apply
+
+
+def _new_state(params: Any, optimizer: optax.GradientTransformation, seed: int, *, reference: bool) -> TrainState:
+    """A fresh state; with `reference` the frozen KL reference is a copy of `params` (its own
+    buffers, since the policy params are donated to every update)."""
+    opt_state = jax.jit(optimizer.init)(params)
+    ref = jax.tree.map(jnp.copy, params) if reference else None
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ref_params=ref, opt_state=opt_state,
+                      rng=jax.random.key_data(jax.random.key(seed)))
+
+
+def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
+    """The SFT warm-up (resumable); returns the trained params."""
+    config = run.config
+    steps = config.sft.steps
+    if steps <= 0:
+        return params
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.sft.learning_rate, max(1, int(steps * config.sft.warmup_fraction)), steps)
+    optimizer = make_optimizer(schedule, freeze_vision=False)
+    state = _new_state(params, optimizer, config.seed, reference=False)
+    shardings = _state_shardings(run, state)
+    ckpt = Checkpointer(os.path.join(run.workdir, "sft"), every=config.checkpoint_every,
+                        max_to_keep=config.max_checkpoints)
+    data_iter = run.data.sft_iterator(config.sft.batch_size)
+    start = 0
+    if ckpt.latest_step() is not None:
+        start, state, meta = ckpt.restore(abstract_with_shardings(state))
+        data_iter.set_state(meta["data_state"])
+        logging.info("SFT: resumed at step %d", start)
+    if start >= steps:
+        ckpt.close()
+        return state.params
+    apply = _make_apply(optimizer, shardings)
+    writer = MetricsWriter(run.workdir, "sft_metrics")
+    bar = tqdm(range(start, steps), desc="SFT warm-up", initial=start, total=steps, disable=jax.process_index() != 0)
+    with PreemptionGuard() as guard, _closing(ckpt):
+        for step in bar:
+            t0 = time.perf_counter()
+            batch = _place(next(data_iter), run.mesh)
+            batch = {k: batch[k] for k in (*MODEL_INPUTS, "loss_mask") if k in batch}
+            denominator = jnp.maximum(jnp.sum(batch["loss_mask"][:, 1:]), 1)
+            grads, (nll, tokens) = sft_grads(state.params, batch, denominator, config=run.model)
+            state = apply(state, grads)
+            loss = float(nll / tokens)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            writer.write({"step": step + 1, "sft_loss": loss, "seconds": time.perf_counter() - t0})
+            done = step + 1
+            last = done == steps or guard.requested or (stop_after is not None and done >= stop_after)
+            ckpt.save(done, state, {"data_state": data_iter.get_state(), "phase": "sft"}, force=last)
+            if guard.requested or (stop_after is not None and done >= stop_after):
+                break
+    if guard.requested:
+        logging.warning("SIGTERM: SFT state saved at step %d", done)
+        sys.exit(143)
+    return state.params
+
+
+def grpo_settings(config: ml_collections.ConfigDict) -> tuple[GRPOConfig, RewardConfig]:
+    g = config.grpo
+    grpo = GRPOConfig(
+        group_size=g.group_size, mu=g.mu, beta=g.beta, eps_low=g.eps_low, eps_high=g.eps_high,
+        reduction=g.reduction, mass_layers=tuple(g.mass_layers),
+        sampling=SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+                                top_k=g.top_k),
+    )
+    r = config.rewards
+    weights = {k: float(r[k]) for k in ("format", "accuracy", "iou", "depth", "region_attention", "sayo_format")}
+    return grpo, RewardConfig(weights=weights, top_fraction=r.top_fraction)
+
+
+def run_grpo(run: Run, params: Any, *, stop_after: int | None = None) -> tuple[Any, list[dict]]:
+    """GRPO steps (resumable from <workdir>/grpo); returns the params and the metric rows."""
+    config = run.config
+    steps = config.grpo.steps
+    grpo, reward_config = grpo_settings(config)
+    optimizer = make_optimizer(config.grpo.learning_rate, freeze_vision=config.freeze_vision)
+    state = _new_state(params, optimizer, config.seed + 1, reference=config.grpo.beta != 0)
+    shardings = _state_shardings(run, state)
+    ckpt = Checkpointer(os.path.join(run.workdir, "grpo"), every=config.checkpoint_every,
+                        max_to_keep=config.max_checkpoints)
+    data_iter = run.data.grpo_iterator(config.grpo.prompts_per_step)
+    reward_state = RewardState()
+    rows: list[dict] = []
+    start = 0
+    if ckpt.latest_step() is not None:
+        start, state, meta = ckpt.restore(abstract_with_shardings(state))
+        data_iter.set_state(meta["data_state"])
+        reward_state = RewardState.from_json(meta["reward_state"])
+        rows = meta.get("history", [])
+        logging.info("GRPO: resumed at step %d", start)
+    apply = _make_apply(optimizer, shardings)
+    writer = MetricsWriter(run.workdir)
+    tok = run.data.tokenizer
+    bar = tqdm(range(start, steps), desc="GRPO", initial=start, total=steps, disable=jax.process_index() != 0)
+    with PreemptionGuard() as guard, _closing(ckpt):
+        for step in bar:
+            t0 = time.perf_counter()
+            micro = [_place(next(data_iter), run.mesh) for _ in range(config.grpo.prompts_per_step
+                                                                       // config.grpo.micro_batch_prompts)]
+            state = state.replace(rng=jax.random.key_data(
+                jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)))
+            rollouts, reward_state, metrics = collect_rollouts(
+                state, micro, config=run.model, grpo=grpo, decode=tok.decode, reward_config=reward_config,
+                reward_state=reward_state, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
+            )
+            state, update_metrics = policy_update(state, rollouts, config=run.model, grpo=grpo, optimizer=optimizer,
+                                                  apply_updates=apply)
+            example_text = metrics.pop("texts_example")
+            row = {"step": step + 1, **metrics, **update_metrics, "seconds": time.perf_counter() - t0}
+            rows.append(row)
+            writer.write(row)
+            bar.set_postfix(reward=f"{row['reward']:.2f}", acc=f"{row.get('accuracy_s_mean', 0):.2f}",
+                            tas=f"{row.get('tas_mean', 0):.2f}")
+            if (step + 1) % config.log_every == 0 and jax.process_index() == 0:
+                tqdm.write(_log_line(row) + f"\n    sample: {example_text[:160]!r}")
+            done = step + 1
+            stop = guard.requested or (stop_after is not None and done >= stop_after)
+            ckpt.save(done, state, {"data_state": data_iter.get_state(), "reward_state": reward_state.to_json(),
+                                    "history": rows, "phase": "grpo"}, force=stop or done == steps)
+            if stop:
+                break
+    if guard.requested:
+        logging.warning("SIGTERM: GRPO state saved at step %d", done)
+        sys.exit(143)
+    return state.params, rows
+
+
+def _log_line(row: dict) -> str:
+    keys = ("reward", "format_mean", "accuracy_s_mean", "iou_mean", "depth_mean", "region_attention_mean",
+            "tas_mean", "kl_mean", "entropy", "completion_length", "sampler_tokens_per_s", "seconds")
+    return f"step {row['step']}: " + " ".join(f"{k}={row[k]:.3g}" for k in keys if k in row)
+
+
+def evaluate_heldout(run: Run, params: Any) -> dict:
+    from sif_jax.evaluate import evaluate_batches
+
+    grpo, reward_config = grpo_settings(run.config)
+    tok = run.data.tokenizer
+    result = evaluate_batches(
+        params, (_place(b, run.mesh) for b in run.data.eval_batches()), config=run.model, decode=tok.decode,
+        max_new_tokens=grpo.sampling.max_new_tokens, mass_layers=grpo.mass_layers, eos_token_id=tok.eos_id,
+        pad_token_id=tok.pad_id, reward_config=reward_config,
+    )
+    return result.summary()
+
+
+def run(config: ml_collections.ConfigDict, *, stop_after: int | None = None) -> dict:
+    """The whole recipe; `stop_after` ends the GRPO phase early (as a preemption would)."""
+    validate_config(config)
+    run_, params = _setup(config)
+    return _run_phases(run_, params, stop_after=stop_after)
+
+
+def _run_phases(run_: Run, params: Any, *, stop_after: int | None) -> dict:
+    config = run_.config
+    if not config.init_checkpoint:
+        params = run_sft(run_, params)
+    summary_path = os.path.join(run_.workdir, "summary.json")
+    summary: dict = {}
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            summary = json.load(f)
+    if config.grpo.steps <= 0:
+        summary["eval"] = evaluate_heldout(run_, params)
+        _write_summary(summary_path, summary)
+        return summary
+    if "before" not in summary:
+        summary["before"] = evaluate_heldout(run_, params)
+        _write_summary(summary_path, summary)
+        _print_eval("held-out before GRPO", summary["before"])
+    params, rows = run_grpo(run_, params, stop_after=stop_after)
+    if stop_after is not None and len(rows) < config.grpo.steps:
+        return summary
+    summary["after"] = evaluate_heldout(run_, params)
+    summary["grpo_reward_curve"] = [round(r["reward"], 4) for r in rows]
+    summary["seconds_per_step"] = float(np.mean([r["seconds"] for r in rows])) if rows else None
+    summary["sampler_tokens_per_s"] = float(np.mean([r["sampler_tokens_per_s"] for r in rows])) if rows else None
+    _write_summary(summary_path, summary)
+    _print_eval("held-out after GRPO", summary["after"])
+    return summary
+
+
+def _write_summary(path: str, summary: dict) -> None:
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=2, sort_keys=True)
+
+
+def _print_eval(title: str, result: dict) -> None:
+    if jax.process_index() == 0:
+        print(f"{title}: accuracy={result.get('accuracy', 0):.3f} TAS={result.get('tas', 0):.3f} "
+              f"format={result.get('format', 0):.3f} final-area IoU={result.get('final_iou', 0):.3f} "
+              f"({result.get('examples', 0)} examples)", flush=True)
 
 
 def main(argv: list[str]) -> None:
     del argv
     if _CONFIG.value is None:
-        raise app.UsageError("--config=configs/grpo.py is required")
-    print("sif_jax.train: GRPO training is not implemented yet (model, kernel and data are). "
-          "Config read:\n" + str(_CONFIG.value), file=sys.stderr)
-    sys.exit(2)
+        raise app.UsageError("--config is required, e.g. --config=configs/grpo.py")
+    config = _CONFIG.value
+    verbose = FLAGS.verbosity > 0
+    if not verbose:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    try:  # config and input errors: one line naming the problem, no traceback (unless -v 1)
+        validate_config(config)
+        run_, params = _setup(config)
+    except (ValueError, FileNotFoundError) as e:
+        if verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    _run_phases(run_, params, stop_after=None)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,9 @@ def score_inputs(
     inputs["input_ids"] = jnp.concatenate([prompt["input_ids"], completion.astype(jnp.int32)], axis=1)
     inputs["attention_mask"] = jnp.concatenate(
         [prompt["attention_mask"], completion_mask.astype(prompt["attention_mask"].dtype)], axis=1)
+    if "image_token_index" in inputs:  # completion tokens are text: index 0, unused
+        inputs["image_token_index"] = jnp.concatenate(
+            [prompt["image_token_index"], jnp.zeros((n, steps), prompt["image_token_index"].dtype)], axis=1)
     inputs["positions"] = jnp.concatenate(
         [prompt["positions"], jnp.broadcast_to(completion_positions[None], (3, n, steps)).astype(
             prompt["positions"].dtype)], axis=2)

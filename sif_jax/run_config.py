@@ -1,0 +1,74 @@
+"""Validation of a run config (configs/grpo.py, configs/sft.py) before anything compiles.
+
+Every error names the field and its value, e.g. `config.grpo.group_size=1: GRPO needs >= 2`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ml_collections
+
+from sif_jax.model.config import PRESETS
+from sif_jax.rl.rewards import DEFAULT_WEIGHTS
+
+BACKENDS = ("", "reference", "xla", "pallas_tpu", "pallas_gpu")
+
+
+def _need(ok: bool, field: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ValueError(f"config.{field}={value!r}: {why}")
+
+
+def validate_config(c: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad field."""
+    _need(c.model in PRESETS, "model", c.model, f"choose one of {sorted(PRESETS)}")
+    _need(c.attention_backend in BACKENDS, "attention_backend", c.attention_backend, f"choose one of {BACKENDS}")
+    if c.init_checkpoint:
+        _need(os.path.isdir(c.init_checkpoint), "init_checkpoint", c.init_checkpoint, "is not a directory")
+    if c.tokenizer:
+        _need(os.path.isfile(c.tokenizer), "tokenizer", c.tokenizer, "is not a file (expected tokenizer.json)")
+    elif c.model != "tiny" or c.init_checkpoint:
+        _need(c.model == "tiny" and not c.init_checkpoint, "tokenizer", c.tokenizer,
+              "the built-in tokenizer only fits the tiny preset; give the checkpoint's tokenizer.json")
+    _need(c.data.source == "builtin" or c.data.source.split(":", 1)[0] in ("tfds", "sif_json"), "data.source",
+          c.data.source, "expected builtin, tfds:<dir> or sif_json:<file>")
+    _need(c.data.image_size >= 56 and c.data.image_size % 28 == 0, "data.image_size", c.data.image_size,
+          "must be a multiple of 28 and at least 56")
+    _need(c.data.eval_examples >= 0, "data.eval_examples", c.data.eval_examples, "must be >= 0")
+    _need(len(c.data.length_buckets) > 0 and list(c.data.length_buckets) == sorted(c.data.length_buckets),
+          "data.length_buckets", c.data.length_buckets, "must be a non-empty increasing list")
+    _need(len(c.data.patch_buckets) > 0 and all(b % 4 == 0 for b in c.data.patch_buckets), "data.patch_buckets",
+          c.data.patch_buckets, "must be non-empty multiples of 4 (merge unit)")
+    _need(c.sft.steps >= 0, "sft.steps", c.sft.steps, "must be >= 0")
+    _need(c.sft.batch_size >= 1, "sft.batch_size", c.sft.batch_size, "must be >= 1")
+    _need(c.sft.learning_rate > 0, "sft.learning_rate", c.sft.learning_rate, "must be > 0")
+    _need(0 <= c.sft.warmup_fraction < 1, "sft.warmup_fraction", c.sft.warmup_fraction, "must lie in [0, 1)")
+    g = c.grpo
+    _need(g.steps >= 0, "grpo.steps", g.steps, "must be >= 0")
+    _need(g.group_size >= 2, "grpo.group_size", g.group_size, "GRPO needs >= 2 samples per prompt")
+    _need(g.prompts_per_step >= 1, "grpo.prompts_per_step", g.prompts_per_step, "must be >= 1")
+    _need(g.micro_batch_prompts >= 1 and g.prompts_per_step % g.micro_batch_prompts == 0,
+          "grpo.micro_batch_prompts", g.micro_batch_prompts,
+          f"must divide grpo.prompts_per_step={g.prompts_per_step}")
+    _need(g.mu >= 1, "grpo.mu", g.mu, "must be >= 1")
+    _need(g.learning_rate > 0, "grpo.learning_rate", g.learning_rate, "must be > 0")
+    _need(g.beta >= 0, "grpo.beta", g.beta, "must be >= 0")
+    _need(0 <= g.eps_low < 1, "grpo.eps_low", g.eps_low, "must lie in [0, 1)")
+    _need(g.eps_high >= 0, "grpo.eps_high", g.eps_high, "must be >= 0")
+    _need(g.reduction in ("sequence_mean", "token_mean"), "grpo.reduction", g.reduction,
+          "expected sequence_mean or token_mean")
+    _need(g.max_new_tokens >= 1, "grpo.max_new_tokens", g.max_new_tokens, "must be >= 1")
+    _need(g.temperature >= 0, "grpo.temperature", g.temperature, "must be >= 0")
+    _need(0 < g.top_p <= 1, "grpo.top_p", g.top_p, "must lie in (0, 1]")
+    _need(g.top_k >= 0, "grpo.top_k", g.top_k, "must be >= 0")
+    _need(len(g.mass_layers) > 0, "grpo.mass_layers", g.mass_layers, "name at least one decoder layer")
+    for name in DEFAULT_WEIGHTS:
+        _need(name in c.rewards, f"rewards.{name}", None, "missing reward weight")
+    _need(0 < c.rewards.top_fraction <= 1, "rewards.top_fraction", c.rewards.top_fraction, "must lie in (0, 1]")
+    for axis in ("data", "fsdp", "tensor"):
+        size = c.mesh[axis]
+        _need(size == -1 or size >= 1, f"mesh.{axis}", size, "must be -1 or >= 1")
+    _need(c.checkpoint_every >= 1, "checkpoint_every", c.checkpoint_every, "must be >= 1")
+    _need(c.log_every >= 1, "log_every", c.log_every, "must be >= 1")
