@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -74,19 +75,38 @@ def test_rejects_bad_block():
         region_attention_tpu(q, q, q, causal=True, block_q=12)
 
 
+def _abstract_tpu_mesh():
+    try:
+        from jax._src import mesh as mesh_lib
+
+        device = mesh_lib.AbstractDevice(device_kind="TPU v5 lite", num_cores=1, platform="tpu")
+        return jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
+    except (ImportError, AttributeError, TypeError) as e:  # private API moved
+        pytest.skip(f"no abstract TPU device in this jax: {e}")
+
+
+def _custom_call_f32_results(text: str) -> list[str]:
+    """Result tensor types (f32 only) of every tpu_custom_call in a lowered module."""
+    types = []
+    for line in text.splitlines():
+        if "tpu_custom_call" in line and ") -> " in line:
+            types += re.findall(r"tensor<[0-9x]+xf32>", line.rsplit(") -> ", 1)[1])
+    return types
+
+
+def _assert_compact_rows(text: str) -> None:
+    # Per-row outputs (lse, masses, d alpha) are [B, H, nq, 1, bq]: no lane-broadcast x128.
+    f32 = _custom_call_f32_results(text)
+    assert f32 and all(re.fullmatch(r"tensor<\d+x\d+x\d+x1x\d+xf32>", t) for t in f32), f32
+
+
 @pytest.mark.parametrize("head_dim", [64, 80, 128])
 def test_lowers_for_tpu(head_dim):
     """Mosaic lowering (block shapes, ops) of forward and backward for a real TPU generation.
 
     Runs the Python side of the Mosaic lowering only; the Mosaic compiler itself needs a TPU.
     """
-    try:
-        from jax._src import mesh as mesh_lib
-
-        device = mesh_lib.AbstractDevice(device_kind="TPU v5 lite", num_cores=1, platform="tpu")
-        mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
-    except (ImportError, AttributeError, TypeError) as e:  # private API moved
-        pytest.skip(f"no abstract TPU device in this jax: {e}")
+    mesh = _abstract_tpu_mesh()
     b, n = 1, 512
     q = jnp.zeros((b, n, 4, head_dim), jnp.bfloat16)
     k = jnp.zeros((b, n, 2, head_dim), jnp.bfloat16)
@@ -104,3 +124,22 @@ def test_lowers_for_tpu(head_dim):
         text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, k, k).lower(
             lowering_platforms=("tpu",)).as_text()
     assert text.count("tpu_custom_call") == 3  # forward, dq, dk/dv
+    _assert_compact_rows(text)
+
+
+def test_lowers_for_tpu_decode_compact_masses():
+    """One query row (block_q 8 = the padded length): the (1, 8) mass blocks are legal too."""
+    mesh = _abstract_tpu_mesh()
+    q = jnp.zeros((2, 1, 4, 128), jnp.bfloat16)
+    k = jnp.zeros((2, 384, 2, 128), jnp.bfloat16)
+    mask = jnp.ones((2, 384), bool)
+
+    def fwd(q, k, v):
+        return region_attention_tpu(q, k, v, causal=True, visual_mask=mask, region_mask=mask,
+                                    interpret=None)
+
+    with jax.sharding.use_abstract_mesh(mesh):
+        lowered = jax.jit(fwd).trace(q, k, k).lower(lowering_platforms=("tpu",))
+    _assert_compact_rows(lowered.as_text())
+    out_shapes = [x.shape for x in jax.tree.leaves(lowered.out_info)]
+    assert out_shapes == [(2, 1, 4, 128), (2, 4, 1), (2, 4, 1)]

@@ -26,14 +26,28 @@ that sums the group's q heads in its VMEM accumulators (no [B, Hq, Lk, D] tempor
 z = c * s, c = alpha on visual keys else 1: dz = p * (dp - D), ds = c * dz, and
 d alpha_q = sum_{visual k} dz * s. The masses get zero cotangent.
 
-Per-row statistics (lse, masses) are stored lane-broadcast as [..., 128] like the JAX flash
-attention kernel, so every block is (8, 128)-tileable; the wrapper keeps lane 0.
+Per-row outputs (masses, the saved log-sum-exp, d alpha) are stored compactly, q rows in the
+lane dimension: an array [B, H, nq, 1, bq] whose (1, bq) blocks equal the array's last two dims,
+so they satisfy Mosaic's (8, 128) block rule for any block_q (a (None, None, bq) block of
+[B, H, Lq] would not: its second-minor block dim would be 1 != H). The kernels keep these
+statistics as (bq, 128) lane-broadcast f32 scratch during the kv loop (the per-row rescaling
+by exp(m_prev - m_new) is a (bq, 1) column, natural in that layout) and relayout them once per
+q block at the last kv step: the columns are packed into one (bq, 128) tile (lanes 0, 8, 16)
+and transposed together, so one XLU transpose serves all of them and every row read back is
+sublane-tile aligned. The reshape [B, H, nq, 1, bq] -> [B, H, Lq_p] outside costs at most a
+copy of the compact array. Before, each of these was a lane-broadcast [B, H, Lq, 128] f32
+array: 128x the bytes.
+The backward broadcasts the compact lse back to [B, H, Lq_p, 128] for its two kernels (as it
+does for D = rowsum(dO * O)); that array is transient, only the compact one is a residual.
 
 Status: developed on CPU. Tested in TPU interpret mode (numerics, race detection) and the
 Python side of the Mosaic lowering for a TPU v5e target (tests/kernels); never run on a real
-TPU yet, so Mosaic compilation, block-size tuning and timings are pending. Known costs to
-revisit on hardware: the per-row outputs use 128 lanes (each mass is [B, H, Lq, 128] f32 in
-HBM); the two block tables live in SMEM and grow as B * nq * nk int32 each.
+TPU yet, so Mosaic compilation (including the (bq, 128) -> (128, bq) f32 transpose of the
+per-row outputs), block-size tuning and timings are pending. Known costs to revisit on
+hardware: the per-query inputs (alpha, q segment ids) still enter lane-broadcast as
+[B, Lq, 128] (no head axis, so B * Lq * 512 bytes each); the backward's transient lse / D
+arrays are [B, H, Lq, 128] f32; the two block tables live in SMEM and grow as B * nq * nk
+int32 each.
 """
 
 from __future__ import annotations
@@ -111,6 +125,45 @@ def _lanes(x: jax.Array) -> jax.Array:
     return jnp.broadcast_to(x, (x.shape[0], LANES))
 
 
+def _store_rows(pairs) -> None:
+    """Writes per-row columns (f32 [bq, 1]) into lane-major (1, bq) output refs (None: skip).
+
+    Why relayout once here instead of accumulating in a (1, bq) scratch: the running sums are
+    rescaled by a (bq, 1) column at every kv step, so a lane-major accumulator would need that
+    column transposed at every step; this is one (bq, 128) transpose per q block for up to
+    three statistics. Column i goes to lane 8 * i, i.e. row 8 * i of the transpose, the first
+    row of a sublane tile (no sublane shift when it is stored).
+    """
+    pairs = [(col, ref) for col, ref in pairs if ref is not None]
+    if not pairs:
+        return
+    assert len(pairs) * SUBLANES <= LANES
+    bq = pairs[0][0].shape[0]
+    lane = lax.broadcasted_iota(jnp.int32, (bq, LANES), 1)
+    packed = jnp.zeros((bq, LANES), jnp.float32)
+    for i, (col, _) in enumerate(pairs):
+        packed = jnp.where(lane == i * SUBLANES, col, packed)
+    rows = jnp.transpose(packed)  # [LANES, bq]
+    for i, (_, ref) in enumerate(pairs):
+        ref[...] = rows[i * SUBLANES:i * SUBLANES + 1, :]
+
+
+def _compact(x: jax.Array) -> jax.Array:
+    """[B, H, nq, 1, bq] (the kernels' per-row output layout) -> [B, H, nq * bq]."""
+    return x.reshape(*x.shape[:2], -1)
+
+
+def _row_stat_out(st: _Config, batch: int, heads: int, nq: int, q_map):
+    """ShapeDtypeStruct and BlockSpec of a compact per-row f32 output [B, H, nq, 1, bq]."""
+    shape = jax.ShapeDtypeStruct((batch, heads, nq, 1, st.block_q), jnp.float32)
+
+    def index_map(*idx):
+        b, h, i = q_map(*idx)[:3]
+        return (b, h, i, 0, 0)
+
+    return shape, pl.BlockSpec((None, None, None, 1, st.block_q), index_map)
+
+
 # ----------------------------------------------------------------------------- forward
 
 
@@ -159,12 +212,11 @@ def _fwd_kernel(run_ref, fetch_ref, q_ref, k_ref, v_ref, flags_ref, qseg_ref, ks
         l_safe = jnp.where(denom == 0.0, 1.0, denom)  # a row with no visible key: out 0, masses 0
         inv = 1.0 / l_safe
         o_ref[...] = (acc_sc[...] * inv).astype(o_ref.dtype)
-        if lse_ref is not None:
-            lse_ref[...] = _lanes(m_sc[...][:, :1] + jnp.log(l_safe))
-        if region_ref is not None:
-            region_ref[...] = _lanes(r_sc[...][:, :1] * inv)
-        if visual_ref is not None:
-            visual_ref[...] = _lanes(vis_sc[...][:, :1] * inv)
+        _store_rows([
+            (m_sc[...][:, :1] + jnp.log(l_safe), lse_ref),
+            (r_sc[...][:, :1] * inv if r_sc is not None else None, region_ref),
+            (vis_sc[...][:, :1] * inv if vis_sc is not None else None, visual_ref),
+        ])
 
 
 def _row_specs(st: _Config, q_map, kv_map):
@@ -201,8 +253,7 @@ def _fwd_call(st: _Config, run, fetch, q, k, v, flags, qseg, kseg, alpha, *, sav
         pl.BlockSpec((None, None, bk, head_dim), kv_map),
         flags_s, qseg_s, kseg_s, alpha_s,
     ]
-    stat = jax.ShapeDtypeStruct((batch, heads, q_len, LANES), jnp.float32)
-    stat_spec = pl.BlockSpec((None, None, bq, LANES), q_map)
+    stat, stat_spec = _row_stat_out(st, batch, heads, nq, q_map)
     want = (save_lse, st.want_region, st.want_visual)
     out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)] + [stat if w else None for w in want]
     out_specs = [pl.BlockSpec((None, None, bq, head_dim), q_map)] + [
@@ -260,7 +311,7 @@ def _dq_kernel(run_ref, fetch_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref,
     def _finish():
         dq_ref[...] = (dq_sc[...] * st.scale).astype(dq_ref.dtype)
         if da_ref is not None:
-            da_ref[...] = da_sc[...]
+            _store_rows([(da_sc[...][:, :1], da_ref)])
 
 
 def _dkv_kernel(run_ref, fetch_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref,
@@ -304,6 +355,8 @@ def _bwd_call(st: _Config, run, fetch, res, d_out):
     # D_q = <do_q, o_q>: the softmax-Jacobian row term; zero for fully masked rows (o = 0).
     di = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
     di = jnp.broadcast_to(di, (batch, heads, q_len, LANES))
+    # The compact lse residual, lane-broadcast for the two kernels (transient, like di).
+    lse = jnp.broadcast_to(_compact(lse)[..., None], (batch, heads, q_len, LANES))
     params = pltpu.CompilerParams(
         dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"))
 
@@ -324,18 +377,17 @@ def _bwd_call(st: _Config, run, fetch, res, d_out):
     kv_spec = pl.BlockSpec((None, None, bk, head_dim), kv_map)
     stat_spec = pl.BlockSpec((None, None, bq, LANES), q_map)
     row = pltpu.VMEM((bq, LANES), jnp.float32)
+    da_shape, da_spec = _row_stat_out(st, batch, heads, nq, q_map)
     dq, dalpha = pl.pallas_call(
         functools.partial(_dq_kernel, st=st, nq=nq, nk=nk),
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=2, grid=(batch, heads, nq, nk),
             in_specs=[q_spec, kv_spec, kv_spec, q_spec, stat_spec, stat_spec,
                       *_row_specs(st, row_q_map, row_kv_map)],
-            out_specs=[q_spec, stat_spec if st.has_alpha else None],
+            out_specs=[q_spec, da_spec if st.has_alpha else None],
             scratch_shapes=[pltpu.VMEM((bq, head_dim), jnp.float32),
                             row if st.has_alpha else None]),
-        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                   jax.ShapeDtypeStruct((batch, heads, q_len, LANES), jnp.float32)
-                   if st.has_alpha else None],
+        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), da_shape if st.has_alpha else None],
         compiler_params=params, interpret=st.interpret, name="region_attention_dq",
     )(run.reshape(-1), fetch.reshape(-1), q, k, v, d_out, lse, di, flags, qseg, kseg, alpha)
 
@@ -372,7 +424,7 @@ def _bwd_call(st: _Config, run, fetch, res, d_out):
         compiler_params=params, interpret=st.interpret, name="region_attention_dkv",
     )(run_t.reshape(-1), fetch_t.reshape(-1), q, k, v, d_out, lse, di, flags, qseg, kseg, alpha)
     if dalpha is not None:
-        dalpha = jnp.sum(dalpha[..., 0], axis=1)  # [B, H, Lq_p] -> [B, Lq_p]: alpha is per row
+        dalpha = jnp.sum(_compact(dalpha), axis=1)  # [B, H, Lq_p] -> [B, Lq_p]: alpha is per row
         # alpha entered lane-broadcast [B, Lq_p, LANES]; spreading the cotangent evenly makes
         # the broadcast's transpose (a sum over lanes) return it exactly (LANES is 2^7).
         dalpha = jnp.broadcast_to(dalpha[..., None], alpha.shape).astype(alpha.dtype) / LANES
@@ -500,6 +552,6 @@ def region_attention_tpu(
     out = jnp.swapaxes(out[:, :, :q_len], 1, 2)
 
     def mass(x):
-        return None if x is None else lax.stop_gradient(x[:, :, :q_len, 0])
+        return None if x is None else lax.stop_gradient(_compact(x)[:, :, :q_len])
 
     return out, mass(region), mass(visual)
