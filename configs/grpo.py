@@ -67,6 +67,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
 
+    # Multi-process (jax.distributed). On Cloud TPU leave these empty: they are discovered.
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator_address = ""  # host:port of process 0
+    c.distributed.num_processes = 0  # 0 = not set
+    c.distributed.process_id = -1
+
     c.checkpoint_every = 20
     c.max_checkpoints = 2
     c.log_every = 5

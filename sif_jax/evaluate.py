@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sif_jax.data.format import check_format
 from sif_jax.model.config import ModelConfig
+from sif_jax.parallel import to_host
 from sif_jax.rl.rewards import RewardConfig, accuracy_scores
 from sif_jax.rl.rewards_attention import region_attention_reward
 from sif_jax.rl.rewards_geometry import hierarchical_iou
@@ -75,14 +75,15 @@ def evaluate_batches(
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id, visual_scale=visual_scale)
         scores = score(params, prompt, samples.tokens, samples.completion_mask, batch["region_mask"], config=config,
                        mass_layers=layers)
-        tokens, mask = np.asarray(samples.tokens), np.asarray(samples.completion_mask)
+        tokens, mask = to_host(samples.tokens), to_host(samples.completion_mask)
         texts = [decode(tokens[r][mask[r]].tolist()) for r in range(tokens.shape[0])]
         rollout = RolloutBatch(
             group_size=1, prompt_ids=list(batch["prompt_ids"]), texts=texts, answers=list(batch["answers"]),
             choices=list(batch["choices"]), target_boxes=list(batch["target_boxes"]),
-            depth_maps=list(batch["depth_maps"]), completion_mask=samples.completion_mask,
-            entropies=scores.entropies, region_mass=scores.region_mass, visual_mass=scores.visual_mass,
-            region_tokens=jnp.asarray(batch["region_tokens"]), visual_tokens=jnp.asarray(batch["visual_tokens"]),
+            depth_maps=list(batch["depth_maps"]), completion_mask=mask,
+            entropies=to_host(scores.entropies), region_mass=to_host(scores.region_mass),
+            visual_mass=to_host(scores.visual_mass), region_tokens=to_host(batch["region_tokens"]),
+            visual_tokens=to_host(batch["visual_tokens"]),
         )
         accuracy = accuracy_scores(rollout, reward_config)
         _, tas = region_attention_reward(
@@ -90,6 +91,7 @@ def evaluate_batches(
             rollout.region_tokens, rollout.visual_tokens, top_fraction=reward_config.top_fraction,
         )
         tas = np.asarray(tas)
+        first_prob = to_host(samples.first_token_prob)
         metadata = batch.get("metadata") or [{}] * len(texts)
         for r, text in enumerate(texts):
             parsed = check_format(text)
@@ -99,7 +101,7 @@ def evaluate_batches(
             rows.append({
                 "prompt_id": rollout.prompt_ids[r], "answer": rollout.answers[r], "output": text,
                 "accuracy": float(accuracy[r]), "tas": float(tas[r]), "format": float(parsed.ok),
-                "final_iou": final_iou, "first_token_prob": float(samples.first_token_prob[r]),
+                "final_iou": final_iou, "first_token_prob": float(first_prob[r]),
                 **{k: metadata[r].get(k) for k in ("family", "relation", "split")},
             })
     return EvalResult(rows)

@@ -136,3 +136,25 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh, batch_axes: Mapping[str, i
         else:
             out[name] = value
     return out
+
+
+def to_host(x: Any) -> np.ndarray:
+    """A NumPy copy of a (possibly multi-process) array: gathered across processes when part of
+    it lives on another host, so every process sees the same global value."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def optimizer_shardings(optimizer: Any, boxed_params: Any, mesh: Mesh,
+                        rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
+    """Shardings of `optimizer.init(params)`: moments follow their params' logical axes (optax
+    keeps flax's partitioning boxes), scalars such as step counts are replicated.
+
+    Args:
+      boxed_params: abstract params still wrapped in `nn.LogicallyPartitioned` boxes.
+    """
+    abstract = jax.eval_shape(optimizer.init, boxed_params)
+    return logical_shardings(nn.unbox(abstract), nn.get_partition_spec(abstract), mesh, rules)

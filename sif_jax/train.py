@@ -28,8 +28,9 @@ from tqdm import tqdm
 
 from sif_jax import parallel
 from sif_jax.checkpoint import Checkpointer, PreemptionGuard, abstract_with_shardings
+from sif_jax.evaluate import evaluate_batches
 from sif_jax.model.config import ModelConfig
-from sif_jax.model.vlm import MODEL_INPUTS, init_params, param_logical_axes
+from sif_jax.model.vlm import MODEL_INPUTS, abstract_boxed_params, init_params, param_logical_axes
 from sif_jax.rl.grpo import GRPOConfig, TrainState, collect_rollouts, make_optimizer, policy_update
 from sif_jax.rl.rewards import RewardConfig, RewardState
 from sif_jax.rl.sampler import SamplingConfig
@@ -80,7 +81,9 @@ class Run:
 
 
 def _setup(config: ml_collections.ConfigDict) -> tuple[Run, Any]:
-    parallel.initialize_distributed()
+    d = config.distributed
+    parallel.initialize_distributed(d.coordinator_address or None, d.num_processes or None,
+                                    d.process_id if d.process_id >= 0 else None)
     mesh = parallel.make_mesh({"data": config.mesh.data, "fsdp": config.mesh.fsdp, "tensor": config.mesh.tensor})
     data = TrainData(config)
     params = None
@@ -110,14 +113,13 @@ def _is_hf_dir(path: str) -> bool:
         n.endswith(".safetensors") for n in os.listdir(path))
 
 
-def _state_shardings(run: Run, state: TrainState) -> Any:
-    """Params and optimizer moments follow the param shardings; scalars are replicated."""
+def _state_shardings(run: Run, optimizer: optax.GradientTransformation, *, reference: bool) -> TrainState:
+    """Params (and the reference) follow the logical-axis shardings, optimizer moments their
+    params', scalars are replicated."""
     rep = parallel.replicated(run.mesh)
-    # optimizer.init under jit propagates the param shardings to the param-shaped moments
-    opt_shardings = jax.tree.map(lambda x: x.sharding, state.opt_state)
-    return TrainState(step=rep, params=run.param_shardings,
-                      ref_params=None if state.ref_params is None else run.param_shardings,
-                      opt_state=opt_shardings, rng=rep)
+    opt = parallel.optimizer_shardings(optimizer, abstract_boxed_params(run.model), run.mesh)
+    return TrainState(step=rep, params=run.param_shardings, ref_params=run.param_shardings if reference else None,
+                      opt_state=opt, rng=rep)
 
 
 @contextlib.contextmanager
@@ -139,13 +141,16 @@ def _make_apply(optimizer: optax.GradientTransformation, shardings: Any):
     return apply
 
 
-def _new_state(params: Any, optimizer: optax.GradientTransformation, seed: int, *, reference: bool) -> TrainState:
-    """A fresh state; with `reference` the frozen KL reference is a copy of `params` (its own
-    buffers, since the policy params are donated to every update)."""
-    opt_state = jax.jit(optimizer.init)(params)
-    ref = jax.tree.map(jnp.copy, params) if reference else None
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ref_params=ref, opt_state=opt_state,
-                      rng=jax.random.key_data(jax.random.key(seed)))
+def _new_state(params: Any, optimizer: optax.GradientTransformation, seed: int, shardings: TrainState) -> TrainState:
+    """A fresh state on the mesh; the frozen KL reference (if `shardings.ref_params`) is a copy
+    of `params` with its own buffers, since the policy params are donated to every update."""
+    def build(params):
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params,
+            ref_params=None if shardings.ref_params is None else jax.tree.map(jnp.copy, params),
+            opt_state=optimizer.init(params), rng=jax.random.key_data(jax.random.key(seed)))
+
+    return jax.jit(build, out_shardings=shardings)(params)
 
 
 def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
@@ -157,8 +162,8 @@ def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, config.sft.learning_rate, max(1, int(steps * config.sft.warmup_fraction)), steps)
     optimizer = make_optimizer(schedule, freeze_vision=False)
-    state = _new_state(params, optimizer, config.seed, reference=False)
-    shardings = _state_shardings(run, state)
+    shardings = _state_shardings(run, optimizer, reference=False)
+    state = _new_state(params, optimizer, config.seed, shardings)
     ckpt = Checkpointer(os.path.join(run.workdir, "sft"), every=config.checkpoint_every,
                         max_to_keep=config.max_checkpoints)
     data_iter = run.data.sft_iterator(config.sft.batch_size)
@@ -214,8 +219,8 @@ def run_grpo(run: Run, params: Any, *, stop_after: int | None = None) -> tuple[A
     steps = config.grpo.steps
     grpo, reward_config = grpo_settings(config)
     optimizer = make_optimizer(config.grpo.learning_rate, freeze_vision=config.freeze_vision)
-    state = _new_state(params, optimizer, config.seed + 1, reference=config.grpo.beta != 0)
-    shardings = _state_shardings(run, state)
+    shardings = _state_shardings(run, optimizer, reference=config.grpo.beta != 0)
+    state = _new_state(params, optimizer, config.seed + 1, shardings)
     ckpt = Checkpointer(os.path.join(run.workdir, "grpo"), every=config.checkpoint_every,
                         max_to_keep=config.max_checkpoints)
     data_iter = run.data.grpo_iterator(config.grpo.prompts_per_step)
@@ -272,8 +277,6 @@ def _log_line(row: dict) -> str:
 
 
 def evaluate_heldout(run: Run, params: Any) -> dict:
-    from sif_jax.evaluate import evaluate_batches
-
     grpo, reward_config = grpo_settings(run.config)
     tok = run.data.tokenizer
     result = evaluate_batches(

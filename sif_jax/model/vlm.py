@@ -296,10 +296,14 @@ def _init_boxed(config: ModelConfig, rng: jax.Array) -> Params:
     return Qwen25VL(config).init(rng, **_dummy_inputs(config))["params"]
 
 
+def abstract_boxed_params(config: ModelConfig) -> Params:
+    """ShapeDtypeStructs of the params inside their `nn.LogicallyPartitioned` boxes."""
+    return jax.eval_shape(functools.partial(_init_boxed, config), jax.random.key(0))
+
+
 def param_logical_axes(config: ModelConfig) -> Params:
     """A pytree like the params whose leaves are `PartitionSpec`s of logical axis names."""
-    boxed = jax.eval_shape(functools.partial(_init_boxed, config), jax.random.key(0))
-    return nn.get_partition_spec(boxed)
+    return nn.get_partition_spec(abstract_boxed_params(config))
 
 
 def lm_head_kernel(params: Params, config: ModelConfig) -> jax.Array:

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from sif_jax.model.config import ModelConfig
+from sif_jax.parallel import to_host
 from sif_jax.rl.advantage import group_advantages
 from sif_jax.rl.loss import grpo_loss_terms
 from sif_jax.rl.rewards import RewardConfig, RewardResult, RewardState, combined_reward
@@ -75,16 +76,21 @@ def prompt_arrays(batch: dict[str, Any]) -> dict[str, jax.Array]:
 
 def make_optimizer(learning_rate: float | optax.Schedule, *, weight_decay: float = 0.0,
                    grad_clip: float = 1.0, freeze_vision: bool = False) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping; the vision tower optionally frozen (zero updates)."""
+    """AdamW with global-norm clipping; with `freeze_vision` the vision tower's final updates
+    are zeroed (weight decay included), so it never changes.
+
+    Freezing is a stateless last step rather than optax.multi_transform: the optimizer state
+    keeps the params' tree structure, which the sharding rules map one to one.
+    """
     tx = optax.chain(optax.clip_by_global_norm(grad_clip), optax.adamw(learning_rate, weight_decay=weight_decay))
     if not freeze_vision:
         return tx
 
-    def labels(params):
-        return {name: jax.tree.map(lambda _, label="frozen" if name == "visual" else "train": label, sub)
-                for name, sub in params.items()}
+    def zero_vision(updates, params=None):
+        del params
+        return {name: jax.tree.map(jnp.zeros_like, sub) if name == "visual" else sub for name, sub in updates.items()}
 
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return optax.chain(tx, optax.stateless(zero_vision))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "grpo"))
@@ -140,9 +146,10 @@ def collect_rollouts(
         t0 = time.perf_counter()
         samples = generate(state.params, prompt, jax.random.fold_in(rng, i), config=config, sampling=grpo.sampling,
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id)
-        jax.block_until_ready(samples.tokens)
+        tokens = to_host(samples.tokens)
         sample_time += time.perf_counter() - t0
-        generated += int(jnp.sum(samples.completion_mask))
+        mask = to_host(samples.completion_mask)
+        generated += int(mask.sum())
         policy = score(state.params, prompt, samples.tokens, samples.completion_mask, batch["region_mask"],
                        config=config, mass_layers=layers, temperature=_score_temperature(grpo),
                        vocab_chunk=grpo.vocab_chunk)
@@ -150,16 +157,15 @@ def collect_rollouts(
         if grpo.beta != 0:
             ref_logp = score(state.ref_params, prompt, samples.tokens, samples.completion_mask, config=config,
                              temperature=_score_temperature(grpo), vocab_chunk=grpo.vocab_chunk).logprobs
-        tokens = np.asarray(samples.tokens)
-        mask = np.asarray(samples.completion_mask)
         texts = [decode(tokens[r][mask[r]].tolist()) for r in range(tokens.shape[0])]
+        # Rewards read host copies (gathered across processes), so every process computes the same.
         batches.append(RolloutBatch(
             group_size=grpo.group_size, prompt_ids=list(batch["prompt_ids"]), texts=texts,
             answers=list(batch["answers"]), choices=list(batch["choices"]),
             target_boxes=list(batch["target_boxes"]), depth_maps=list(batch["depth_maps"]),
-            completion_mask=samples.completion_mask, entropies=policy.entropies,
-            region_mass=policy.region_mass, visual_mass=policy.visual_mass,
-            region_tokens=jnp.asarray(batch["region_tokens"]), visual_tokens=jnp.asarray(batch["visual_tokens"]),
+            completion_mask=mask, entropies=to_host(policy.entropies),
+            region_mass=to_host(policy.region_mass), visual_mass=to_host(policy.visual_mass),
+            region_tokens=to_host(batch["region_tokens"]), visual_tokens=to_host(batch["visual_tokens"]),
         ))
         rollouts.append(Rollout(prompt, samples.tokens, samples.completion_mask, policy.logprobs, ref_logp))
 
@@ -210,7 +216,7 @@ def policy_update(
         state = apply_updates(state, grads_sum)
         weights = np.array([float(m["num_tokens"]) for m in parts])
         weights = weights / max(weights.sum(), 1.0)
-        metrics = {"loss": float(num_sum / denominator), "grad_norm": float(optax.global_norm(grads_sum))}
+        metrics = {"loss": float(num_sum / denominator), "grad_norm": float(optax.tree.norm(grads_sum))}
         for key in ("kl_mean", "ratio_mean", "clip_low_fraction", "clip_high_fraction"):
             metrics[key] = float(sum(w * float(m[key]) for w, m in zip(weights, parts, strict=True)))
     return state, metrics

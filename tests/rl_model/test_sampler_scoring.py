@@ -106,3 +106,16 @@ def test_score_is_differentiable(setup):
     grads = jax.grad(lambda p: score(p, prompt, completion, mask, config=config).logprobs.sum())(params)
     norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)]
     assert all(np.isfinite(norms)) and sum(norms) > 0
+
+
+def test_frozen_vision_tower_does_not_move():
+    from sif_jax.model.config import get_preset
+    from sif_jax.model.vlm import init_params
+    from sif_jax.rl.grpo import make_optimizer
+
+    params = init_params(get_preset("tiny"), jax.random.key(0))
+    tx = make_optimizer(1e-2, weight_decay=0.1, freeze_vision=True)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates["visual"]))
+    assert all(float(jnp.abs(u).max()) > 0 for u in jax.tree.leaves(updates["text"]))

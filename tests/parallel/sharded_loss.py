@@ -1,0 +1,62 @@
+"""Run by test_sharding.py in a subprocess with 8 simulated CPU devices.
+
+Computes one GRPO loss and gradient norm of the tiny model on a fixed rollout for each mesh
+(data, fsdp, tensor) given on the command line and prints them as JSON.
+"""
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sif_jax import parallel
+from sif_jax.data import pipeline as pl
+from sif_jax.data.scenes import SceneConfig
+from sif_jax.data.tokenizer import BuiltinTokenizer
+from sif_jax.model.config import get_preset
+from sif_jax.model.vlm import init_params, param_logical_axes
+from sif_jax.rl.grpo import GRPOConfig, _loss_grads, prompt_arrays
+from sif_jax.train import BATCH_AXES
+
+
+def main() -> None:
+    meshes = [tuple(int(x) for x in m.split(",")) for m in sys.argv[1:]]
+    config = get_preset("tiny")
+    tok = BuiltinTokenizer()
+    source = pl.BuiltinSource(seed=0, size=8, scene_config=SceneConfig(height=112, width=112))
+    pre = pl.Preprocessor(tok, config)
+    batch = pl.collate([pre(source[i]) for i in range(4)], config, repeat=2, length_buckets=(128,),
+                       patch_buckets=(64,))
+    params = init_params(config, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    rows, steps = batch["input_ids"].shape[0], 5
+    completion = jnp.asarray(rng.integers(10, 800, (rows, steps)), jnp.int32)
+    mask = jnp.asarray(rng.random((rows, steps)) < 0.8)
+    old_logp = jnp.asarray(-rng.random((rows, steps)) * 3, jnp.float32)
+    advantages = jnp.asarray(rng.standard_normal(rows), jnp.float32)
+    grpo = GRPOConfig(group_size=2, beta=0.0)
+    results = {}
+    for shape in meshes:
+        n = shape[0] * shape[1] * shape[2]
+        mesh = parallel.make_mesh(shape, devices=jax.devices()[:n])
+        shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+        shardings = parallel.logical_shardings(shapes, param_logical_axes(config), mesh)
+        placed = jax.device_put(params, shardings)
+        prompt = parallel.shard_batch(prompt_arrays(batch), mesh, BATCH_AXES)
+        sharded = [parallel.shard_batch({"x": x}, mesh, {"x": 0})["x"] for x in (completion, mask, old_logp,
+                                                                               advantages)]
+        grads, (num, den, _) = _loss_grads(placed, prompt, sharded[0], sharded[1], sharded[2], None, sharded[3],
+                                           jnp.float32(rows), config=config, grpo=grpo)
+        sharded_leaves = sum(1 for s in jax.tree.leaves(shardings) if not s.is_fully_replicated)
+        results[",".join(map(str, shape))] = {
+            "loss": float(num / rows),
+            "grad_norm": float(jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))),
+            "devices": len(mesh.devices.flat), "sharded_param_leaves": sharded_leaves,
+        }
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
