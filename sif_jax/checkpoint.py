@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 class Checkpointer:
@@ -26,7 +27,8 @@ class Checkpointer:
     def __init__(self, directory: str, *, every: int, max_to_keep: int = 2) -> None:
         if every < 1:
             raise ValueError(f"checkpoint.every={every}: must be >= 1")
-        self.directory = os.path.abspath(directory)
+        # orbax takes local paths and gs:// URLs alike; only local ones are made absolute
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(save_interval_steps=every, max_to_keep=max_to_keep, create=True),
@@ -85,3 +87,42 @@ class PreemptionGuard:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+def latest_run_checkpoint(run_dir: str) -> tuple[str, int]:
+    """(phase directory, step) of the newest params in a training run directory: the GRPO
+    phase if it has a checkpoint, else the SFT warm-up. A path that is itself a phase
+    directory (holding numbered steps) is used as is."""
+    root = epath.Path(run_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {run_dir!r} does not exist")
+    for directory in (root / "grpo", root / "sft", root):
+        if not directory.is_dir():
+            continue
+        steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+        if steps:
+            return str(directory), max(steps)
+    raise FileNotFoundError(f"{run_dir!r} holds no sif_jax checkpoint (expected grpo/<step> or sft/<step>)")
+
+
+def load_run_params(run_dir: str) -> tuple[Any, Any, dict]:
+    """(ModelConfig, params, meta) of the newest checkpoint of a training run, for inference.
+
+    Restores only what it needs, as saved (NumPy/host arrays); the model config comes from the
+    checkpoint's metadata, so a checkpoint of another model size loads with its own shapes.
+    """
+    from sif_jax.model.config import ModelConfig
+
+    directory, step = latest_run_checkpoint(run_dir)
+    manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        if "model" not in meta:
+            raise ValueError(f"{directory}/{step}: checkpoint metadata has no model config")
+        config = ModelConfig.from_hf_config(meta["model"], dtype=meta.get("dtype", "float32"),
+                                            param_dtype=meta.get("dtype", "float32"))
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    finally:
+        manager.close()
+    return config, state["params"], meta

@@ -44,8 +44,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
                            process_id: int | None = None) -> None:
     """`jax.distributed.initialize()` when running multi-process; a no-op for one process.
 
-    On Cloud TPU all three arguments are discovered automatically; elsewhere pass them (or set
-    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
+    On a Cloud TPU VM all three arguments are discovered automatically; elsewhere pass them
+    (`config.distributed.*`).
     """
     if num_processes is not None and num_processes <= 1:
         return
@@ -57,9 +57,13 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
 
 
 def _on_multihost_tpu() -> bool:
-    import os
-
-    return bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","))
+    """True on a Cloud TPU VM (GCE or GKE): jax then discovers coordinator, process count and id
+    itself (from the metadata server on TPU VMs), also for a single host."""
+    try:  # jax's own check (libtpu and TPU devices present); no network access
+        from jax._src.cloud_tpu_init import running_in_cloud_tpu_vm
+    except ImportError:
+        return False
+    return bool(running_in_cloud_tpu_vm)
 
 
 def make_mesh(shape: Mapping[str, int] | Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -158,3 +162,13 @@ def optimizer_shardings(optimizer: Any, boxed_params: Any, mesh: Mesh,
     """
     abstract = jax.eval_shape(optimizer.init, boxed_params)
     return logical_shardings(nn.unbox(abstract), nn.get_partition_spec(abstract), mesh, rules)
+
+
+def any_process(flag: bool) -> bool:
+    """True if `flag` is True on any process (every process gets the same answer), so that all
+    hosts stop at the same step when one of them is preempted."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -48,16 +49,28 @@ BATCH_AXES = {"input_ids": 0, "attention_mask": 0, "positions": 1, "region_mask"
 
 
 class MetricsWriter:
-    """Appends one JSON object per line to <workdir>/<name>.jsonl (process 0 only)."""
+    """One JSON object per line in <workdir>/<name>.jsonl (process 0 only).
+
+    Local files are appended to; object stores (gs://) cannot append, so there the file is
+    rewritten with all rows each time (rows are small).
+    """
 
     def __init__(self, workdir: str, name: str = "metrics") -> None:
-        self.path = os.path.join(workdir, f"{name}.jsonl")
+        self.path = epath.Path(workdir) / f"{name}.jsonl"
         self.enabled = jax.process_index() == 0
+        self.remote = "://" in str(workdir)
+        self.lines = self.path.read_text().splitlines() if self.remote and self.path.exists() else []
 
     def write(self, row: dict[str, Any]) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        line = json.dumps(row, sort_keys=True)
+        if self.remote:
+            self.lines.append(line)
+            self.path.write_text("\n".join(self.lines) + "\n")
+        else:
             with open(self.path, "a") as f:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
+                f.write(line + "\n")
 
 
 def _model_config(config: ml_collections.ConfigDict, base: ModelConfig) -> ModelConfig:
@@ -104,7 +117,7 @@ def _setup(config: ml_collections.ConfigDict) -> tuple[Run, Any]:
             jax.random.key(config.seed))
     else:
         params = jax.device_put(params, shardings)
-    os.makedirs(config.workdir, exist_ok=True)
+    epath.Path(config.workdir).mkdir(parents=True, exist_ok=True)  # local or gs://
     return Run(config, model, mesh, data, shardings, config.workdir), params
 
 
@@ -164,7 +177,7 @@ def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
     optimizer = make_optimizer(schedule, freeze_vision=False)
     shardings = _state_shardings(run, optimizer, reference=False)
     state = _new_state(params, optimizer, config.seed, shardings)
-    ckpt = Checkpointer(os.path.join(run.workdir, "sft"), every=config.checkpoint_every,
+    ckpt = Checkpointer(str(epath.Path(run.workdir) / "sft"), every=config.checkpoint_every,
                         max_to_keep=config.max_checkpoints)
     data_iter = run.data.sft_iterator(config.sft.batch_size)
     start = 0
@@ -177,6 +190,7 @@ def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
         return state.params
     apply = _make_apply(optimizer, shardings)
     writer = MetricsWriter(run.workdir, "sft_metrics")
+    preempted = False
     bar = tqdm(range(start, steps), desc="SFT warm-up", initial=start, total=steps, disable=jax.process_index() != 0)
     with PreemptionGuard() as guard, _closing(ckpt):
         for step in bar:
@@ -190,14 +204,21 @@ def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
             bar.set_postfix(loss=f"{loss:.3f}")
             writer.write({"step": step + 1, "sft_loss": loss, "seconds": time.perf_counter() - t0})
             done = step + 1
-            last = done == steps or guard.requested or (stop_after is not None and done >= stop_after)
-            ckpt.save(done, state, {"data_state": data_iter.get_state(), "phase": "sft"}, force=last)
-            if guard.requested or (stop_after is not None and done >= stop_after):
+            preempted = parallel.any_process(guard.requested)  # all hosts stop at the same step
+            stop = preempted or (stop_after is not None and done >= stop_after)
+            ckpt.save(done, state, {"data_state": data_iter.get_state(), "phase": "sft", **_model_meta(run)},
+                      force=stop or done == steps)
+            if stop:
                 break
-    if guard.requested:
+    if preempted:
         logging.warning("SIGTERM: SFT state saved at step %d", done)
         sys.exit(143)
     return state.params
+
+
+def _model_meta(run: Run) -> dict:
+    """What inference needs to rebuild the model from a checkpoint (see checkpoint.load_run_params)."""
+    return {"model": run.model.to_hf_config(), "dtype": run.model.param_dtype, "tokenizer": run.config.tokenizer}
 
 
 def grpo_settings(config: ml_collections.ConfigDict) -> tuple[GRPOConfig, RewardConfig]:
@@ -221,7 +242,7 @@ def run_grpo(run: Run, params: Any, *, stop_after: int | None = None) -> tuple[A
     optimizer = make_optimizer(config.grpo.learning_rate, freeze_vision=config.freeze_vision)
     shardings = _state_shardings(run, optimizer, reference=config.grpo.beta != 0)
     state = _new_state(params, optimizer, config.seed + 1, shardings)
-    ckpt = Checkpointer(os.path.join(run.workdir, "grpo"), every=config.checkpoint_every,
+    ckpt = Checkpointer(str(epath.Path(run.workdir) / "grpo"), every=config.checkpoint_every,
                         max_to_keep=config.max_checkpoints)
     data_iter = run.data.grpo_iterator(config.grpo.prompts_per_step)
     reward_state = RewardState()
@@ -236,6 +257,7 @@ def run_grpo(run: Run, params: Any, *, stop_after: int | None = None) -> tuple[A
     apply = _make_apply(optimizer, shardings)
     writer = MetricsWriter(run.workdir)
     tok = run.data.tokenizer
+    preempted = False
     bar = tqdm(range(start, steps), desc="GRPO", initial=start, total=steps, disable=jax.process_index() != 0)
     with PreemptionGuard() as guard, _closing(ckpt):
         for step in bar:
@@ -259,12 +281,14 @@ def run_grpo(run: Run, params: Any, *, stop_after: int | None = None) -> tuple[A
             if (step + 1) % config.log_every == 0 and jax.process_index() == 0:
                 tqdm.write(_log_line(row) + f"\n    sample: {example_text[:160]!r}")
             done = step + 1
-            stop = guard.requested or (stop_after is not None and done >= stop_after)
+            preempted = parallel.any_process(guard.requested)  # all hosts stop at the same step
+            stop = preempted or (stop_after is not None and done >= stop_after)
             ckpt.save(done, state, {"data_state": data_iter.get_state(), "reward_state": reward_state.to_json(),
-                                    "history": rows, "phase": "grpo"}, force=stop or done == steps)
+                                    "history": rows, "phase": "grpo", **_model_meta(run)},
+                      force=stop or done == steps)
             if stop:
                 break
-    if guard.requested:
+    if preempted:
         logging.warning("SIGTERM: GRPO state saved at step %d", done)
         sys.exit(143)
     return state.params, rows
@@ -298,11 +322,8 @@ def _run_phases(run_: Run, params: Any, *, stop_after: int | None) -> dict:
     config = run_.config
     if not config.init_checkpoint:
         params = run_sft(run_, params)
-    summary_path = os.path.join(run_.workdir, "summary.json")
-    summary: dict = {}
-    if os.path.exists(summary_path):
-        with open(summary_path) as f:
-            summary = json.load(f)
+    summary_path = epath.Path(run_.workdir) / "summary.json"
+    summary: dict = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     if config.grpo.steps <= 0:
         summary["eval"] = evaluate_heldout(run_, params)
         _write_summary(summary_path, summary)
@@ -323,10 +344,9 @@ def _run_phases(run_: Run, params: Any, *, stop_after: int | None) -> dict:
     return summary
 
 
-def _write_summary(path: str, summary: dict) -> None:
+def _write_summary(path: epath.Path, summary: dict) -> None:
     if jax.process_index() == 0:
-        with open(path, "w") as f:
-            json.dump(summary, f, indent=2, sort_keys=True)
+        path.write_text(json.dumps(summary, indent=2, sort_keys=True))
 
 
 def _print_eval(title: str, result: dict) -> None:

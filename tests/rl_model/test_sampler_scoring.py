@@ -119,3 +119,23 @@ def test_frozen_vision_tower_does_not_move():
     updates, _ = tx.update(grads, tx.init(params), params)
     assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates["visual"]))
     assert all(float(jnp.abs(u).max()) > 0 for u in jax.tree.leaves(updates["text"]))
+
+
+def test_adaptvis_picks_alpha_by_confidence_and_changes_decoding(setup):
+    from sif_jax.rl.adaptvis import AdaptVisConfig, choose_alpha, generate_adaptvis
+
+    assert choose_alpha(jnp.array([0.1, 0.39, 0.4, 0.9]), AdaptVisConfig()).tolist() == [0.5, 0.5, 1.5, 1.5]
+    config, params, prompt = setup
+    sampling = SamplingConfig(max_new_tokens=4, temperature=0.0)
+    plain = generate(params, prompt, jax.random.key(0), config=config, sampling=sampling, eos_token_id=-1,
+                     pad_token_id=0)
+    # threshold above every confidence: alpha_1 everywhere; with alpha_1 = 1 decoding is unchanged
+    same, alpha = generate_adaptvis(params, prompt, jax.random.key(0), config=config, sampling=sampling,
+                                    adaptvis=AdaptVisConfig(alpha_low=1.0, threshold=0.999), eos_token_id=-1,
+                                    pad_token_id=0)
+    assert np.asarray(alpha).tolist() == [1.0, 1.0]
+    np.testing.assert_array_equal(np.asarray(same.tokens), np.asarray(plain.tokens))
+    # a strong sharpening changes the first-step distribution of the last prompt row
+    sharp = generate(params, prompt, jax.random.key(0), config=config, sampling=sampling, eos_token_id=-1,
+                     pad_token_id=0, visual_scale=jnp.full((2,), 8.0))
+    assert not np.allclose(np.asarray(sharp.first_token_prob), np.asarray(plain.first_token_prob))
