@@ -93,7 +93,7 @@ def latest_run_checkpoint(run_dir: str) -> tuple[str, int]:
     """(phase directory, step) of the newest params in a training run directory: the GRPO
     phase if it has a checkpoint, else the SFT warm-up. A path that is itself a phase
     directory (holding numbered steps) is used as is."""
-    root = epath.Path(run_dir)
+    root = epath.Path(run_dir if "://" in run_dir else os.path.abspath(run_dir))  # orbax wants absolute
     if not root.is_dir():
         raise FileNotFoundError(f"checkpoint directory {run_dir!r} does not exist")
     for directory in (root / "grpo", root / "sft", root):

@@ -1,15 +1,32 @@
-"""Evaluation: accuracy and target attention score (TAS, METHODS §2) of greedy answers.
+"""Evaluation: accuracy and target attention score (TAS, METHODS §2) of greedy or AdaptVis answers.
 
-For each batch: greedy generation, a scoring pass for the attention masses of the configured
-layers, then the deterministic matcher (accuracy), the format checker, the final-area box IoU and
-TAS. Results are broken down by question family, relation and familiar/unfamiliar split.
+    python -m sif_jax.evaluate --config=configs/eval.py --config.checkpoint=workdir/grpo \
+        [--config.decoding=adaptvis] [--config.data.source=vsr:<file.jsonl>:<image_dir>] [--verbose]
+
+For each batch: generation (greedy, or AdaptVis: a confidence probe then a decode with the chosen
+alpha), a teacher-forced scoring pass for the attention masses of the configured layers, then the
+deterministic matcher (accuracy), the format checker, the final-area box IoU and TAS. Results are
+broken down by question family, relation and familiar/unfamiliar split.
+
+TAS and the final-area IoU need ground-truth boxes: examples without any (VSR, WhatsUp) get
+`None` for both and are left out of their means (a summary without any boxed example has no
+`tas` / `final_iou` key; the CLI report writes them as null).
+
+The command line reads the built-in task (test split) or local GQA / VSR / WhatsUp / SIF-50K files
+through `sif_jax.data.records`, turns the records into pipeline raw examples, and runs them
+through `pipeline.Preprocessor` and `batching.collate` (configs/eval.py lists the fields). It
+prints a table and writes a JSON report `{"summary", "config", "checkpoint", "rows"}`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import sys
+import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -18,7 +35,8 @@ import numpy as np
 from sif_jax.data.format import check_format
 from sif_jax.model.config import ModelConfig
 from sif_jax.parallel import to_host
-from sif_jax.rl.rewards import RewardConfig, accuracy_scores
+from sif_jax.rl.adaptvis import AdaptVisConfig, generate_adaptvis
+from sif_jax.rl.rewards import RewardConfig, accuracy_scores, extract_answer
 from sif_jax.rl.rewards_attention import region_attention_reward
 from sif_jax.rl.rewards_geometry import hierarchical_iou
 from sif_jax.rl.sampler import SamplingConfig, generate
@@ -28,6 +46,13 @@ from sif_jax.rl.types import RolloutBatch
 Params = Any
 PROMPT_KEYS = ("input_ids", "attention_mask", "positions", "pixel_values", "patch_positions",
                "window_segments", "frame_segments", "image_token_index")
+METRICS = ("accuracy", "tas", "format", "final_iou")
+GROUPS = ("family", "relation", "split")
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
 
 
 @dataclasses.dataclass
@@ -37,17 +62,32 @@ class EvalResult:
     rows: list[dict[str, Any]]
 
     def summary(self) -> dict[str, Any]:
+        """examples; accuracy, tas, format, final_iou (means; tas / final_iou over the examples
+        with target boxes, absent when there are none); accuracy_by_{family,relation,split};
+        groups: {family|relation|split: {name: {examples, accuracy, tas, format, final_iou}}}."""
         if not self.rows:
             return {"examples": 0}
         out: dict[str, Any] = {"examples": len(self.rows)}
-        for key in ("accuracy", "tas", "format", "final_iou"):
-            out[key] = float(np.mean([r[key] for r in self.rows]))
-        for group in ("family", "relation", "split"):
-            buckets: dict[str, list[float]] = defaultdict(list)
+        for key in METRICS:
+            value = _mean(r.get(key) for r in self.rows)
+            if value is not None:
+                out[key] = value
+        out["examples_with_boxes"] = sum(r.get("tas") is not None for r in self.rows)
+        if any("first_token_prob" in r for r in self.rows):
+            out["first_token_prob"] = _mean(r.get("first_token_prob") for r in self.rows)
+        if any(r.get("alpha") is not None for r in self.rows):
+            out["alpha_mean"] = _mean(r.get("alpha") for r in self.rows)
+        groups: dict[str, dict[str, dict[str, Any]]] = {}
+        for group in GROUPS:
+            buckets: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for r in self.rows:
-                if r.get(group) is not None:
-                    buckets[str(r[group])].append(r["accuracy"])
-            out[f"accuracy_by_{group}"] = {k: float(np.mean(v)) for k, v in sorted(buckets.items())}
+                if r.get(group) not in (None, ""):
+                    buckets[str(r[group])].append(r)
+            out[f"accuracy_by_{group}"] = {k: float(np.mean([r["accuracy"] for r in v]))
+                                           for k, v in sorted(buckets.items())}
+            groups[group] = {k: {"examples": len(v), **{m: _mean(r.get(m) for r in v) for m in METRICS}}
+                             for k, v in sorted(buckets.items())}
+        out["groups"] = groups
         return out
 
 
@@ -63,16 +103,26 @@ def evaluate_batches(
     pad_token_id: int,
     reward_config: RewardConfig | None = None,
     visual_scale: jax.Array | None = None,
+    adaptvis: AdaptVisConfig | None = None,
 ) -> EvalResult:
-    """Greedy answers for every batch (collated with repeat=1) and their scores."""
+    """Greedy (or, with `adaptvis`, AdaptVis) answers for every batch (collated with repeat=1)
+    and their scores. A batch may carry `num_real` (int): only its first rows are reported (the
+    others pad the batch to a fixed shape)."""
     reward_config = reward_config or RewardConfig()
     layers = tuple(sorted({i % config.text.num_layers for i in mass_layers}))
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
     rows: list[dict[str, Any]] = []
     for batch in batches:
         prompt = {k: batch[k] for k in PROMPT_KEYS if k in batch}
-        samples = generate(params, prompt, jax.random.key(0), config=config, sampling=sampling,
-                           eos_token_id=eos_token_id, pad_token_id=pad_token_id, visual_scale=visual_scale)
+        alpha = None
+        if adaptvis is not None:
+            samples, alpha = generate_adaptvis(params, prompt, jax.random.key(0), config=config, sampling=sampling,
+                                               adaptvis=adaptvis, eos_token_id=eos_token_id,
+                                               pad_token_id=pad_token_id)
+            alpha = to_host(alpha)
+        else:
+            samples = generate(params, prompt, jax.random.key(0), config=config, sampling=sampling,
+                               eos_token_id=eos_token_id, pad_token_id=pad_token_id, visual_scale=visual_scale)
         scores = score(params, prompt, samples.tokens, samples.completion_mask, batch["region_mask"], config=config,
                        mass_layers=layers)
         tokens, mask = to_host(samples.tokens), to_host(samples.completion_mask)
@@ -92,16 +142,356 @@ def evaluate_batches(
         )
         tas = np.asarray(tas)
         first_prob = to_host(samples.first_token_prob)
+        region_tokens = np.asarray(rollout.region_tokens)
         metadata = batch.get("metadata") or [{}] * len(texts)
-        for r, text in enumerate(texts):
+        n_real = int(batch.get("num_real", len(texts)))
+        for r, text in enumerate(texts[:n_real]):
             parsed = check_format(text)
-            final_iou = 0.0
-            if parsed.ok and parsed.areas:
-                final_iou = float(hierarchical_iou([b for b, _ in parsed.areas[-1]], rollout.target_boxes[r]))
+            has_boxes = len(rollout.target_boxes[r]) > 0
+            final_iou: float | None = None
+            if has_boxes:
+                final_iou = 0.0
+                if parsed.ok and parsed.areas:
+                    final_iou = float(hierarchical_iou([b for b, _ in parsed.areas[-1]], rollout.target_boxes[r]))
             rows.append({
+                "id": metadata[r].get("id", rollout.prompt_ids[r]),
                 "prompt_id": rollout.prompt_ids[r], "answer": rollout.answers[r], "output": text,
-                "accuracy": float(accuracy[r]), "tas": float(tas[r]), "format": float(parsed.ok),
+                "prediction": extract_answer(text, parsed, reward_config.accuracy_requires_format),
+                "accuracy": float(accuracy[r]),
+                "tas": float(tas[r]) if has_boxes and region_tokens[r] > 0 else None,
+                "format": float(parsed.ok), "format_reason": parsed.reason,
                 "final_iou": final_iou, "first_token_prob": float(first_prob[r]),
-                **{k: metadata[r].get(k) for k in ("family", "relation", "split")},
+                "completion_tokens": int(mask[r].sum()),
+                **({"alpha": float(alpha[r])} if alpha is not None else {}),
+                **{k: metadata[r].get(k) for k in GROUPS},
             })
     return EvalResult(rows)
+
+
+# ---------------------------------------------------------------------------- data sources
+
+
+_WHATSUP_RELATIONS = ("left of", "right of", "in front of", "behind", "on top of", "under", "above", "below", "on")
+
+
+def whatsup_relation(caption: str) -> str | None:
+    """The spatial relation a WhatsUp caption states ('A mug to the left of a plate' -> 'left of')."""
+    words = f" {str(caption).lower()} "
+    for rel in _WHATSUP_RELATIONS:
+        if f" {rel} " in words:
+            return rel
+    return None
+
+
+def record_to_example(record: Any, index: int) -> dict[str, Any]:
+    """A `records.SIFRecord` -> a pipeline raw example (image read from its file)."""
+    from sif_jax.cli import read_image
+    from sif_jax.data.records import load_depth_png
+
+    meta = record.meta if isinstance(record.meta, dict) else {}
+    source = record.source or "records"
+    family, relation, split = meta.get("family"), meta.get("relation"), meta.get("split")
+    if source == "gqa":
+        family = (meta.get("types") or {}).get("structural") or "gqa"
+    elif source == "whatsup":
+        relation = whatsup_relation(record.response)
+    depth = None
+    if record.depth_image:
+        try:
+            depth = load_depth_png(record.depth_image)
+        except OSError as e:
+            raise ValueError(f"record {record.id!r}: cannot read depth image {record.depth_image!r}: {e}") from None
+    return {
+        "id": record.id or str(index),
+        "image": read_image(record.image, what=f"record {record.id!r} image"),
+        "depth": depth,
+        "problem": record.problem,
+        "answer": record.response,
+        "choices": [str(c) for c in (record.choices or [])],
+        "family": family or source,
+        "relation": relation or "",
+        "split": split or source,
+        "boxes": np.asarray(record.boxes or [], np.float32).reshape(-1, 4),
+        "trace": "",
+        "index": index,
+        "scene_seed": None,
+    }
+
+
+def _split_source(source: str, parts: int, usage: str) -> list[str]:
+    kind, _, rest = source.partition(":")
+    fields = rest.split(":")
+    if len(fields) != parts or not all(fields):
+        raise ValueError(f"config.data.source={source!r}: expected {kind}:{usage}")
+    for f in fields:
+        if not os.path.exists(f):
+            raise FileNotFoundError(f"config.data.source={source!r}: {f!r} does not exist")
+    return fields
+
+
+def read_records(source: str, whatsup_seed: int = 0) -> list[Any]:
+    """The records of a `config.data.source` string naming local files (see configs/eval.py)."""
+    from sif_jax.data import records as rec
+
+    kind = source.partition(":")[0]
+    if kind == "sif_json":
+        (path,) = _split_source(source, 1, "<file.json|file.jsonl>")
+        return rec.read_sif_json(path)
+    if kind == "gqa":
+        q, g, images = _split_source(source, 3, "<questions.json>:<scene_graphs.json>:<image_dir>")
+        return rec.read_gqa(q, g, images)
+    if kind == "vsr":
+        path, images = _split_source(source, 2, "<file.jsonl>:<image_dir>")
+        return rec.read_vsr(path, images)
+    if kind == "whatsup":
+        path, images = _split_source(source, 2, "<file.json>:<image_dir>")
+        return rec.read_whatsup(path, images, seed=whatsup_seed)
+    raise ValueError(f"config.data.source={source!r}: expected builtin, sif_json:<file>, "
+                     "gqa:<questions.json>:<scene_graphs.json>:<image_dir>, vsr:<file.jsonl>:<image_dir> or "
+                     "whatsup:<file.json>:<image_dir>")
+
+
+class RecordSource:
+    """Random access over records as raw examples (images are read on access)."""
+
+    def __init__(self, records: Sequence[Any]) -> None:
+        self.records = list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return record_to_example(self.records[index], index)
+
+
+def make_source(data: Any) -> Sequence[dict[str, Any]]:
+    """The raw-example source of an eval config's `data` block (validated records for files)."""
+    from sif_jax.data import pipeline
+    from sif_jax.data.records import record_errors
+    from sif_jax.data.scenes import SceneConfig
+
+    if data.source == "builtin":
+        if data.num_examples < 1:
+            raise ValueError(f"config.data.num_examples={data.num_examples}: the built-in task needs >= 1")
+        scene = SceneConfig(height=data.image_size, width=data.image_size)
+        return pipeline.BuiltinSource(seed=data.seed, size=data.num_examples, split="test", scene_config=scene)
+    records = read_records(data.source, data.whatsup_seed)
+    if data.num_examples > 0:
+        records = records[: data.num_examples]
+    if not records:
+        raise ValueError(f"config.data.source={data.source!r}: no records")
+    errors = record_errors(records, check_files=True)
+    if errors:
+        shown = "; ".join(errors[:3]) + (f"; ... ({len(errors) - 3} more)" if len(errors) > 3 else "")
+        raise ValueError(f"{len(errors)} problem(s) in {data.source}: {shown}")
+    return RecordSource(records)
+
+
+def eval_batches(source: Sequence[dict[str, Any]], preprocessor: Any, *, batch_size: int,
+                 length_buckets: Sequence[int], patch_buckets: Sequence[int] | None) -> Iterator[dict[str, Any]]:
+    """Collated prompt batches of exactly `batch_size` rows (the last one padded by repeating its
+    last example; `num_real` says how many rows count). A prompt longer than the largest length
+    bucket is an error naming the example."""
+    from sif_jax.data.batching import collate
+
+    longest = max(length_buckets)
+    pending: list[dict[str, Any]] = []
+
+    def flush() -> dict[str, Any]:
+        n = len(pending)
+        rows = pending + [pending[-1]] * (batch_size - n)
+        batch = collate(rows, preprocessor.config, length_buckets=tuple(length_buckets),
+                        patch_buckets=None if not patch_buckets else tuple(patch_buckets))
+        batch["num_real"] = n
+        return batch
+
+    for i in range(len(source)):
+        example = preprocessor(source[i])
+        n = len(example["prompt_tokens"])
+        if n > longest:
+            raise ValueError(f"example {example['prompt_id']!r}: the prompt is {n} tokens, longer than the largest "
+                             f"length bucket {longest} (config.data.length_buckets); shorten the question or add a "
+                             "larger bucket")
+        pending.append(example)
+        if len(pending) == batch_size:
+            yield flush()
+            pending = []
+    if pending:
+        yield flush()
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The summary as a plain-text table: overall, then one block per grouping."""
+    head = f"{'':28s} {'n':>5s} {'accuracy':>9s} {'TAS':>7s} {'format':>7s} {'IoU':>7s}"
+    lines = [head, "-" * len(head),
+             f"{'overall':28s} {summary.get('examples', 0):5d} {_fmt(summary.get('accuracy')):>9s} "
+             f"{_fmt(summary.get('tas')):>7s} {_fmt(summary.get('format')):>7s} {_fmt(summary.get('final_iou')):>7s}"]
+    for group, buckets in (summary.get("groups") or {}).items():
+        if not buckets:
+            continue
+        lines.append(f"by {group}:")
+        for name, m in buckets.items():
+            lines.append(f"  {name[:26]:26s} {m['examples']:5d} {_fmt(m['accuracy']):>9s} {_fmt(m['tas']):>7s} "
+                         f"{_fmt(m['format']):>7s} {_fmt(m['final_iou']):>7s}")
+    return "\n".join(lines)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def validate_eval_config(c: Any) -> None:
+    """ValueError naming the first bad field of an eval config."""
+    def need(ok: bool, field: str, why: str) -> None:
+        if not ok:
+            value = c
+            for part in field.split("."):
+                value = value[part]
+            raise ValueError(f"config.{field}={value!r}: {why}")
+
+    need(bool(c.checkpoint), "checkpoint", "required: a run directory, an HF directory or a sif_jax.export directory")
+    need(c.decoding in ("greedy", "adaptvis"), "decoding", "expected greedy or adaptvis")
+    need(c.alpha_low > 0, "alpha_low", "must be > 0")
+    need(c.alpha_high > 0, "alpha_high", "must be > 0")
+    need(0 < c.threshold < 1, "threshold", "must lie in (0, 1)")
+    need(c.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+    need(c.batch_size >= 1, "batch_size", "must be >= 1")
+    need(len(c.mass_layers) > 0, "mass_layers", "name at least one decoder layer")
+    need(0 < c.top_fraction <= 1, "top_fraction", "must lie in (0, 1]")
+    need(c.data.num_examples >= 0, "data.num_examples", "must be >= 0")
+    need(c.data.image_size >= 56 and c.data.image_size % 28 == 0, "data.image_size",
+         "must be a multiple of 28 and at least 56")
+    need(len(c.data.length_buckets) > 0 and list(c.data.length_buckets) == sorted(c.data.length_buckets),
+         "data.length_buckets", "must be a non-empty increasing list")
+    need(all(b % 4 == 0 for b in c.data.patch_buckets), "data.patch_buckets", "must be multiples of 4")
+    need(0 < c.data.min_pixels <= c.data.max_pixels, "data.min_pixels", "must lie in (0, data.max_pixels]")
+
+
+def run_eval(c: Any) -> dict[str, Any]:
+    """The command line's work: returns the report (also written to `c.output` when set)."""
+    from sif_jax.cli import CLIError, instruction_text, load_model
+    from sif_jax.data.pipeline import PreprocessConfig, Preprocessor
+
+    validate_eval_config(c)
+    if c.output:  # fail before the evaluation, not after it
+        os.makedirs(os.path.dirname(os.path.abspath(c.output)), exist_ok=True)
+        if os.path.isdir(c.output):
+            raise CLIError(f"config.output={c.output!r} is a directory; give a file name")
+    source = make_source(c.data)  # data errors before the (possibly slow) checkpoint load
+    loaded = load_model(c.checkpoint, model=c.model, tokenizer=c.tokenizer, attention_backend=c.attention_backend,
+                        dtype=c.dtype, flag_prefix="--config.")
+    config, tok = loaded.config, loaded.tokenizer
+    for layer in c.mass_layers:
+        if not -config.text.num_layers <= layer < config.text.num_layers:
+            raise CLIError(f"config.mass_layers={tuple(c.mass_layers)}: layer {layer} is outside the model's "
+                           f"{config.text.num_layers} decoder layers")
+    pre = Preprocessor(tok, config, PreprocessConfig(min_pixels=c.data.min_pixels, max_pixels=c.data.max_pixels,
+                                                     instruction=instruction_text(c.data.instruction)))
+    adaptvis = None
+    if c.decoding == "adaptvis":
+        adaptvis = AdaptVisConfig(alpha_low=c.alpha_low, alpha_high=c.alpha_high, threshold=c.threshold)
+    batches = eval_batches(source, pre, batch_size=c.batch_size, length_buckets=c.data.length_buckets,
+                           patch_buckets=c.data.patch_buckets)
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    total = len(source)
+    for batch in batches:
+        result = evaluate_batches(
+            loaded.params, [batch], config=config, decode=tok.decode, max_new_tokens=c.max_new_tokens,
+            mass_layers=tuple(c.mass_layers), eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
+            reward_config=RewardConfig(top_fraction=c.top_fraction), adaptvis=adaptvis,
+        )
+        rows.extend(result.rows)
+        print(f"  {len(rows)}/{total} examples ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    summary = EvalResult(rows).summary()
+    for key in METRICS:
+        summary.setdefault(key, None)
+    report = {
+        "summary": summary,
+        "checkpoint": {"path": c.checkpoint, "kind": loaded.info.kind, "location": loaded.info.location,
+                       "step": loaded.info.step, "model": _describe(config)},
+        "decoding": {"mode": c.decoding, **({"alpha_low": c.alpha_low, "alpha_high": c.alpha_high,
+                                             "threshold": c.threshold} if adaptvis else {})},
+        "config": json.loads(c.to_json_best_effort()),
+        "seconds": time.perf_counter() - start,
+        "rows": rows,
+    }
+    if c.output:
+        with open(c.output, "w") as f:
+            json.dump(report, f, indent=1, default=_json_default)
+    return report
+
+
+def _describe(config: ModelConfig) -> str:
+    from sif_jax.cli import describe_config
+
+    return describe_config(config)
+
+
+def main(argv: Sequence[str]) -> None:
+    from absl import flags
+
+    from sif_jax.cli import quiet_logging, run_cli
+
+    del argv
+    verbose = flags.FLAGS.verbose
+    quiet_logging(verbose)
+
+    def work() -> None:
+        c = _CONFIG.value
+        if c is None:
+            raise ValueError("--config is required, e.g. --config=configs/eval.py --config.checkpoint=workdir/grpo")
+        report = run_eval(c)
+        s = report["summary"]
+        where = f"{c.data.source}" + (f" (test split, {c.data.num_examples} examples)" if c.data.source == "builtin"
+                                      else "")
+        print(f"checkpoint: {c.checkpoint} ({report['checkpoint']['kind']}, {report['checkpoint']['model']})")
+        print(f"data: {where}; decoding: {c.decoding}; {s.get('examples', 0)} examples, "
+              f"{s.get('examples_with_boxes', 0)} with target boxes; {report['seconds']:.1f} s")
+        print(format_table(s))
+        if c.output:
+            print(f"report: {c.output}")
+
+    run_cli(work, verbose)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag or config override as one `error:` line (exit 2)."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:
+        if "--verbose" in argv:
+            raise
+        from sif_jax.cli import one_line
+
+        if isinstance(e, KeyError | AttributeError):
+            name = str(e.args[0] if e.args else e).strip("\"' ")
+            message = f"a --config.* override names an unknown config field {name!r}"
+        elif isinstance(e, flags.Error):
+            message = str(e).strip().replace("\n", "; ")
+        else:
+            message = one_line(e)
+        print(f"error: {message} (see python -m sif_jax.evaluate --helpfull)", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an eval config, e.g. configs/eval.py.")
+    flags.DEFINE_bool("verbose", False, "Show tracebacks and library logs.")
+    app.run(main, flags_parser=_parse_flags)

@@ -350,10 +350,13 @@ def _write_summary(path: epath.Path, summary: dict) -> None:
 
 
 def _print_eval(title: str, result: dict) -> None:
+    def fmt(key: str) -> str:
+        value = result.get(key)
+        return "n/a" if value is None else f"{value:.3f}"
+
     if jax.process_index() == 0:
-        print(f"{title}: accuracy={result.get('accuracy', 0):.3f} TAS={result.get('tas', 0):.3f} "
-              f"format={result.get('format', 0):.3f} final-area IoU={result.get('final_iou', 0):.3f} "
-              f"({result.get('examples', 0)} examples)", flush=True)
+        print(f"{title}: accuracy={fmt('accuracy')} TAS={fmt('tas')} format={fmt('format')} "
+              f"final-area IoU={fmt('final_iou')} ({result.get('examples', 0)} examples)", flush=True)
 
 
 def main(argv: list[str]) -> None:
