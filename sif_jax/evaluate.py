@@ -34,6 +34,7 @@ import numpy as np
 
 from sif_jax.data.format import check_format
 from sif_jax.model.config import ModelConfig
+from sif_jax.model.vlm import model_inputs
 from sif_jax.parallel import to_host
 from sif_jax.rl.adaptvis import AdaptVisConfig, generate_adaptvis
 from sif_jax.rl.rewards import RewardConfig, accuracy_scores, extract_answer
@@ -44,8 +45,6 @@ from sif_jax.rl.scoring import score
 from sif_jax.rl.types import RolloutBatch
 
 Params = Any
-PROMPT_KEYS = ("input_ids", "attention_mask", "positions", "pixel_values", "patch_positions",
-               "window_segments", "frame_segments", "image_token_index")
 METRICS = ("accuracy", "tas", "format", "final_iou")
 GROUPS = ("family", "relation", "split")
 
@@ -113,7 +112,7 @@ def evaluate_batches(
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
     rows: list[dict[str, Any]] = []
     for batch in batches:
-        prompt = {k: batch[k] for k in PROMPT_KEYS if k in batch}
+        prompt = model_inputs(batch)
         alpha = None
         if adaptvis is not None:
             samples, alpha = generate_adaptvis(params, prompt, jax.random.key(0), config=config, sampling=sampling,

@@ -40,9 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sif_jax.evaluate import PROMPT_KEYS
 from sif_jax.model.config import ModelConfig
-from sif_jax.model.vlm import Qwen25VL
+from sif_jax.model.vlm import Qwen25VL, model_inputs
 from sif_jax.rl.scoring import score_inputs
 
 Params = Any
@@ -105,7 +104,7 @@ def visual_attention_map(
     if np.shape(prompt["input_ids"])[0] != 1:
         raise ValueError("visual_attention_map: expects a one-row prompt batch")
     layers = tuple(sorted({int(i) % config.text.num_layers for i in layers}))
-    prompt = {k: prompt[k] for k in PROMPT_KEYS if k in prompt}
+    prompt = model_inputs(prompt)
     inputs = score_inputs(prompt, jnp.asarray(completion), jnp.asarray(completion_mask))
     ids = np.asarray(inputs["input_ids"])
     valid = np.asarray(inputs["attention_mask"]).astype(bool)
@@ -313,7 +312,7 @@ def run_generate(args: Any) -> dict[str, Any]:
                        f"{int(np.prod(example['image_grid_thw'])) // config.vision.merge_unit}), more than "
                        f"--max_prompt_tokens={args.max_prompt_tokens}; shorten the question or raise the limit")
     batch = collate([example], config, length_buckets=(n_prompt,), patch_buckets=None)
-    prompt = {k: batch[k] for k in PROMPT_KEYS if k in batch}
+    prompt = model_inputs(batch)
     rng = jax.random.key(args.seed)
     alpha = None
     if adaptvis is not None:

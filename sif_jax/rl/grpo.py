@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from sif_jax.model.config import ModelConfig
+from sif_jax.model.vlm import model_inputs
 from sif_jax.parallel import to_host
 from sif_jax.rl.advantage import group_advantages
 from sif_jax.rl.loss import grpo_loss_terms
@@ -32,8 +33,6 @@ from sif_jax.rl.scoring import score
 from sif_jax.rl.types import RolloutBatch
 
 Params = Any
-PROMPT_KEYS = ("input_ids", "attention_mask", "positions", "pixel_values", "patch_positions",
-               "window_segments", "frame_segments", "image_token_index")
 
 
 @flax.struct.dataclass
@@ -71,7 +70,8 @@ def _score_temperature(grpo: GRPOConfig) -> float:
 
 
 def prompt_arrays(batch: dict[str, Any]) -> dict[str, jax.Array]:
-    return {k: batch[k] for k in PROMPT_KEYS if k in batch}
+    """The model-input arrays of a collated batch (host lists and extras dropped)."""
+    return model_inputs(batch)
 
 
 def make_optimizer(learning_rate: float | optax.Schedule, *, weight_decay: float = 0.0,

@@ -11,8 +11,8 @@ import pytest
 from sif_jax.cli import load_model, read_image
 from sif_jax.data.batching import collate
 from sif_jax.data.pipeline import Preprocessor
-from sif_jax.evaluate import PROMPT_KEYS
 from sif_jax.generate import all_areas, pretty_trace, visual_attention_map
+from sif_jax.model.vlm import model_inputs
 from sif_jax.rl.sampler import SamplingConfig, generate
 from sif_jax.rl.scoring import score
 from tests.cli.conftest import run_cli
@@ -38,7 +38,7 @@ def test_heatmap_sums_to_the_scoring_pass_visual_mass(cli_files, layers):
                                          "problem": "How many red objects are there?", "answer": "1", "choices": [],
                                          "boxes": np.array([[0.5, 0.0, 1.0, 0.5]], np.float32), "trace": ""})
     batch = collate([example], config, length_buckets=(len(example["prompt_tokens"]),))
-    prompt = {k: batch[k] for k in PROMPT_KEYS if k in batch}
+    prompt = model_inputs(batch)
     samples = generate(loaded.params, prompt, jax.random.key(0), config=config,
                        sampling=SamplingConfig(max_new_tokens=5, temperature=0.0), eos_token_id=tok.eos_id,
                        pad_token_id=tok.pad_id)
