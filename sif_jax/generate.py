@@ -181,14 +181,13 @@ def save_heatmap(path: str, image: np.ndarray, heat: np.ndarray, grid: tuple[int
     boxes, and the [grid_h, grid_w] heat map over a faded grey copy of it with the same boxes
     (final area solid, earlier areas dashed and lighter). The colour scale spans the map's own
     min..max; the colour bar shows the attention mass."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure (no pyplot): works headless and leaves a notebook's backend alone.
+    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     h, w = image.shape[:2]
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.6 * h / w + 1.0), layout="constrained")
+    fig = Figure(figsize=(10.0, 4.6 * h / w + 1.0), layout="constrained")
+    axes = fig.subplots(1, 2)
     grey = image.astype(np.float32).mean(axis=-1)
     axes[0].imshow(image, extent=(0, w, h, 0))
     axes[1].imshow(grey, extent=(0, w, h, 0), cmap="gray", vmin=0, vmax=255)
@@ -213,7 +212,6 @@ def save_heatmap(path: str, image: np.ndarray, heat: np.ndarray, grid: tuple[int
     bar = fig.colorbar(shown, ax=axes[1], shrink=0.9)
     bar.set_label("attention mass", fontsize=8)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------- command line
