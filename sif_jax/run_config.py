@@ -27,10 +27,11 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     _need(c.attention_backend in BACKENDS, "attention_backend", c.attention_backend, f"choose one of {BACKENDS}")
     if c.init_checkpoint:
         _need(os.path.isdir(c.init_checkpoint), "init_checkpoint", c.init_checkpoint, "is not a directory")
+    hf_init = bool(c.init_checkpoint) and os.path.exists(os.path.join(c.init_checkpoint, "config.json"))
     if c.tokenizer:
         _need(os.path.isfile(c.tokenizer), "tokenizer", c.tokenizer, "is not a file (expected tokenizer.json)")
-    elif c.model != "tiny" or c.init_checkpoint:
-        _need(c.model == "tiny" and not c.init_checkpoint, "tokenizer", c.tokenizer,
+    else:
+        _need(c.model == "tiny" and not hf_init, "tokenizer", c.tokenizer,
               "the built-in tokenizer only fits the tiny preset; give the checkpoint's tokenizer.json")
     _need(c.data.source == "builtin" or c.data.source.split(":", 1)[0] in ("tfds", "sif_json"), "data.source",
           c.data.source, "expected builtin, tfds:<dir> or sif_json:<file>")

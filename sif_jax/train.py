@@ -28,9 +28,10 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from sif_jax import parallel
-from sif_jax.checkpoint import Checkpointer, PreemptionGuard, abstract_with_shardings
+from sif_jax.checkpoint import Checkpointer, PreemptionGuard, abstract_with_shardings, load_run_params
+from sif_jax.convert.hf import load_hf_checkpoint
 from sif_jax.evaluate import evaluate_batches
-from sif_jax.model.config import ModelConfig
+from sif_jax.model.config import ModelConfig, get_preset
 from sif_jax.model.vlm import MODEL_INPUTS, abstract_boxed_params, init_params, param_logical_axes
 from sif_jax.rl.grpo import GRPOConfig, TrainState, collect_rollouts, make_optimizer, policy_update
 from sif_jax.rl.rewards import RewardConfig, RewardState
@@ -100,14 +101,20 @@ def _setup(config: ml_collections.ConfigDict) -> tuple[Run, Any]:
     mesh = parallel.make_mesh({"data": config.mesh.data, "fsdp": config.mesh.fsdp, "tensor": config.mesh.tensor})
     data = TrainData(config)
     params = None
-    if config.init_checkpoint and _is_hf_dir(config.init_checkpoint):
-        from sif_jax.convert.hf import load_hf_checkpoint
-
-        base, params = load_hf_checkpoint(config.init_checkpoint)
-    else:
-        from sif_jax.model.config import get_preset
-
+    if not config.init_checkpoint:
         base = get_preset(config.model)
+    elif _is_hf_dir(config.init_checkpoint):
+        base, params = load_hf_checkpoint(config.init_checkpoint)
+    else:  # a sif_jax run directory (e.g. workdir/sft from configs/sft.py)
+        base, params, _ = load_run_params(config.init_checkpoint)
+    if config.init_checkpoint:
+        preset = get_preset(config.model)
+        if (base.text, base.vision) != (preset.text, preset.vision):
+            raise ValueError(
+                f"config.init_checkpoint={config.init_checkpoint!r} holds a model of another size than "
+                f"config.model={config.model!r} (text {base.text.num_layers} layers x {base.text.hidden_size}, "
+                f"vision {base.vision.depth} x {base.vision.hidden_size}); set config.model to its preset"
+            )
     model = _model_config(config, base)
     data.check_model(model)
     shapes = jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))

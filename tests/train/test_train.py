@@ -6,11 +6,12 @@ import signal
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from sif_jax import train
-from sif_jax.checkpoint import PreemptionGuard
+from sif_jax.checkpoint import PreemptionGuard, load_run_params
 from sif_jax.run_config import validate_config
 
 from .conftest import ROOT, tiny_run_config
@@ -62,6 +63,15 @@ def test_resume_gives_identical_metrics(tmp_path):
     for ra, rb in zip(a, b, strict=True):
         for key in COMPARED:
             np.testing.assert_allclose(rb[key], ra[key], rtol=1e-6, atol=1e-7, err_msg=f"step {ra['step']} {key}")
+
+    # A new run can start from this run directory (init_checkpoint): it gets the trained params.
+    follow_up = tiny_run_config(str(tmp_path / "follow_up"))
+    follow_up.init_checkpoint = straight.workdir
+    validate_config(follow_up)
+    _, params = train._setup(follow_up)
+    _, saved, _ = load_run_params(straight.workdir)
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(saved), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_sigterm_is_turned_into_a_flag():
