@@ -21,7 +21,8 @@ class RolloutBatch:
       choices: [N] the multiple-choice options or None for short-answer questions.
       target_boxes: [N] float32 [k, 4] normalised (x1, y1, x2, y2) ground-truth boxes.
       depth_maps: [N] float32 [H, W] normalised depth (0 nearest .. 1 farthest), or None.
-    Device arrays (jax.Array), per completion token:
+    Arrays (jax.Array, or NumPy host copies as the train loop passes them so that every process
+    of a multi-host run scores the same values), per completion token:
       completion_mask: bool [N, T] real completion tokens (up to and including the first EOS).
       entropies: float32 [N, T] entropy of the temperature-scaled next-token distribution.
       region_mass, visual_mass: float32 [N, T] attention mass each completion token put on the
