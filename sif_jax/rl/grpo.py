@@ -26,7 +26,7 @@ from sif_jax.model.config import ModelConfig
 from sif_jax.model.vlm import model_inputs
 from sif_jax.parallel import to_host
 from sif_jax.rl.advantage import group_advantages
-from sif_jax.rl.loss import grpo_loss_terms
+from sif_jax.rl.loss import grpo_loss_terms, loss_denominator
 from sif_jax.rl.rewards import RewardConfig, RewardResult, RewardState, combined_reward
 from sif_jax.rl.sampler import SamplingConfig, generate
 from sif_jax.rl.scoring import score
@@ -201,9 +201,7 @@ def policy_update(
 ) -> tuple[TrainState, dict[str, float]]:
     """`grpo.mu` passes over the micro-batches; each pass is one optimizer step whose gradient is
     the exact full-batch gradient (numerators over the total denominator)."""
-    totals = [grpo_loss_terms(r.old_logp, r.old_logp, None, r.advantages, r.completion_mask, beta=0.0,
-                              reduction=grpo.reduction)[1] for r in rollouts]
-    denominator = jnp.maximum(sum(totals), 1.0)
+    denominator = jnp.maximum(sum(loss_denominator(r.completion_mask, grpo.reduction) for r in rollouts), 1.0)
     metrics: dict[str, float] = {}
     for _ in range(grpo.mu):
         grads_sum, num_sum, parts = None, 0.0, []

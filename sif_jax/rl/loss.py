@@ -84,6 +84,16 @@ def per_token_loss(
     return loss * mf, parts
 
 
+def loss_denominator(mask: jax.Array, reduction: Reduction) -> jax.Array:
+    """The loss denominator of a (micro-)batch, float32 []: sequences with >= 1 token
+    ("sequence_mean") or tokens ("token_mean"). It depends on the mask only, so the train loop
+    can total it over all micro-batches before the first gradient."""
+    tokens_per_seq = mask.astype(jnp.float32).sum(axis=1)
+    if reduction == "sequence_mean":
+        return (tokens_per_seq > 0).sum().astype(jnp.float32)
+    return tokens_per_seq.sum()
+
+
 def grpo_loss_terms(
     logp: jax.Array,
     old_logp: jax.Array | None,
@@ -123,10 +133,10 @@ def grpo_loss_terms(
     if reduction == "sequence_mean":
         per_seq = loss.sum(axis=1) / jnp.maximum(tokens_per_seq, 1.0)
         numerator = jnp.sum(jnp.where(has_tokens, per_seq, 0.0))
-        denominator = has_tokens.sum().astype(jnp.float32)
+        denominator = loss_denominator(mask, reduction)
     else:
         numerator = loss.sum()
-        denominator = num_tokens
+        denominator = loss_denominator(mask, reduction)
     safe_tokens = jnp.maximum(num_tokens, 1.0)
     metrics = {
         "kl_mean": parts["kl"].sum() / safe_tokens,
