@@ -2,8 +2,14 @@
 
 import os
 
-import numpy as np
-import pytest
+# The tests run on the CPU (simulated devices where they need several). libtpu, installed for the
+# ahead-of-time TPU compile tests, is only ever used through `get_topology_desc`; several test
+# processes may load it at once.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 HF_TINY = os.path.join(FIXTURES, "hf_tiny_qwen2_5_vl")

@@ -1,15 +1,29 @@
-"""Dispatch for region attention: picks the backend and checks the arguments.
+"""Dispatch for region attention: picks the backend, checks the arguments, shards the kernels.
 
-backend=None picks by `jax.default_backend()`: "tpu" -> "pallas_tpu", "gpu" -> "pallas_gpu",
+backend=None picks by the platform being compiled for (`target_platform()`: the default
+device's platform, else `jax.default_backend()`): "tpu" -> "pallas_tpu", "gpu" -> "pallas_gpu",
 anything else -> "reference". Explicit backends:
 
   "reference"   plain jnp (materialises [B, Hq, Lq, Lk]); the oracle.
   "xla"         `jax.nn.dot_product_attention` when neither masses nor visual_scale are asked
                 for (segment / padding / causal masks go in its `mask`), else the reference.
-  "pallas_tpu"  the Mosaic TPU kernel. Off-TPU it runs in TPU interpret mode
-                (`pltpu.InterpretParams()`, logged once): correct but slow, meant for tests.
-  "pallas_gpu"  the Pallas Triton kernel. Off-GPU it runs in the generic Pallas interpreter
-                (logged once); cases it does not support fall back to the reference (logged once).
+  "pallas_tpu"  the Mosaic TPU kernel. Lowered for a TPU it is compiled by Mosaic; lowered for
+                any other platform it runs in the generic Pallas interpreter (`interpret=True`;
+                the TPU interpret mode's ordered callbacks cannot sit in a platform-dependent
+                branch): correct but slow, meant for tests.
+  "pallas_gpu"  the Pallas Triton kernel. Lowered for CUDA it is compiled; elsewhere it runs in
+                the generic Pallas interpreter; cases it does not support fall back to the
+                reference (logged once).
+
+Compiled-or-interpreted follows the platform the program is *lowered for*
+(`jax.lax.platform_dependent`), not the host, so an ahead-of-time compile for a TPU topology from
+a CPU host gets the real Mosaic kernel.
+
+Sharding: XLA cannot partition a Pallas call, so under a mesh (`jax.set_mesh`, or a
+`jax.sharding.use_mesh` context) with more than one device the kernels run inside
+`jax.shard_map`: batch over the mesh axes "data" and "fsdp", heads over "tensor" (each only
+where it divides the array; otherwise that dimension is replicated), sequences whole. Every
+shard computes exact attention for its rows and heads, so the result equals the unsharded one.
 
 Block sizes and interpret settings are not part of this entry point; tests and benchmarks that
 need them call `tpu.region_attention_tpu` / `gpu.region_attention_gpu` directly.
@@ -19,15 +33,20 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import AxisType, PartitionSpec
 
 from sif_jax.kernels.region_attention.reference import attention_reference, key_mask
 
 BACKENDS = ("reference", "xla", "pallas_tpu", "pallas_gpu")
-_PLATFORM_BACKEND = {"tpu": "pallas_tpu", "gpu": "pallas_gpu"}
+_PLATFORM_BACKEND = {"tpu": "pallas_tpu", "gpu": "pallas_gpu", "cuda": "pallas_gpu"}
+# The mesh axes the kernels shard over (the house mesh is ('data', 'fsdp', 'tensor')).
+BATCH_MESH_AXES = ("data", "fsdp")
+HEAD_MESH_AXIS = "tensor"
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +102,7 @@ def attention(
               kv_valid=kv_valid, visual_mask=visual_mask, visual_scale=visual_scale,
               region_mask=region_mask, softmax_scale=softmax_scale)
     if backend is None:
-        backend = _PLATFORM_BACKEND.get(jax.default_backend(), "reference")
+        backend = _PLATFORM_BACKEND.get(target_platform(), "reference")
     kwargs = dict(causal=causal, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
                   kv_valid=kv_valid, visual_mask=visual_mask, visual_scale=visual_scale,
                   region_mask=region_mask, softmax_scale=softmax_scale)
@@ -92,15 +111,81 @@ def attention(
     if backend == "pallas_tpu":
         from sif_jax.kernels.region_attention.tpu import region_attention_tpu
 
-        if jax.default_backend() != "tpu":
-            _log_once("region_attention: backend 'pallas_tpu' off TPU runs in TPU interpret "
-                      "mode (slow; for tests)")
-        return AttentionOutput(*region_attention_tpu(q, k, v, **kwargs))
+        if target_platform() != "tpu":
+            _log_once("region_attention: backend 'pallas_tpu' lowered for a non-TPU platform runs "
+                      "in TPU interpret mode (slow; for tests)")
+        compiled = functools.partial(region_attention_tpu, interpret=None)
+        interpreted = functools.partial(region_attention_tpu, interpret=True)
+        return _sharded(compiled, interpreted, "tpu", q, k, v, **kwargs)
     if backend == "pallas_gpu":
         from sif_jax.kernels.region_attention.gpu import region_attention_gpu
 
-        return AttentionOutput(*region_attention_gpu(q, k, v, **kwargs))
+        compiled = functools.partial(region_attention_gpu, interpret=False)
+        interpreted = functools.partial(region_attention_gpu, interpret=True)
+        return _sharded(compiled, interpreted, "cuda", q, k, v, **kwargs)
     return AttentionOutput(*attention_reference(q, k, v, **kwargs))
+
+
+def target_platform() -> str:
+    """The platform a program traced now is compiled for, as far as the host can tell.
+
+    `jax.default_device(d)` (how an ahead-of-time compile for a TPU topology is done from a CPU
+    host) names it; otherwise `jax.default_backend()`. Used for choices that must be made while
+    tracing (the backend for backend=None); compile-or-interpret uses the exact lowering
+    platform instead.
+    """
+    device = jax.config.jax_default_device
+    if device is not None and not isinstance(device, str):
+        return device.platform
+    return jax.default_backend()
+
+
+def _auto_axes(mesh) -> dict[str, int]:
+    """Name -> size of the mesh axes not already manual (an enclosing shard_map's)."""
+    kinds = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))
+    return {name: size for name, size in mesh.shape.items() if kinds[name] != AxisType.Manual}
+
+
+def _kernel_specs(mesh, batch: int, kv_heads: int) -> tuple[PartitionSpec, PartitionSpec, PartitionSpec]:
+    """Specs for [B, L, H, D] tensors, [B, L] per-token arrays and [B, H, Lq] masses on `mesh`."""
+    auto = {name: size for name, size in _auto_axes(mesh).items() if size > 1}
+    batch_axes, shards = [], 1
+    for name in BATCH_MESH_AXES:
+        if name in auto and batch % (shards * auto[name]) == 0:
+            batch_axes.append(name)
+            shards *= auto[name]
+    b = tuple(batch_axes) or None
+    h = HEAD_MESH_AXIS if HEAD_MESH_AXIS in auto and kv_heads % auto[HEAD_MESH_AXIS] == 0 else None
+    return PartitionSpec(b, None, h, None), PartitionSpec(b, None), PartitionSpec(b, h, None)
+
+
+def _sharded(compiled, interpreted, platform: str, q, k, v, *, softmax_scale, causal,
+             **arrays) -> AttentionOutput:
+    """Runs a Pallas kernel per shard of the ambient mesh, compiled when lowered for `platform`.
+
+    compiled / interpreted: the kernel (q, k, v, **masks) -> (out, region, visual) with the
+    compiler or the interpreter; `jax.lax.platform_dependent` keeps the one matching the
+    platform the program is lowered for.
+    """
+    arrays = {name: x for name, x in arrays.items() if x is not None}
+
+    def kernel(q, k, v, arrays):
+        def run(fn):
+            return lambda q, k, v, arrays: fn(q, k, v, causal=causal, softmax_scale=softmax_scale, **arrays)
+
+        out = jax.lax.platform_dependent(q, k, v, arrays, default=run(interpreted), **{platform: run(compiled)})
+        return AttentionOutput(*out)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    auto_axes = {} if mesh.empty else _auto_axes(mesh)
+    if math.prod(auto_axes.values()) <= 1:
+        return kernel(q, k, v, arrays)
+    qkv, rows, masses = _kernel_specs(mesh, q.shape[0], k.shape[2])
+    want = {name: name in arrays for name in ("region_mask", "visual_mask")}
+    out_specs = AttentionOutput(qkv, masses if want["region_mask"] else None,
+                                masses if want["visual_mask"] else None)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(qkv, qkv, qkv, {name: rows for name in arrays}),
+                         out_specs=out_specs, axis_names=set(auto_axes), check_vma=False)(q, k, v, arrays)
 
 
 def _xla_attention(q, k, v, *, causal, q_segment_ids, kv_segment_ids, kv_valid, softmax_scale,

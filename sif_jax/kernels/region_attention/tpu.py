@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import jax
@@ -69,8 +70,6 @@ LANES = 128
 SUBLANES = 8
 NT = (((1,), (1,)), ((), ()))  # a @ b.T
 TN = (((0,), (0,)), ((), ()))  # a.T @ b
-DEFAULT_BLOCK_Q = 512
-DEFAULT_BLOCK_K = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +79,12 @@ class _Config:
     causal: bool
     scale: float
     offset: int  # Lk - Lq of the unpadded problem: causal is bottom-right aligned
-    block_q: int
+    block_q: int  # forward tiles
     block_k: int
+    block_q_dq: int  # backward dq kernel tiles
+    block_k_dq: int
+    block_q_dkv: int  # backward dk/dv kernel tiles
+    block_k_dkv: int
     group: int
     has_seg: bool
     has_alpha: bool
@@ -346,12 +349,10 @@ def _dkv_kernel(run_ref, fetch_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref
         dv_ref[...] = dv_sc[...].astype(dv_ref.dtype)
 
 
-def _bwd_call(st: _Config, run, fetch, res, d_out):
+def _bwd_call(st: _Config, runs, res, d_out):
     q, k, v, flags, qseg, kseg, alpha, out, lse = res
     batch, heads, q_len, head_dim = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
-    bq, bk = st.block_q, st.block_k
-    nq, nk = q_len // bq, kv_len // bk
     # D_q = <do_q, o_q>: the softmax-Jacobian row term; zero for fully masked rows (o = 0).
     di = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
     di = jnp.broadcast_to(di, (batch, heads, q_len, LANES))
@@ -359,8 +360,13 @@ def _bwd_call(st: _Config, run, fetch, res, d_out):
     lse = jnp.broadcast_to(_compact(lse)[..., None], (batch, heads, q_len, LANES))
     params = pltpu.CompilerParams(
         dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"))
+    _, run, run_dkv = runs
 
-    # dq (and d alpha): kv sequential, like the forward.
+    # dq (and d alpha): kv sequential, like the forward; its own tiles.
+    st = dataclasses.replace(st, block_q=st.block_q_dq, block_k=st.block_k_dq)
+    bq, bk = st.block_q, st.block_k
+    nq, nk = q_len // bq, kv_len // bk
+    fetch = common.fetch_index(run)
     def q_map(b, h, i, j, run_ref, fetch_ref):
         return (b, h, i, 0)
 
@@ -392,8 +398,11 @@ def _bwd_call(st: _Config, run, fetch, res, d_out):
     )(run.reshape(-1), fetch.reshape(-1), q, k, v, d_out, lse, di, flags, qseg, kseg, alpha)
 
     # dk/dv: grid (b, kv head, kv block, group * q blocks); the inner axis walks the group's
-    # q heads and their q blocks, so GQA sums happen in VMEM.
-    run_t = jnp.swapaxes(run, 1, 2)  # [B, nk, nq]
+    # q heads and their q blocks, so GQA sums happen in VMEM. Its own tiles.
+    st = dataclasses.replace(st, block_q=st.block_q_dkv, block_k=st.block_k_dkv)
+    bq, bk = st.block_q, st.block_k
+    nq, nk = q_len // bq, kv_len // bk
+    run_t = jnp.swapaxes(run_dkv, 1, 2)  # [B, nk, nq]
     fetch_t = common.fetch_index(run_t)
 
     def tq_map(b, h, i, j, run_ref, fetch_ref):
@@ -435,34 +444,115 @@ def _bwd_call(st: _Config, run, fetch, res, d_out):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(st, run, q, k, v, alpha, flags, qseg, kseg):
-    out, _, region, visual = _fwd(st, run, q, k, v, alpha, flags, qseg, kseg, save_lse=False)
+def _attention(st, runs, q, k, v, alpha, flags, qseg, kseg):
+    out, _, region, visual = _fwd(st, runs, q, k, v, alpha, flags, qseg, kseg, save_lse=False)
     return out, region, visual
 
 
-def _fwd(st, run, q, k, v, alpha, flags, qseg, kseg, *, save_lse):
+def _fwd(st, runs, q, k, v, alpha, flags, qseg, kseg, *, save_lse):
+    run = runs[0]
     fetch = common.fetch_index(run)
     return _fwd_call(st, run.reshape(-1), fetch.reshape(-1), q, k, v, flags, qseg, kseg, alpha,
                      save_lse=save_lse)
 
 
-def _attention_fwd(st, run, q, k, v, alpha, flags, qseg, kseg):
-    out, lse, region, visual = _fwd(st, run, q, k, v, alpha, flags, qseg, kseg, save_lse=True)
-    return (out, region, visual), (run, q, k, v, alpha, flags, qseg, kseg, out, lse)
+def _attention_fwd(st, runs, q, k, v, alpha, flags, qseg, kseg):
+    out, lse, region, visual = _fwd(st, runs, q, k, v, alpha, flags, qseg, kseg, save_lse=True)
+    return (out, region, visual), (runs, q, k, v, alpha, flags, qseg, kseg, out, lse)
 
 
 def _attention_bwd(st, res, cts):
-    run, q, k, v, alpha, flags, qseg, kseg, out, lse = res
+    runs, q, k, v, alpha, flags, qseg, kseg, out, lse = res
     d_out = cts[0]  # region/visual masses carry no gradient
-    dq, dk, dv, dalpha = _bwd_call(
-        st, run, common.fetch_index(run), (q, k, v, flags, qseg, kseg, alpha, out, lse), d_out)
-    return None, dq, dk, dv, dalpha, None, None, None
+    dq, dk, dv, dalpha = _bwd_call(st, runs, (q, k, v, flags, qseg, kseg, alpha, out, lse), d_out)
+    return (None,) * len(runs), dq, dk, dv, dalpha, None, None, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 # ----------------------------------------------------------------------------- public wrapper
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+    """Tile sizes (query rows, key columns) of the three kernels.
+
+    Each is a multiple of 8; on a real TPU a key tile must be a multiple of 128 unless it
+    covers the whole padded key length. Lengths need not be multiples of the tiles: the
+    wrapper pads (to a common multiple of the tiles it uses) and masks the padded keys.
+    """
+
+    block_q: int = 512  # forward
+    block_k: int = 512
+    block_q_dq: int = 512  # backward, dq (+ d alpha) kernel
+    block_k_dq: int = 512
+    block_q_dkv: int = 512  # backward, dk/dv kernel
+    block_k_dkv: int = 512
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            size = getattr(self, field.name)
+            if not isinstance(size, int) or size <= 0 or size % SUBLANES:
+                raise ValueError(f"BlockSizes.{field.name}={size!r}; expected a positive multiple of {SUBLANES}")
+
+
+# Per-generation starting points, keyed by `device_kind`. Untuned on hardware: chips with the
+# larger scoped VMEM (v5e, v6e: 128 MiB physical) get longer key tiles in the forward; the
+# backward keeps 512 x 512, whose f32 [bq, bk] logits / probabilities / dS temporaries (3 MiB)
+# fit every generation's default scoped VMEM limit.
+DEFAULT_BLOCK_SIZES: dict[str, BlockSizes] = {
+    "TPU v4": BlockSizes(),
+    "TPU v5 lite": BlockSizes(block_k=1024),
+    "TPU v5": BlockSizes(),
+    "TPU v6 lite": BlockSizes(block_k=1024),
+}
+
+
+def target_device_kind() -> str | None:
+    """`device_kind` of the TPU being compiled for, or None when it is not a TPU.
+
+    Mosaic reads the chip generation from the default device, so a program compiled ahead of
+    time for a TPU topology from another host sets `jax.default_device(topology.devices[0])`;
+    that device decides here too. Otherwise the first local device, if it is a TPU.
+    """
+    device = jax.config.jax_default_device
+    if device is None or isinstance(device, str):
+        if jax.default_backend() != "tpu":
+            return None
+        device = jax.devices()[0]
+    return device.device_kind if getattr(device, "platform", None) == "tpu" else None
+
+
+def default_block_sizes(device_kind: str | None = None) -> BlockSizes:
+    """The tile sizes for a chip generation (`device_kind`, default: `target_device_kind()`)."""
+    kind = device_kind if device_kind is not None else target_device_kind()
+    return DEFAULT_BLOCK_SIZES.get(kind or "", BlockSizes())
+
+
+def _fit_tiles(tiles: tuple[int, ...], length: int, unit: int) -> tuple[int, ...]:
+    """Shrinks tiles longer than the sequence so that the largest divides by all the others.
+
+    First each tile is capped at the length rounded up to `unit`; if the capped tiles no longer
+    divide each other (say 640 and 512), each is halved instead while its half still covers
+    the length, so the padded length (a common multiple) stays small.
+    """
+    cap = common.round_up(length, unit)
+    capped = tuple(min(t, cap) for t in tiles)
+    if all(max(capped) % t == 0 for t in capped):
+        return capped
+    halved = []
+    for t in tiles:
+        while t // 2 >= cap and (t // 2) % unit == 0:
+            t //= 2
+        halved.append(t)
+    return tuple(halved)
+
+
+def _fit_block_sizes(sizes: BlockSizes, q_len: int, kv_len: int) -> BlockSizes:
+    bq, bq_dq, bq_dkv = _fit_tiles((sizes.block_q, sizes.block_q_dq, sizes.block_q_dkv), q_len, SUBLANES)
+    bk, bk_dq, bk_dkv = _fit_tiles((sizes.block_k, sizes.block_k_dq, sizes.block_k_dkv), kv_len, LANES)
+    return BlockSizes(bq, bk, bq_dq, bk_dq, bq_dkv, bk_dkv)
 
 
 def _default_interpret() -> Any:
@@ -485,6 +575,7 @@ def region_attention_tpu(
     softmax_scale: float | None = None,
     block_q: int | None = None,
     block_k: int | None = None,
+    block_sizes: BlockSizes | None = None,
     interpret: Any = "auto",
 ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
     """Pallas TPU region attention; same contract as `reference.attention_reference`.
@@ -492,15 +583,18 @@ def region_attention_tpu(
     Args:
       q: [B, Lq, Hq, D]; k, v: [B, Lk, Hkv, D]; masks bool [B, Lk]; segment ids int [B, L];
         visual_scale float [B, Lq].
-      block_q, block_k: tile sizes (multiples of 8; on a real TPU block_k must be a multiple
-        of 128 unless it covers the whole padded key length). Lengths need not be multiples:
-        the wrapper pads and masks the padded keys.
+      block_sizes: the forward / dq / dk-dv tiles; default `default_block_sizes()` for the
+        chip being compiled for. Tiles longer than the sequence shrink to cover it.
+      block_q, block_k: one tile pair for all three kernels (tests); overrides block_sizes.
       interpret: "auto" (default) = compiled on TPU, `pltpu.InterpretParams()` elsewhere;
         None/False = always compile; or any value accepted by `pallas_call(interpret=...)`,
         e.g. `pltpu.InterpretParams(detect_races=True)`.
 
     Returns:
       out [B, Lq, Hq, D] (q.dtype); region_mass, visual_mass f32 [B, Hq, Lq] or None.
+
+    Raises:
+      ValueError: a tile size that is not a positive multiple of 8; inconsistent masks.
     """
     batch, q_len, heads, head_dim = q.shape
     kv_len, kv_heads = k.shape[1], k.shape[2]
@@ -511,18 +605,21 @@ def region_attention_tpu(
     if interpret == "auto":
         interpret = _default_interpret()
     interpret = interpret or False
-    if block_q is None:
-        block_q = min(DEFAULT_BLOCK_Q, common.round_up(q_len, SUBLANES))
-    if block_k is None:
-        block_k = min(DEFAULT_BLOCK_K, common.round_up(kv_len, LANES))
-    for name, blk in (("block_q", block_q), ("block_k", block_k)):
-        if blk <= 0 or blk % SUBLANES:
-            raise ValueError(f"{name}={blk}; expected a positive multiple of {SUBLANES}")
-    q_pad, kv_pad = common.round_up(q_len, block_q), common.round_up(kv_len, block_k)
+    sizes = block_sizes if block_sizes is not None else default_block_sizes()
+    if block_q is not None or block_k is not None:
+        bq = sizes.block_q if block_q is None else block_q
+        bk = sizes.block_k if block_k is None else block_k
+        sizes = BlockSizes(bq, bk, bq, bk, bq, bk)
+    sizes = _fit_block_sizes(sizes, q_len, kv_len)
+    q_tile = math.lcm(sizes.block_q, sizes.block_q_dq, sizes.block_q_dkv)
+    k_tile = math.lcm(sizes.block_k, sizes.block_k_dq, sizes.block_k_dkv)
+    q_pad, kv_pad = common.round_up(q_len, q_tile), common.round_up(kv_len, k_tile)
     st = _Config(
         causal=bool(causal),
         scale=float(head_dim**-0.5 if softmax_scale is None else softmax_scale),
-        offset=kv_len - q_len, block_q=block_q, block_k=block_k, group=heads // kv_heads,
+        offset=kv_len - q_len, block_q=sizes.block_q, block_k=sizes.block_k,
+        block_q_dq=sizes.block_q_dq, block_k_dq=sizes.block_k_dq,
+        block_q_dkv=sizes.block_q_dkv, block_k_dkv=sizes.block_k_dkv, group=heads // kv_heads,
         has_seg=q_segment_ids is not None, has_alpha=visual_scale is not None,
         want_region=region_mask is not None, want_visual=visual_mask is not None,
         interpret=interpret,
@@ -544,11 +641,17 @@ def region_attention_tpu(
     if st.has_alpha:
         alpha = common.pad_axis(visual_scale.astype(jnp.float32), 1, q_pad, 1.0)
         alpha = jnp.broadcast_to(alpha[:, :, None], (batch, q_pad, LANES))
-    run = common.block_tables(flags, qseg, kseg, block_q=block_q, block_k=block_k,
-                              num_q_blocks=q_pad // block_q, causal=st.causal, offset=st.offset)
+    # One block table per kernel (they differ when the tiles do); small, [B, nq, nk] int32.
+    tables = {}
+    for bq, bk in ((st.block_q, st.block_k), (st.block_q_dq, st.block_k_dq), (st.block_q_dkv, st.block_k_dkv)):
+        if (bq, bk) not in tables:
+            tables[bq, bk] = common.block_tables(
+                flags, qseg, kseg, block_q=bq, block_k=bk, num_q_blocks=q_pad // bq, causal=st.causal,
+                offset=st.offset).astype(jnp.int32)
+    runs = (tables[st.block_q, st.block_k], tables[st.block_q_dq, st.block_k_dq],
+            tables[st.block_q_dkv, st.block_k_dkv])
     flag_rows = jnp.broadcast_to(flags[:, None, :], (batch, SUBLANES, kv_pad))
-    out, region, visual = _attention(st, run.astype(jnp.int32), qt, kt, vt, alpha, flag_rows,
-                                     qseg_rows, kseg_rows)
+    out, region, visual = _attention(st, runs, qt, kt, vt, alpha, flag_rows, qseg_rows, kseg_rows)
     out = jnp.swapaxes(out[:, :, :q_len], 1, 2)
 
     def mass(x):
