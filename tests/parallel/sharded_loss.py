@@ -1,7 +1,9 @@
 """Run by test_sharding.py in a subprocess with 8 simulated CPU devices.
 
 Computes one GRPO loss and gradient norm of the tiny model on a fixed rollout for each mesh
-(data, fsdp, tensor) given on the command line and prints them as JSON.
+(data, fsdp, tensor) given on the command line and prints them as JSON. `--backend=NAME` picks the
+attention backend (default: the reference); with a Pallas backend the kernel runs per shard in a
+shard_map (interpreted on the CPU), and the count of shard_maps in the loss's jaxpr is reported.
 """
 
 import json
@@ -22,8 +24,10 @@ from sif_jax.train import BATCH_AXES
 
 
 def main() -> None:
-    meshes = [tuple(int(x) for x in m.split(",")) for m in sys.argv[1:]]
-    config = get_preset("tiny")
+    args = [a for a in sys.argv[1:] if not a.startswith("--backend=")]
+    backend = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--backend=")), "reference")
+    meshes = [tuple(int(x) for x in m.split(",")) for m in args]
+    config = get_preset("tiny").replace(attention_backend=backend)
     tok = BuiltinTokenizer()
     source = pl.BuiltinSource(seed=0, size=8, scene_config=SceneConfig(height=112, width=112))
     pre = pl.Preprocessor(tok, config)
@@ -47,13 +51,16 @@ def main() -> None:
         prompt = parallel.shard_batch(prompt_arrays(batch), mesh, BATCH_AXES)
         sharded = [parallel.shard_batch({"x": x}, mesh, {"x": 0})["x"] for x in (completion, mask, old_logp,
                                                                                advantages)]
-        grads, (num, den, _) = _loss_grads(placed, prompt, sharded[0], sharded[1], sharded[2], None, sharded[3],
-                                           jnp.float32(rows), config=config, grpo=grpo)
+        args = (placed, prompt, sharded[0], sharded[1], sharded[2], None, sharded[3], jnp.float32(rows))
+        with jax.set_mesh(mesh):  # the mesh the Pallas kernels shard_map over, as train.py sets it
+            grads, (num, den, _) = _loss_grads(*args, config=config, grpo=grpo)
+            jaxpr = str(jax.make_jaxpr(lambda *a: _loss_grads(*a, config=config, grpo=grpo))(*args))
         sharded_leaves = sum(1 for s in jax.tree.leaves(shardings) if not s.is_fully_replicated)
         results[",".join(map(str, shape))] = {
             "loss": float(num / rows),
             "grad_norm": float(jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))),
             "devices": len(mesh.devices.flat), "sharded_param_leaves": sharded_leaves,
+            "shard_maps": jaxpr.count("shard_map["), "pallas_calls": jaxpr.count("pallas_call["),
         }
     print(json.dumps(results))
 

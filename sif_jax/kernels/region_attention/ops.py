@@ -113,7 +113,7 @@ def attention(
 
         if target_platform() != "tpu":
             _log_once("region_attention: backend 'pallas_tpu' lowered for a non-TPU platform runs "
-                      "in TPU interpret mode (slow; for tests)")
+                      "in the Pallas interpreter (slow; for tests)")
         compiled = functools.partial(region_attention_tpu, interpret=None)
         interpreted = functools.partial(region_attention_tpu, interpret=True)
         return _sharded(compiled, interpreted, "tpu", q, k, v, **kwargs)
