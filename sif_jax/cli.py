@@ -322,15 +322,15 @@ def load_model(path: str, *, model: str = "", tokenizer: str = "", attention_bac
 
 
 def read_image(path: str, what: str = "image") -> np.ndarray:
-    """uint8 [H, W, 3] from an image file; CLIError naming the file when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+    """uint8 [H, W, 3] from an image file (`data.image.load_image`); CLIError naming the file when it
+    cannot be read."""
+    from sif_jax.data.image import load_image
 
     if not os.path.exists(path):
         raise CLIError(f"{what} {path!r} does not exist")
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+        return load_image(path)
+    except (OSError, ValueError) as e:
         raise CLIError(f"cannot read {what} {path!r}: {one_line(e)}") from None
 
 

@@ -50,6 +50,11 @@ def pick_bucket(n: int, buckets: Sequence[int] | None, what: str) -> int:
     return fits[0]
 
 
+def _name(ex: Example) -> str:
+    meta = ex.get("metadata") if isinstance(ex.get("metadata"), Mapping) else {}
+    return f"prompt_id {ex.get('prompt_id')!r}, id {meta.get('id')!r}, index {meta.get('index')!r}"
+
+
 def _rows(examples: Sequence[Example], repeat: int) -> list[tuple[int, Example]]:
     if repeat < 1:
         raise ValueError(f"collate: repeat={repeat} must be >= 1")
@@ -73,7 +78,7 @@ def _assemble(
     for i, (ex, seq) in enumerate(zip(examples, sequences, strict=True)):
         if len(seq) > longest:
             raise ValueError(
-                f"collate: example {i} (prompt_id {ex.get('prompt_id')!r}): {what} of {len(seq)} tokens "
+                f"collate: example {i} ({_name(ex)}): {what} of {len(seq)} tokens "
                 f"(prompt {len(ex['prompt_tokens'])}) exceeds the largest length bucket {longest}"
             )
     rows = _rows(examples, repeat)
@@ -85,6 +90,13 @@ def _assemble(
         seq = sequences[i]
         input_ids[r, length - len(seq):] = seq
         attention_mask[r, length - len(seq):] = 1
+    for i, ex in enumerate(examples):
+        n = int(np.prod(np.asarray(ex["image_grid_thw"]).reshape(-1, 3), axis=-1).max())
+        if patch_buckets is not None and n > max(patch_buckets):
+            raise ValueError(
+                f"collate: example {i} ({_name(ex)}): its image has {n} patches, more than the largest patch "
+                f"bucket {max(patch_buckets)} (buckets {tuple(patch_buckets)}); lower max_pixels or add a bucket"
+            )
     pixel_values = np.concatenate([ex["pixel_values"] for _, ex in rows])
     image_grid_thw = np.concatenate([np.asarray(ex["image_grid_thw"]).reshape(-1, 3) for _, ex in rows])
     n_patches = pixel_values.shape[0]
@@ -133,7 +145,8 @@ def collate(
       pad_id: the padding token (default `config.pad_token_id`).
 
     Raises:
-      ValueError: a prompt longer than the largest bucket (naming the example and prompt id).
+      ValueError: a prompt longer than the largest bucket, or an image with more patches than the
+        largest patch bucket (naming the example, its prompt id, record id and index).
     """
     sequences = [np.asarray(ex["prompt_tokens"], np.int32) for ex in examples]
     return _assemble(examples, sequences, config, repeat=repeat, length_buckets=length_buckets,

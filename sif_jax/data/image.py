@@ -1,9 +1,15 @@
 """Qwen2-VL / Qwen2.5-VL image preprocessing in NumPy + Pillow (no torch), as HF's processor.
 
+Decoding: `load_image` is the one loader of every path (CLIs, record readers, TFDS builders,
+pipeline): EXIF orientation applied by default (as HF's `load_image`), transparency composited on
+white (as qwen-vl-utils / vLLM), 16-bit gray scaled by 1/257, CMYK converted — `to_rgb_uint8`.
+`load_depth` decodes depth-map images (8- or 16-bit gray -> float32 [0, 1], never clipped to 8 bits).
+
 `process_image(image, vision_config)` = HF `Qwen2VLImageProcessor(Pil)` on one RGB image:
 
 1. `smart_resize`: round H and W to multiples of `factor` (= `cell_size`, patch * merge = 28),
-   then rescale, keeping the aspect ratio, so H*W lies in [min_pixels, max_pixels];
+   then rescale, keeping the aspect ratio, so H*W lies in [min_pixels, max_pixels] (HF's arithmetic
+   where it stays in that range; where it does not, the closest in-range size — see its doc);
 2. resize the uint8 image with PIL bicubic (an image already at the target size is untouched:
    PIL returns a copy, as it does inside HF's processor);
 3. rescale by 1/255 and normalise with the OpenAI CLIP mean/std (a per-channel lookup table on the
@@ -19,10 +25,13 @@ Checked against transformers' processors by `tests/data/test_image.py` on a save
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
+import os
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sif_jax.model.config import VisionConfig
 
@@ -33,26 +42,9 @@ DEFAULT_MIN_PIXELS = 56 * 56
 DEFAULT_MAX_PIXELS = 28 * 28 * 1280
 
 
-def smart_resize(
-    height: int,
-    width: int,
-    factor: int = 28,
-    min_pixels: int = DEFAULT_MIN_PIXELS,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> tuple[int, int]:
-    """(H', W'): multiples of `factor`, H'*W' in [min_pixels, max_pixels], aspect ratio kept.
-
-    Same arithmetic as HF's `smart_resize` (Python's round-half-to-even included).
-    """
-    if height < 1 or width < 1:
-        raise ValueError(f"smart_resize: height={height}, width={width} must be positive")
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(
-            f"smart_resize: aspect ratio {max(height, width) / min(height, width):.1f} must be below 200 "
-            f"(height={height}, width={width})"
-        )
-    if min_pixels > max_pixels:
-        raise ValueError(f"smart_resize: min_pixels={min_pixels} > max_pixels={max_pixels}")
+def _hf_smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """HF `transformers.models.qwen2_vl.image_processing_qwen2_vl.smart_resize`, verbatim arithmetic
+    (Python's round-half-to-even included); it can leave [min_pixels, max_pixels] (see `smart_resize`)."""
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:
@@ -66,18 +58,243 @@ def smart_resize(
     return h_bar, w_bar
 
 
-def to_rgb_uint8(image: np.ndarray | Image.Image) -> np.ndarray:
-    """uint8 [H, W, 3] from a PIL image, a gray [H, W] / RGBA [H, W, 4] array, or RGB uint8."""
+def aspect_kept(height: int, width: int, new_height: int, new_width: int, factor: int) -> bool:
+    """True when some scale s > 0 puts both sides within one `factor` of the exact scaling:
+    |new_height - s * height| <= factor and |new_width - s * width| <= factor (what rounding each
+    side of an aspect-preserving resize to a multiple of `factor` can give, the one-cell minimum
+    included)."""
+    lo = max((new_height - factor) / height, (new_width - factor) / width, 0.0)
+    hi = min((new_height + factor) / height, (new_width + factor) / width)
+    return lo <= hi and hi > 0
+
+
+def _fit_cells(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int] | None:
+    """Cell counts (rows, cols): rows*cols*factor^2 in [min_pixels, max_pixels], `aspect_kept`, with
+    the area closest (in log) to height*width clamped to the bounds, then the ratio closest; None if none."""
+    lo_cells = max(1, -(-min_pixels // factor**2))
+    hi_cells = max_pixels // factor**2
+    target = min(max(height * width, min_pixels), max_pixels) / factor**2
+    short, long_ = (height, width) if height <= width else (width, height)
+    r = long_ / short
+    best: tuple[tuple[float, float], tuple[int, int]] | None = None
+    # The long side is >= short side - 2 cells, so short side cells a satisfy a * (a - 2) <= hi_cells.
+    for a in range(1, math.isqrt(hi_cells) + 3):
+        b_lo = max(1, -(-lo_cells // a), math.ceil((a - 1) * r - 1))
+        b_hi = min(hi_cells // a, math.floor((a + 1) * r + 1))
+        if b_lo > b_hi:
+            continue
+        b = min(max(round(a * r), b_lo), b_hi)
+        sides = (a * factor, b * factor) if height <= width else (b * factor, a * factor)
+        if not aspect_kept(height, width, sides[0], sides[1], factor):
+            continue
+        score = (abs(math.log(a * b / target)), abs(math.log(b / (a * r))))
+        if best is None or score < best[0]:
+            best = (score, sides)
+    return None if best is None else best[1]
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = 28,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[int, int]:
+    """(H', W') in pixels: multiples of `factor`, H'*W' in [min_pixels, max_pixels], aspect ratio kept
+    up to rounding each side to a multiple of `factor` (`aspect_kept`).
+
+    Where HF's `smart_resize` (same arithmetic, `_hf_smart_resize`) returns a size within
+    [min_pixels, max_pixels] with both sides >= factor, that size is returned (HF parity). HF's
+    arithmetic leaves the bound in two cases, and there this function searches the multiples of
+    `factor` instead (the area closest to H*W clamped to the bounds, then the closest ratio):
+
+    * too large: a side scaled below `factor` is raised to one `factor` while the other side keeps
+      its scaled length (20x3900 at max_pixels = 64*28*28 gives 28x3108, 1.73x the maximum);
+    * too small: after scaling up to min_pixels, rounding both sides *up* can pass max_pixels when
+      the two bounds are close.
+
+    Raises:
+      ValueError: a non-positive side or factor, min_pixels > max_pixels, max_pixels < factor^2,
+        an aspect ratio above 200 (as HF), or a size no multiple of `factor` within the bounds can
+        represent with its aspect ratio (e.g. ratio 195 in a budget of 64 cells of factor^2) — the
+        message names the sizes and the bounds.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"smart_resize: height={height}, width={width} must be positive")
+    if factor < 1:
+        raise ValueError(f"smart_resize: factor={factor} must be positive")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(
+            f"smart_resize: aspect ratio {max(height, width) / min(height, width):.1f} must be below 200 "
+            f"(height={height}, width={width})"
+        )
+    if min_pixels > max_pixels:
+        raise ValueError(f"smart_resize: min_pixels={min_pixels} > max_pixels={max_pixels}")
+    if max_pixels < factor * factor:
+        raise ValueError(f"smart_resize: max_pixels={max_pixels} is below one {factor}x{factor} cell")
+    h_bar, w_bar = _hf_smart_resize(height, width, factor, min_pixels, max_pixels)
+    if min_pixels <= h_bar * w_bar <= max_pixels and h_bar >= factor and w_bar >= factor:
+        return h_bar, w_bar
+    fit = _fit_cells(height, width, factor, min_pixels, max_pixels)
+    if fit is None:
+        raise ValueError(
+            f"smart_resize: a {height}x{width} image (aspect ratio {max(height, width) / min(height, width):.1f}) "
+            f"cannot be resized to multiples of {factor} with H*W in [{min_pixels}, {max_pixels}] and its "
+            f"aspect ratio kept (the budget holds {max_pixels // factor**2} cells of {factor}x{factor}); "
+            f"raise max_pixels or crop the image"
+        )
+    return fit
+
+
+WHITE = (255, 255, 255)
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
+
+
+def _composite(rgb: np.ndarray, alpha: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """uint8 [H, W, 3] over `background` with uint8 alpha [H, W]: round((c*a + bg*(255-a)) / 255)."""
+    a = alpha.astype(np.uint32)[..., None]
+    bg = np.asarray(background, np.uint32)
+    return ((rgb.astype(np.uint32) * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+def _sixteen_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit samples (0..65535) -> uint8 by round(v / 257), the inverse of the 8->16 bit expansion v * 257."""
+    a = np.asarray(a)
+    if a.size and (a.min() < 0 or a.max() > 65535):
+        raise ValueError(f"image: mode {mode!r} samples in [{a.min()}, {a.max()}] are outside the 16-bit range "
+                         f"[0, 65535]")
+    return ((a.astype(np.uint32) * 2 + 257) // 514).astype(np.uint8)
+
+
+def _pil_to_rgb(im: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
+    mode = im.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        gray = _sixteen_to_uint8(np.asarray(im), mode)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if mode == "F":
+        raise ValueError("image: float (mode 'F') images have no defined pixel range; convert them to 8 or 16 bits")
+    if mode == "CMYK":
+        cmyk = np.asarray(im).astype(np.uint32)
+        k = 255 - cmyk[..., 3:]
+        return ((((255 - cmyk[..., :3]) * k) + 127) // 255).astype(np.uint8)
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in im.info
+        im = im.convert("RGBA" if has_alpha else "RGB")
+        mode = im.mode
+    if mode in ("LA", "La"):
+        la = np.asarray(im.convert("LA") if mode == "La" else im)
+        return _composite(np.repeat(la[..., :1], 3, axis=-1), la[..., 1], background)
+    if mode in ("RGBA", "RGBa"):
+        rgba = np.asarray(im.convert("RGBA") if mode == "RGBa" else im)
+        return _composite(rgba[..., :3], rgba[..., 3], background)
+    if mode in ("L", "RGB") and "transparency" in im.info:  # one colour marked transparent (PNG tRNS)
+        return _pil_to_rgb(im.convert("LA" if mode == "L" else "RGBA"), background)
+    try:
+        return np.asarray(im.convert("RGB"), np.uint8)
+    except ValueError as e:
+        raise ValueError(f"image: cannot convert mode {mode!r} to RGB: {e}") from None
+
+
+def to_rgb_uint8(image: np.ndarray | Image.Image, background: tuple[int, int, int] = WHITE) -> np.ndarray:
+    """uint8 [H, W, 3] from a decoded image: every path into the model goes through here.
+
+    * PIL images by mode: RGB/L/1/YCbCr/... as PIL converts; RGBA, LA, P or L/RGB with a
+      transparent colour (PNG tRNS) composited over `background` (white, as qwen-vl-utils and vLLM
+      do): round((c * a + bg * (255 - a)) / 255); 16-bit gray (I;16, I;16B, I;16L, I with values in
+      0..65535) scaled by round(v / 257) (so a 16-bit copy v * 257 of an 8-bit image decodes to v);
+      CMYK by R = (255 - C)(255 - K) / 255 (rounded; no ICC profile applied, as PIL); float mode F
+      raises (no defined range).
+    * arrays: uint8 [H, W] gray, [H, W, 3] RGB, [H, W, 4] RGBA (composited as above), [H, W, 2]
+      gray + alpha; uint16 arrays of those layouts are scaled by round(v / 257) first (alpha too).
+
+    EXIF orientation is not applied here (an array or already-decoded image is used as given); see
+    `load_image`.
+
+    Raises:
+      ValueError: an unsupported dtype, shape or mode (the message names it).
+    """
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return _pil_to_rgb(image, background)
     arr = np.asarray(image)
+    if arr.dtype == np.uint16:
+        arr = _sixteen_to_uint8(arr, "uint16")
     if arr.dtype != np.uint8:
-        raise ValueError(f"image: expected uint8 pixels, got dtype {arr.dtype}")
+        raise ValueError(f"image: expected uint8 (or uint16) pixels, got dtype {arr.dtype}")
     if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-        raise ValueError(f"image: expected [H, W, 3] (or 4 channels), got shape {arr.shape}")
-    return arr[..., :3]
+        return np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] not in (2, 3, 4):
+        raise ValueError(f"image: expected [H, W], [H, W, 2], [H, W, 3] or [H, W, 4], got shape {arr.shape}")
+    if arr.shape[-1] == 2:
+        return _composite(np.repeat(arr[..., :1], 3, axis=-1), arr[..., 1], background)
+    if arr.shape[-1] == 4:
+        return _composite(arr[..., :3], arr[..., 3], background)
+    return arr
+
+
+def load_image(
+    source: ImageSource, *, exif_transpose: bool = True, background: tuple[int, int, int] = WHITE
+) -> np.ndarray:
+    """The one image loader: a path, encoded bytes, a binary file, a PIL image or an array ->
+    uint8 [H, W, 3] (`to_rgb_uint8`). The CLIs, the record readers, the TFDS builders and the
+    pipeline all decode images through it.
+
+    `exif_transpose=True` (the default, as HF's `transformers.image_utils.load_image`) rotates /
+    mirrors an encoded or PIL image by its EXIF Orientation tag (`PIL.ImageOps.exif_transpose`), so
+    H, W are the displayed sizes; False keeps the stored pixel order. Arrays are used as given.
+
+    Raises:
+      FileNotFoundError: a path that does not exist.
+      ValueError: undecodable data (PIL's `UnidentifiedImageError`) or an unsupported mode.
+    """
+    if isinstance(source, np.ndarray):
+        return to_rgb_uint8(source, background)
+    if isinstance(source, Image.Image):
+        im = ImageOps.exif_transpose(source) if exif_transpose else source
+        return to_rgb_uint8(im, background)
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(bytes(source))
+    try:
+        with Image.open(source) as im:
+            im.load()
+            if exif_transpose:
+                im = ImageOps.exif_transpose(im)
+            return to_rgb_uint8(im, background)
+    except UnidentifiedImageError as e:
+        raise ValueError(f"image: cannot decode ({e})") from None
+
+
+def load_depth(source: str | os.PathLike | bytes | BinaryIO) -> np.ndarray:
+    """A depth-map image -> float32 [H, W] in [0, 1]: 16-bit gray (I;16*, or I with values in
+    0..65535) / 65535, 8-bit gray / 255; for a multi-channel image its first channel (a palette
+    image is expanded through its palette first). No EXIF transpose, no colour conversion (depth
+    maps are read as stored).
+
+    Raises:
+      ValueError: float or out-of-range 32-bit samples, another mode, or undecodable data.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(bytes(source))
+    try:
+        with Image.open(source) as im:
+            im.load()
+            if im.mode in ("P", "PA"):
+                im = im.convert("RGBA")
+            mode = im.mode
+            a = np.asarray(im)
+    except UnidentifiedImageError as e:
+        raise ValueError(f"depth image: cannot decode ({e})") from None
+    if a.ndim == 3:
+        a = a[..., 0]
+    if mode == "1":
+        return a.astype(np.float32)
+    if a.dtype == np.uint8:
+        return (a.astype(np.float32) / 255.0).astype(np.float32)
+    if mode in _SIXTEEN_BIT_MODES:
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"depth image: mode {mode!r} samples in [{a.min()}, {a.max()}] are outside [0, 65535]")
+        return (a.astype(np.float32) / 65535.0).astype(np.float32)
+    raise ValueError(f"depth image: unsupported mode {mode!r} (expected 8- or 16-bit grayscale)")
 
 
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -49,7 +49,7 @@ import numpy as np
 from PIL import Image
 
 from sif_jax.data.batching import DEFAULT_LENGTH_BUCKETS, collate, collate_sft
-from sif_jax.data.image import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, process_image
+from sif_jax.data.image import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, load_image, process_image
 from sif_jax.data.questions import sample_question
 from sif_jax.data.regions import image_region_mask
 from sif_jax.data.scenes import SceneConfig, generate_scene
@@ -190,6 +190,40 @@ def downsample_depth(depth: np.ndarray, size: int | None) -> np.ndarray:
     return np.asarray(Image.fromarray(depth, mode="F").resize((size, size), Image.Resampling.BOX)).astype(np.float16)
 
 
+def record_name(example: Any) -> str:
+    """`id=... index=...` of a raw example (or of a preprocessed one's metadata), for error messages."""
+    if not isinstance(example, dict):
+        return f"<{type(example).__name__}>"
+    meta = example.get("metadata") if isinstance(example.get("metadata"), dict) else {}
+    rid = example.get("id", meta.get("id", example.get("prompt_id")))
+    index = example.get("index", meta.get("index"))
+    return f"id={rid!r} index={index!r}"
+
+
+def max_patches_per_image(config: ModelConfig, max_pixels: int) -> int:
+    """The most vision patches `smart_resize` can give one image: max_pixels // patch_size**2 (the
+    resized H*W never exceeds max_pixels; T = 1 for a still image)."""
+    return int(max_pixels) // config.vision.patch_size ** 2
+
+
+def preprocess_within_bucket(
+    example: dict[str, Any], *, preprocessor: Preprocessor, max_patches: int
+) -> dict[str, Any]:
+    """`preprocessor(example)`, then ValueError naming the record if its image has more than
+    `max_patches` patches (the largest patch bucket): lower max_pixels
+    (<= max_patches * patch_size**2 bounds every image, see `max_patches_per_image`) or add a bucket."""
+    out = preprocessor(example)
+    n = int(np.prod(np.asarray(out["image_grid_thw"]).reshape(-1, 3), axis=-1).max())
+    if n > max_patches:
+        raise ValueError(
+            f"record {record_name(example)}: its image has {n} patches (image_grid_thw "
+            f"{np.asarray(out['image_grid_thw']).tolist()}), "
+            f"more than the largest patch bucket {max_patches}; lower max_pixels (at most "
+            f"{max_patches * preprocessor.config.vision.patch_size ** 2} keeps every image within it) or add a bucket"
+        )
+    return out
+
+
 class Preprocessor:
     """Raw example -> the per-example dict `collate` consumes (see the module doc)."""
 
@@ -212,8 +246,15 @@ class Preprocessor:
         return problem if not ins else f"{problem}\n{ins}"
 
     def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
+        """Raises ValueError naming the record (`id`, `index`) for any bad field or image."""
+        try:
+            return self._process(example)
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise ValueError(f"record {record_name(example)}: {type(e).__name__}: {e}") from e
+
+    def _process(self, example: dict[str, Any]) -> dict[str, Any]:
         opt, vision = self.options, self.config.vision
-        img = process_image(example["image"], vision, opt.min_pixels, opt.max_pixels)
+        img = process_image(load_image(example["image"]), vision, opt.min_pixels, opt.max_pixels)
         grid = img.image_grid_thw[0]
         n_tokens = int(np.prod(grid)) // vision.merge_unit
         boxes = np.asarray(example["boxes"], np.float32).reshape(-1, 4)
@@ -264,12 +305,18 @@ def make_dataset(
       num_epochs: None = repeat forever.
       repeat: G rows per example (GRPO group size); sft: use `collate_sft`.
       length_buckets, patch_buckets: see `batching.collate`.
+
+    With patch_buckets, every example is checked against the largest bucket as it is preprocessed
+    (`preprocess_within_bucket`): an image with more patches stops the run with an error naming the
+    record, before it reaches `collate`.
       num_threads, prefetch: grain `ReadOptions` for preprocessing (0 threads = in the caller).
     """
     ds = grain.MapDataset.source(source)
     if shuffle:
         ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs).map(preprocessor)
+    pre = preprocessor if not patch_buckets else functools.partial(
+        preprocess_within_bucket, preprocessor=preprocessor, max_patches=max(patch_buckets))
+    ds = ds.repeat(num_epochs).map(pre)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
     fn = collate_sft if sft else collate
     batch_fn = functools.partial(fn, config=preprocessor.config, repeat=repeat, length_buckets=tuple(length_buckets),

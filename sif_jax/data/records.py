@@ -356,13 +356,10 @@ def save_depth_png(depth: np.ndarray, path: str | os.PathLike) -> None:
 
 
 def load_depth_png(path: str | os.PathLike) -> np.ndarray:
-    """16-bit (or 8-bit) grayscale PNG -> float32 [H, W] in [0, 1]."""
-    with Image.open(path) as im:
-        a = np.asarray(im)
-    scale = 255.0 if a.dtype == np.uint8 else 65535.0
-    if a.ndim == 3:
-        a = a[..., 0]
-    return (a.astype(np.float32) / scale).astype(np.float32)
+    """16-bit (or 8-bit) grayscale PNG -> float32 [H, W] in [0, 1] (`image.load_depth`)."""
+    from sif_jax.data.image import load_depth
+
+    return load_depth(path)
 
 
 def record_from_scene(scene: Any, question: Any, trace: Any, out_dir: str | os.PathLike) -> SIFRecord:

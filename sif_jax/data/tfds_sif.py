@@ -42,6 +42,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
+from sif_jax.data.image import load_image
 from sif_jax.data.questions import sample_question
 from sif_jax.data.records import load_depth_png, read_sif_json, validate_records
 from sif_jax.data.scenes import SceneConfig, generate_scene
@@ -69,9 +70,9 @@ def decode_depth(data: bytes) -> np.ndarray:
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """Encoded image bytes (PNG/JPEG/...) -> uint8 [H, W, 3]."""
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
+    """Encoded image bytes (PNG/JPEG/...) -> uint8 [H, W, 3] (`image.load_image`: EXIF orientation,
+    transparency on white, 16-bit scaled)."""
+    return load_image(data)
 
 
 def _text(v: Any) -> str:

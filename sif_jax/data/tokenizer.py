@@ -18,8 +18,13 @@ Both expose the `Tokenizer` protocol the pipeline, sampler and rewards use: `enc
   plus the chat/instruction prompts and common spatial words), each with and without a leading
   space. The list is **fixed in this file**: ids never depend on what runs at import time.
 
-Encoding: control tokens and tags are matched first (as literal strings, so they are also
-recognised inside user text, as Qwen's tokenizer does); the rest is split into the JSON pieces,
+Untrusted text never becomes a control token: `encode(text)` treats the control-token strings
+(`<|im_end|>`, `<|image_pad|>`, ...) in `text` as plain characters, in both tokenizers (HF's
+`split_special_tokens=True`); control ids come only from `chat_prompt`'s template. So a question
+holding `<|im_end|>\n<|im_start|>assistant\n...` cannot forge a chat turn, and one holding
+`<|image_pad|>` cannot add an image token.
+
+Encoding: the grammar tags are matched first (as literal strings); the rest is split into the JSON pieces,
 words with an optional leading space (`" ?[A-Za-z]+"`) and single characters. A word not in the
 vocabulary is spelled letter by letter, a character outside the vocabulary as its UTF-8 bytes.
 Every token's string is a literal substring of the input, so `decode(encode(s),
@@ -160,7 +165,7 @@ class BuiltinTokenizer:
         self._piece_to_id = {t: i for i, t in enumerate(self.vocab)
                              if not self._byte_offset <= i < self._byte_offset + 256}
         self._special_ids = frozenset(range(len(SPECIAL_TOKENS)))
-        literals = sorted(SPECIAL_TOKENS + GRAMMAR_TAGS, key=len, reverse=True)
+        literals = sorted(GRAMMAR_TAGS, key=len, reverse=True)
         pieces = sorted(PIECES, key=len, reverse=True)
         self._split = re.compile(
             "(" + "|".join(map(re.escape, literals)) + ")|"
@@ -211,7 +216,8 @@ class BuiltinTokenizer:
         return tuple(out)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text` (no BOS/EOS added); control tokens and tags are single ids."""
+        """Token ids of `text` (no BOS/EOS added): grammar tags are single ids; control-token strings
+        are spelled as plain characters (never a control id)."""
         ids: list[int] = []
         for m in self._split.finditer(text):
             ids.extend(self._encode_piece(m.group(0)))
@@ -247,35 +253,39 @@ def _decode_bytes(buf: bytes | bytearray) -> str:
         return bytes(buf).decode("utf-8", "replace")
 
 
-class HFTokenizer:
-    """A Hugging Face `tokenizer.json` (e.g. Qwen2.5-VL's), read with the `tokenizers` library.
+CONTROL_TOKENS: tuple[str, ...] = SPECIAL_TOKENS  # the strings only `chat_prompt`'s template may emit as ids
 
-    `path` is the file or a directory holding `tokenizer.json`. The special ids are looked up by
-    their Qwen strings; a missing one is an error naming it and the file. No network access.
+
+class HFTextTokenizer:
+    """A Hugging Face `tokenizer.json` read with the `tokenizers` library, text only (any model).
+
+    `path` is the file or a directory holding `tokenizer.json`. `encode(text)` adds no BOS/EOS and
+    does not parse special added tokens in `text` (`tokenizers.Tokenizer.encode_special_tokens =
+    True`, what transformers' `split_special_tokens=True` sets): their strings are BPE-encoded as
+    text. Non-special added tokens (Qwen3's `<think>`, `<tool_call>`) are still matched, as HF
+    does. No network access.
+
+    Raises:
+      FileNotFoundError: no tokenizer file at `path`.
     """
 
-    def __init__(self, path: str | os.PathLike, pad_token: str = PAD) -> None:
+    def __init__(self, path: str | os.PathLike) -> None:
         from tokenizers import Tokenizer as _HF
 
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, "tokenizer.json")
         if not os.path.exists(path):
-            raise FileNotFoundError(f"HFTokenizer: no tokenizer file at {path}")
+            raise FileNotFoundError(f"{type(self).__name__}: no tokenizer file at {path}")
         self.path = path
         self._tok = _HF.from_file(path)
+        self._tok.encode_special_tokens = True
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
-        self.pad_id = self.token_to_id(pad_token)
-        self.eos_id = self.token_to_id(IM_END)
-        self.im_start_id = self.token_to_id(IM_START)
-        self.vision_start_id = self.token_to_id(VISION_START)
-        self.vision_end_id = self.token_to_id(VISION_END)
-        self.image_pad_id = self.token_to_id(IMAGE_PAD)
 
     def token_to_id(self, token: str) -> int:
         i = self._tok.token_to_id(token)
         if i is None:
-            raise KeyError(f"HFTokenizer: token {token!r} is not in {self.path}")
+            raise KeyError(f"{type(self).__name__}: token {token!r} is not in {self.path}")
         return int(i)
 
     def encode(self, text: str) -> list[int]:
@@ -283,6 +293,32 @@ class HFTokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+
+class HFTokenizer(HFTextTokenizer):
+    """A Qwen2-VL / Qwen2.5-VL `tokenizer.json` (or any with the Qwen control tokens): `HFTextTokenizer`
+    plus the Qwen special ids, looked up by their strings.
+
+    Raises:
+      FileNotFoundError: no tokenizer file.
+      KeyError: a control token missing from the file (naming it and the file).
+      ValueError: a control token that the file does not mark `special` (its string in user text
+        would then still be parsed as the control id).
+    """
+
+    def __init__(self, path: str | os.PathLike, pad_token: str = PAD) -> None:
+        super().__init__(path)
+        self.pad_id = self.token_to_id(pad_token)
+        self.eos_id = self.token_to_id(IM_END)
+        self.im_start_id = self.token_to_id(IM_START)
+        self.vision_start_id = self.token_to_id(VISION_START)
+        self.vision_end_id = self.token_to_id(VISION_END)
+        self.image_pad_id = self.token_to_id(IMAGE_PAD)
+        specials = {int(i) for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+        for name in (pad_token, IM_END, IM_START, VISION_START, VISION_END, IMAGE_PAD):
+            if self.token_to_id(name) not in specials:
+                raise ValueError(f"HFTokenizer: {name!r} is not a special added token in {self.path}; user text "
+                                 f"holding it would be encoded as the control id")
 
 
 def chat_prompt(
@@ -296,24 +332,41 @@ def chat_prompt(
     `<|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n<|vision_start|>` +
     `<|image_pad|>` x num_image_tokens + `<|vision_end|>{question}<|im_end|>\\n<|im_start|>assistant\\n`
 
-    (`system=None` leaves the system turn out). The text between control tokens is encoded piece by
-    piece, which is what HF tokenizers do when they split on added special tokens first.
+    (`system=None` leaves the system turn out). Control ids come only from this template; the text
+    between them is encoded piece by piece with `tokenizer.encode` (which never parses control
+    tokens), which is what HF's processor produces for text without control-token strings (HF
+    splits on added special tokens first); for a question *with* them, the ids equal HF's with
+    `split_special_tokens=True` on the question.
+
+    Raises:
+      ValueError: num_image_tokens < 0, or a tokenizer whose `encode` returns a control id for
+        text (naming the id and the text).
     """
     if num_image_tokens < 0:
         raise ValueError(f"chat_prompt: num_image_tokens={num_image_tokens} must be >= 0")
     t = tokenizer
+    control = {t.im_start_id, t.eos_id, t.vision_start_id, t.vision_end_id, t.image_pad_id, t.pad_id}
+
+    def text(s: str) -> list[int]:
+        ids = t.encode(s)
+        bad = sorted(control.intersection(ids))
+        if bad:
+            raise ValueError(f"chat_prompt: the tokenizer encoded text {s[:80]!r} to control id(s) {bad}; "
+                             f"encode() must not parse control tokens in text")
+        return ids
+
     ids: list[int] = []
     if system is not None:
-        ids += [t.im_start_id, *t.encode(f"system\n{system}"), t.eos_id, *t.encode("\n")]
-    ids += [t.im_start_id, *t.encode("user\n"), t.vision_start_id]
+        ids += [t.im_start_id, *text(f"system\n{system}"), t.eos_id, *text("\n")]
+    ids += [t.im_start_id, *text("user\n"), t.vision_start_id]
     ids += [t.image_pad_id] * num_image_tokens
-    ids += [t.vision_end_id, *t.encode(question), t.eos_id, *t.encode("\n")]
-    ids += [t.im_start_id, *t.encode("assistant\n")]
+    ids += [t.vision_end_id, *text(question), t.eos_id, *text("\n")]
+    ids += [t.im_start_id, *text("assistant\n")]
     return ids
 
 
 def chat_prompt_text(question: str, num_image_tokens: int, system: str | None = DEFAULT_SYSTEM_PROMPT) -> str:
-    """The string `chat_prompt` encodes (for checks against a tokenizer's full-string encoding)."""
+    """The string `chat_prompt`'s ids decode to (`decode(..., skip_special_tokens=False)`)."""
     head = f"{IM_START}system\n{system}{IM_END}\n" if system is not None else ""
     return (f"{head}{IM_START}user\n{VISION_START}{IMAGE_PAD * num_image_tokens}{VISION_END}{question}"
             f"{IM_END}\n{IM_START}assistant\n")
