@@ -8,7 +8,9 @@ Tables:
   2. compiled peak memory (temp + output bytes from `memory_analysis()`) of the reward pass
      (kernel forward with masses, no gradient) vs the reference, which materialises the
      [B, H, N, N] attention matrix; compile only, nothing runs at these sizes;
-  3. the reference vs `jax.nn.dot_product_attention` (XLA), and the kernel, wall time.
+  3. the reference vs `jax.nn.dot_product_attention` (XLA), and the kernel, wall time;
+  4. on a GPU: forward + backward (the loss's gradient w.r.t. q, k, v) of the kernel vs
+     `jax.nn.dot_product_attention` with XLA and with cuDNN (`implementation="cudnn"`).
 
 On CPU the Pallas kernel can only run in an interpreter: its timings are printed but are NOT
 performance numbers, and its memory figures describe the generic interpreter's XLA lowering
@@ -35,7 +37,7 @@ def kernel_fn(backend: str, block: int):
         from sif_jax.kernels.region_attention.gpu import region_attention_gpu
 
         return functools.partial(region_attention_gpu, block_q=min(block, 128),
-                                 block_k=min(block, 128)), "pallas_gpu", False
+                                 block_k=min(block, 128), interpret=False), "pallas_gpu", False
     from sif_jax.kernels.region_attention.tpu import region_attention_tpu
 
     if backend == "tpu":
@@ -172,6 +174,42 @@ def main() -> None:
         else:
             k_cell = "not run" + (" (interpreter too slow)" if interpreted else "")
         print(f"| {n} | {t_ref:.1f} | {t_xla:.1f} | {k_cell} |")
+
+    if backend == "gpu":
+        _gpu_forward_backward(kernel, label, time_sizes, geom, dtype, args.repeats)
+
+
+def _gpu_forward_backward(kernel, label, sizes, geom, dtype, repeats) -> None:
+    """Table 4: forward + backward wall time of the kernel vs XLA and cuDNN attention."""
+
+    def grad_of(attend):
+        def loss(q, k, v):
+            return jnp.sum(attend(q, k, v).astype(jnp.float32) ** 2)
+
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+    def ours(q, k, v):
+        return kernel(q, k, v, causal=True)[0]
+
+    def cudnn(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+
+    def xla(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+
+    print("\n## 4. Forward + backward wall time (gradient w.r.t. q, k, v)\n")
+    print(f"| N | {label} (ms) | XLA (ms) | cuDNN (ms) | {label} / cuDNN |\n|---|---|---|---|---|")
+    for n in sizes:
+        q, k, v, _, _ = make_inputs(geom[0], n, *geom[1:], dtype)
+        times = {}
+        for name, fn in (("ours", ours), ("xla", xla), ("cudnn", cudnn)):
+            try:
+                times[name] = timeit(grad_of(fn), q, k, v, repeats=repeats)
+            except Exception as e:  # noqa: BLE001 - cuDNN refuses some shapes/dtypes; say so
+                times[name] = float("nan")
+                print(f"<!-- {name} at N={n}: {type(e).__name__}: {str(e).splitlines()[0][:200]} -->")
+        print(f"| {n} | {times['ours']:.2f} | {times['xla']:.2f} | {times['cudnn']:.2f} | "
+              f"{times['ours'] / times['cudnn']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--hf-device", default=None, help="torch device for HF (default: cuda if available)")
     args = parser.parse_args()
 
     import torch
@@ -85,17 +86,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         save_hf_checkpoint(config, params, tmp)
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp, attn_implementation="sdpa").eval()
+    hf_device = args.hf_device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(hf_device)
     hf_inputs = dict(
         input_ids=torch.from_numpy(ids.astype(np.int64)), attention_mask=torch.from_numpy(mask.astype(np.int64)),
         pixel_values=torch.from_numpy(flat_pixels), image_grid_thw=torch.from_numpy(grids.astype(np.int64)),
         mm_token_type_ids=torch.from_numpy((ids == config.image_token_id).astype(np.int64)),
     )
+    hf_inputs = {name: x.to(hf_device) for name, x in hf_inputs.items()}
 
     def hf():
         with torch.no_grad():
             out = model.generate(**hf_inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
                                  eos_token_id=None, pad_token_id=config.pad_token_id)
-        return out[:, ids.shape[1]:].numpy()
+        if hf_device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out[:, ids.shape[1]:].cpu().numpy()
 
     hf_tokens = hf()
     t_hf = _median_time(hf, args.repeats)
@@ -103,7 +109,7 @@ def main() -> None:
 
     tokens = args.batch * steps
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__} "
-          f"({jax.default_backend()}), torch {torch.__version__} ({args.threads} threads), transformers "
+          f"({jax.default_backend()}), torch {torch.__version__} ({hf_device}, {args.threads} threads), transformers "
           f"{transformers.__version__}")
     image_tokens = int((ids == config.image_token_id).sum(1)[0])
     print(f"tiny preset, batch {args.batch}, prompt length {ids.shape[1]} (incl. {image_tokens} image tokens), "

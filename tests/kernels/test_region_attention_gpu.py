@@ -1,4 +1,7 @@
-"""The Pallas Triton kernels, run on CPU in the generic Pallas interpreter, against the reference.
+"""The Pallas Triton kernels against the reference: compiled on a GPU, else in the generic Pallas interpreter.
+
+On a GPU (benchmarks/gpu_check.sh) the same tests compile the kernels for real; run them there with
+JAX_DEFAULT_MATMUL_PRECISION=highest, since Triton's default fp32 dot is TF32.
 
 Gradients (dq, dk, dv, d visual_scale) of the Pallas backward kernels are compared with
 `jax.grad` of `reference.attention_reference` (fp32) by `cases.assert_matches_reference`.
@@ -19,7 +22,8 @@ from sif_jax.kernels.region_attention.reference import attention_reference, key_
 from tests.kernels.cases import Case, assert_matches_reference, run_with_grads
 
 BLOCKS16 = dict(block_q=16, block_k=16, block_q_dq=16, block_k_dq=16, block_q_dkv=16, block_k_dkv=16)
-gpu16 = functools.partial(region_attention_gpu, interpret=True, **BLOCKS16)
+INTERPRET = jax.default_backend() != "gpu"
+gpu16 = functools.partial(region_attention_gpu, interpret=INTERPRET, **BLOCKS16)
 
 
 @pytest.mark.parametrize("case", [
@@ -54,7 +58,7 @@ def test_backward_matches_reference_grad(case):
 
 def test_backward_with_separate_block_sizes():
     """Backward tiles differ from the forward's and from each other (q/kv padded to the largest)."""
-    fn = functools.partial(region_attention_gpu, interpret=True, block_q=16, block_k=32,
+    fn = functools.partial(region_attention_gpu, interpret=INTERPRET, block_q=16, block_k=32,
                            block_q_dq=32, block_k_dq=16, block_q_dkv=16, block_k_dkv=32)
     assert_matches_reference(fn, Case(batch=1, q_len=19, kv_len=35, alpha=True, segments=True))
 
