@@ -8,9 +8,9 @@ import pytest
 
 from sif_jax.convert.hf import load_hf_checkpoint
 from sif_jax.model.cache import decode_step, prefill
-from sif_jax.model.vlm import prepare_inputs
+from sif_jax.model.vlm import Qwen25VL, prepare_inputs
 from sif_jax.rl.sampler import SamplingConfig, ban_tokens, generate, sample_token, vision_control_ids
-from sif_jax.rl.scoring import score
+from sif_jax.rl.scoring import score, score_inputs
 
 LAYERS = (0, 2)
 
@@ -67,6 +67,15 @@ def test_scoring_a_sampled_image_pad_equals_the_kv_cache_decode(setup, forced):
     # (a completion image-pad key counted as visual would make visual > region).
     np.testing.assert_allclose(np.asarray(scores.visual_mass), np.asarray(scores.region_mass), atol=1e-6)
     assert (np.asarray(scores.visual_mass) > 0).all()
+    # Sensitivity: reading modality from the ids (the image pad as a vision feature and a visual
+    # key) gives another next-token distribution; the scoring pass must not reproduce it.
+    inputs = score_inputs(prompt, completion, mask, image_token_id=config.image_token_id)
+    del inputs["image_mask"]
+    by_ids, _ = Qwen25VL(config).apply({"params": params}, **inputs)
+    length = prompt["input_ids"].shape[1]
+    by_ids_logp = np.take_along_axis(np.asarray(jax.nn.log_softmax(by_ids[:, length - 1 : -1], -1)),
+                                     np.asarray(completion)[..., None], -1)[..., 0]
+    assert np.abs(by_ids_logp[:, 3:] - logp[:, 3:]).max() > 1e-3
 
 
 def test_explicit_prompt_image_mask_is_used(setup):
@@ -103,7 +112,7 @@ def test_sample_token_never_draws_a_banned_id():
                                       SamplingConfig(max_new_tokens=8, temperature=1.0, top_p=0.5, top_k=5)])
 def test_generate_never_emits_vision_ids_even_when_the_logits_favour_them(setup, sampling):
     config, params, prompt = setup
-    kernel = params["text"]["lm_head"]["kernel"]
+    kernel = jnp.asarray(params["text"]["lm_head"]["kernel"])
     u = jnp.asarray(np.random.default_rng(0).standard_normal(kernel.shape[0]), kernel.dtype)
     # +u on the image pad, -u on the video pad: whatever the hidden state, one of them has the top logit
     biased_kernel = kernel.at[:, config.image_token_id].set(1e3 * u).at[:, config.video_token_id].set(-1e3 * u)
