@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -57,3 +58,20 @@ def test_rollout_batch_checks_the_truncated_shape():
     assert RolloutBatch(**common, truncated=np.array([True, False])).truncated.tolist() == [True, False]
     with pytest.raises(ValueError, match=r"RolloutBatch.truncated has shape \(3,\); expected \[2\]"):
         RolloutBatch(**common, truncated=np.zeros(3, bool))
+
+
+def test_config_field_is_validated_and_reaches_grpo_settings():
+    from configs.grpo import get_config
+    from sif_jax.run_config import validate_config
+    from sif_jax.train import grpo_settings
+
+    c = get_config()
+    assert c.grpo.mask_truncated_completions is False
+    validate_config(c)
+    assert grpo_settings(c)[0].mask_truncated_completions is False
+    c.grpo.mask_truncated_completions = True
+    assert grpo_settings(c)[0].mask_truncated_completions is True
+    d = c.to_dict()
+    d["grpo"]["mask_truncated_completions"] = "yes"  # e.g. a hand-written config dict
+    with pytest.raises(ValueError, match=r"config.grpo.mask_truncated_completions='yes': must be True or False"):
+        validate_config(ml_collections.ConfigDict(d))
