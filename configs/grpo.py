@@ -52,6 +52,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.grpo.top_p = 0.9  # SAYO
     c.grpo.top_k = 0
     c.grpo.mass_layers = (-1,)  # SAYO: the last decoder layer, heads averaged
+    # Completions that reach max_new_tokens without EOS get no loss (TRL / DAPO overlong filtering).
+    # False, as TRL: a cut-off trace still earns its (low) format/accuracy reward, and training on it
+    # teaches the policy to finish within the budget; the truncated share is logged as
+    # truncated_fraction. Turn it on when max_new_tokens cuts off traces that would have been right.
+    c.grpo.mask_truncated_completions = False
 
     c.rewards = ml_collections.ConfigDict()
     c.rewards.format = 1.0

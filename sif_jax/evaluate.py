@@ -4,7 +4,8 @@
         [--config.decoding=adaptvis] [--config.data.source=vsr:<file.jsonl>:<image_dir>] [--verbose]
 
 For each batch: generation (greedy, or AdaptVis: a confidence probe then a decode with the chosen
-alpha), a teacher-forced scoring pass for the attention masses of the configured layers, then the
+alpha; the confidence is read at the first answer token of the output format, see `rl.adaptvis`),
+a teacher-forced scoring pass for the attention masses of the configured layers, then the
 deterministic matcher (accuracy), the format checker, the final-area box IoU and TAS. Results are
 broken down by question family, relation and familiar/unfamiliar split.
 
@@ -36,7 +37,13 @@ from sif_jax.data.format import check_format
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.vlm import model_inputs
 from sif_jax.parallel import to_host
-from sif_jax.rl.adaptvis import AdaptVisConfig, generate_adaptvis
+from sif_jax.rl.adaptvis import (
+    AdaptVisConfig,
+    answer_tag_ids,
+    generate_adaptvis,
+    output_format_for_instruction,
+    read_confidence,
+)
 from sif_jax.rl.rewards import RewardConfig, accuracy_scores, extract_answer
 from sif_jax.rl.rewards_attention import region_attention_reward
 from sif_jax.rl.rewards_geometry import hierarchical_iou
@@ -63,7 +70,8 @@ class EvalResult:
     def summary(self) -> dict[str, Any]:
         """examples; accuracy, tas, format, final_iou (means; tas / final_iou over the examples
         with target boxes, absent when there are none); accuracy_by_{family,relation,split};
-        groups: {family|relation|split: {name: {examples, accuracy, tas, format, final_iou}}}."""
+        groups: {family|relation|split: {name: {examples, accuracy, tas, format, final_iou}}};
+        confidence (mean AdaptVis confidence, `rl.adaptvis.read_confidence`), alpha_mean (AdaptVis)."""
         if not self.rows:
             return {"examples": 0}
         out: dict[str, Any] = {"examples": len(self.rows)}
@@ -72,8 +80,8 @@ class EvalResult:
             if value is not None:
                 out[key] = value
         out["examples_with_boxes"] = sum(r.get("tas") is not None for r in self.rows)
-        if any("first_token_prob" in r for r in self.rows):
-            out["first_token_prob"] = _mean(r.get("first_token_prob") for r in self.rows)
+        if any("confidence" in r for r in self.rows):
+            out["confidence"] = _mean(r.get("confidence") for r in self.rows)
         if any(r.get("alpha") is not None for r in self.rows):
             out["alpha_mean"] = _mean(r.get("alpha") for r in self.rows)
         groups: dict[str, dict[str, dict[str, Any]]] = {}
@@ -103,10 +111,13 @@ def evaluate_batches(
     reward_config: RewardConfig | None = None,
     visual_scale: jax.Array | None = None,
     adaptvis: AdaptVisConfig | None = None,
+    answer_tag: tuple[int, ...] = (),
 ) -> EvalResult:
     """Greedy (or, with `adaptvis`, AdaptVis) answers for every batch (collated with repeat=1)
     and their scores. A batch may carry `num_real` (int): only its first rows are reported (the
-    others pad the batch to a fixed shape)."""
+    others pad the batch to a fixed shape). `answer_tag` (`adaptvis.answer_tag_ids`; () = plain
+    answers) says where the confidence is read; each row's "confidence" is that of the alpha = 1
+    decode (AdaptVis: its probe), "confidence_step" the index of the token it was read at."""
     reward_config = reward_config or RewardConfig()
     layers = tuple(sorted({i % config.text.num_layers for i in mass_layers}))
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
@@ -115,13 +126,15 @@ def evaluate_batches(
         prompt = model_inputs(batch)
         alpha = None
         if adaptvis is not None:
-            samples, alpha = generate_adaptvis(params, prompt, jax.random.key(0), config=config, sampling=sampling,
-                                               adaptvis=adaptvis, eos_token_id=eos_token_id,
-                                               pad_token_id=pad_token_id)
-            alpha = to_host(alpha)
+            result = generate_adaptvis(params, prompt, jax.random.key(0), config=config, sampling=sampling,
+                                       adaptvis=adaptvis, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                                       answer_tag=answer_tag)
+            samples, alpha = result.samples, to_host(result.alpha)
+            confidence, confidence_step = to_host(result.confidence), to_host(result.confidence_step)
         else:
             samples = generate(params, prompt, jax.random.key(0), config=config, sampling=sampling,
                                eos_token_id=eos_token_id, pad_token_id=pad_token_id, visual_scale=visual_scale)
+            confidence, confidence_step, _ = (to_host(x) for x in read_confidence(samples, answer_tag))
         scores = score(params, prompt, samples.tokens, samples.completion_mask, batch["region_mask"], config=config,
                        mass_layers=layers)
         tokens, mask = to_host(samples.tokens), to_host(samples.completion_mask)
@@ -140,7 +153,6 @@ def evaluate_batches(
             rollout.region_tokens, rollout.visual_tokens, top_fraction=reward_config.top_fraction,
         )
         tas = np.asarray(tas)
-        first_prob = to_host(samples.first_token_prob)
         region_tokens = np.asarray(rollout.region_tokens)
         metadata = batch.get("metadata") or [{}] * len(texts)
         n_real = int(batch.get("num_real", len(texts)))
@@ -159,7 +171,8 @@ def evaluate_batches(
                 "accuracy": float(accuracy[r]),
                 "tas": float(tas[r]) if has_boxes and region_tokens[r] > 0 else None,
                 "format": float(parsed.ok), "format_reason": parsed.reason,
-                "final_iou": final_iou, "first_token_prob": float(first_prob[r]),
+                "final_iou": final_iou, "confidence": float(confidence[r]),
+                "confidence_step": int(confidence_step[r]),
                 "completion_tokens": int(mask[r].sum()),
                 **({"alpha": float(alpha[r])} if alpha is not None else {}),
                 **{k: metadata[r].get(k) for k in GROUPS},
@@ -400,6 +413,7 @@ def run_eval(c: Any) -> dict[str, Any]:
     adaptvis = None
     if c.decoding == "adaptvis":
         adaptvis = AdaptVisConfig(alpha_low=c.alpha_low, alpha_high=c.alpha_high, threshold=c.threshold)
+    answer_tag = answer_tag_ids(tok, output_format_for_instruction(c.data.instruction))
     batches = eval_batches(source, pre, batch_size=c.batch_size, length_buckets=c.data.length_buckets,
                            patch_buckets=c.data.patch_buckets)
     rows: list[dict[str, Any]] = []
@@ -409,7 +423,7 @@ def run_eval(c: Any) -> dict[str, Any]:
         result = evaluate_batches(
             loaded.params, [batch], config=config, decode=tok.decode, max_new_tokens=c.max_new_tokens,
             mass_layers=tuple(c.mass_layers), eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
-            reward_config=RewardConfig(top_fraction=c.top_fraction), adaptvis=adaptvis,
+            reward_config=RewardConfig(top_fraction=c.top_fraction), adaptvis=adaptvis, answer_tag=answer_tag,
         )
         rows.extend(result.rows)
         print(f"  {len(rows)}/{total} examples ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)

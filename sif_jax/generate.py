@@ -4,8 +4,10 @@
         --question="Is the red cube to the left of the blue sphere?" [--adaptvis] [--heatmap=out.png]
 
 Prints the interleaved trace (`<think><area>..</area><text>..</text>..</think><answer>..</answer>`),
-the answer, whether the trace follows the SIFThinker grammar, and the first-token confidence
-(and, with `--adaptvis`, the alpha AdaptVis chose from it, METHODS §3).
+the answer, whether the trace follows the SIFThinker grammar, and the answer confidence (the max
+probability of the first answer token's distribution in the alpha = 1 decode: the first token for
+plain answers, the token after `<answer>` for `--instruction=sif` traces; `rl.adaptvis`) and, with
+`--adaptvis`, the alpha AdaptVis chose from it (METHODS §3).
 
 `--heatmap=out.png` draws, over the image as the model saw it (smart-resized), the attention mass
 each visual token (one 28x28 px cell for Qwen2.5-VL) received, averaged over the decoder layers
@@ -55,7 +57,7 @@ def _embed(params: Params, inputs: dict[str, jax.Array], *, config: ModelConfig)
     return Qwen25VL(config).apply(
         {"params": params}, inputs["input_ids"], inputs.get("pixel_values"), inputs.get("patch_positions"),
         inputs.get("window_segments"), inputs.get("frame_segments"), inputs.get("image_token_index"),
-        method=Qwen25VL.embed)
+        inputs.get("image_mask"), method=Qwen25VL.embed)
 
 
 def _decoder_masses(module: Qwen25VL, embeddings, positions, kv_valid, visual_mask, region_mask, layers):
@@ -105,10 +107,11 @@ def visual_attention_map(
         raise ValueError("visual_attention_map: expects a one-row prompt batch")
     layers = tuple(sorted({int(i) % config.text.num_layers for i in layers}))
     prompt = model_inputs(prompt)
-    inputs = score_inputs(prompt, jnp.asarray(completion), jnp.asarray(completion_mask))
+    inputs = score_inputs(prompt, jnp.asarray(completion), jnp.asarray(completion_mask),
+                          image_token_id=config.image_token_id)
     ids = np.asarray(inputs["input_ids"])
     valid = np.asarray(inputs["attention_mask"]).astype(bool)
-    is_visual = (ids == config.image_token_id) & valid
+    is_visual = np.asarray(inputs["image_mask"]) & valid  # the prompt's image positions only
     visual_positions = np.flatnonzero(is_visual[0])
     prompt_len = np.shape(prompt["input_ids"])[1]
     mask = np.asarray(completion_mask, bool)[0]
@@ -267,7 +270,13 @@ def run_generate(args: Any) -> dict[str, Any]:
     from sif_jax.data.format import check_format
     from sif_jax.data.image import resize_image
     from sif_jax.data.pipeline import PreprocessConfig, Preprocessor
-    from sif_jax.rl.adaptvis import AdaptVisConfig, generate_adaptvis
+    from sif_jax.rl.adaptvis import (
+        AdaptVisConfig,
+        answer_tag_ids,
+        generate_adaptvis,
+        output_format_for_instruction,
+        read_confidence,
+    )
     from sif_jax.rl.rewards import extract_answer
     from sif_jax.rl.sampler import SamplingConfig, generate
 
@@ -312,36 +321,36 @@ def run_generate(args: Any) -> dict[str, Any]:
     batch = collate([example], config, length_buckets=(n_prompt,), patch_buckets=None)
     prompt = model_inputs(batch)
     rng = jax.random.key(args.seed)
+    answer_tag = answer_tag_ids(tok, output_format_for_instruction(args.instruction))
     alpha = None
     if adaptvis is not None:
-        samples, alpha_arr = generate_adaptvis(loaded.params, prompt, rng, config=config, sampling=sampling,
-                                               adaptvis=adaptvis, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-        alpha = float(np.asarray(alpha_arr)[0])
-        probe = float(np.asarray(generate(loaded.params, prompt, rng, config=config, eos_token_id=tok.eos_id,
-                                          pad_token_id=tok.pad_id,
-                                          sampling=SamplingConfig(max_new_tokens=1, temperature=args.temperature,
-                                                                  top_p=args.top_p)).first_token_prob)[0])
+        av = generate_adaptvis(loaded.params, prompt, rng, config=config, sampling=sampling, adaptvis=adaptvis,
+                               eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, answer_tag=answer_tag)
+        samples, alpha = av.samples, float(np.asarray(av.alpha)[0])
+        confidence, confidence_step = float(np.asarray(av.confidence)[0]), int(np.asarray(av.confidence_step)[0])
     else:
         samples = generate(loaded.params, prompt, rng, config=config, sampling=sampling, eos_token_id=tok.eos_id,
                            pad_token_id=tok.pad_id)
-        probe = float(np.asarray(samples.first_token_prob)[0])
+        conf, step, _ = read_confidence(samples, answer_tag)
+        confidence, confidence_step = float(np.asarray(conf)[0]), int(np.asarray(step)[0])
     tokens, mask = np.asarray(samples.tokens), np.asarray(samples.completion_mask)
     text = tok.decode(tokens[0][mask[0]].tolist())
     parsed = check_format(text)
     answer = extract_answer(text, parsed)
-    finished = bool(mask[0].any() and tokens[0][mask[0]][-1] == tok.eos_id)
+    finished = not bool(np.asarray(samples.truncated)[0])
     result: dict[str, Any] = {"text": text, "answer": answer, "format": parsed.reason, "tokens": int(mask[0].sum()),
-                              "finished": finished, "first_token_prob": probe, "alpha": alpha}
+                              "finished": finished, "confidence": confidence, "confidence_step": confidence_step,
+                              "alpha": alpha}
     print(f"question: {args.question}")
     print("trace:")
     print(textwrap.indent(pretty_trace(text) or "(empty)", "  "))
     print(f"answer: {answer if answer is not None else '(none)'}")
     print(f"format: {'ok' if parsed.ok else 'invalid: ' + parsed.reason}")
     stop = "stopped at EOS" if finished else f"hit --max_new_tokens={args.max_new_tokens}"
-    line = f"generated {result['tokens']} tokens ({stop}); first-token confidence {probe:.3f}"
+    line = f"generated {result['tokens']} tokens ({stop}); answer confidence {confidence:.3f} (token {confidence_step})"
     if alpha is not None:
-        choice = "smooth" if probe < adaptvis.threshold else "sharpen"
-        line += f"; AdaptVis: {probe:.3f} {'<' if probe < adaptvis.threshold else '>='} threshold " \
+        choice = "smooth" if confidence < adaptvis.threshold else "sharpen"
+        line += f"; AdaptVis: {confidence:.3f} {'<' if confidence < adaptvis.threshold else '>='} threshold " \
                 f"{adaptvis.threshold} -> alpha={alpha:g} ({choice})"
     print(line)
     if args.heatmap:

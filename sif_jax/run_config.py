@@ -64,6 +64,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     _need(g.temperature >= 0, "grpo.temperature", g.temperature, "must be >= 0")
     _need(0 < g.top_p <= 1, "grpo.top_p", g.top_p, "must lie in (0, 1]")
     _need(g.top_k >= 0, "grpo.top_k", g.top_k, "must be >= 0")
+    _need(isinstance(g.mask_truncated_completions, bool), "grpo.mask_truncated_completions",
+          g.mask_truncated_completions, "must be True or False")
     _need(len(g.mass_layers) > 0, "grpo.mass_layers", g.mass_layers, "name at least one decoder layer")
     for name in DEFAULT_WEIGHTS:
         _need(name in c.rewards, f"rewards.{name}", None, "missing reward weight")

@@ -33,6 +33,7 @@ from sif_jax.convert.hf import load_hf_checkpoint
 from sif_jax.evaluate import evaluate_batches
 from sif_jax.model.config import ModelConfig, get_preset
 from sif_jax.model.vlm import MODEL_INPUTS, abstract_boxed_params, init_params, param_logical_axes
+from sif_jax.rl.adaptvis import answer_tag_ids
 from sif_jax.rl.grpo import GRPOConfig, TrainState, collect_rollouts, make_optimizer, policy_update
 from sif_jax.rl.rewards import RewardConfig, RewardState
 from sif_jax.rl.sampler import SamplingConfig
@@ -235,6 +236,7 @@ def grpo_settings(config: ml_collections.ConfigDict) -> tuple[GRPOConfig, Reward
         reduction=g.reduction, mass_layers=tuple(g.mass_layers),
         sampling=SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                                 top_k=g.top_k),
+        mask_truncated_completions=g.mask_truncated_completions,
     )
     r = config.rewards
     weights = {k: float(r[k]) for k in ("format", "accuracy", "iou", "depth", "region_attention", "sayo_format")}
@@ -303,7 +305,8 @@ def run_grpo(run: Run, params: Any, *, stop_after: int | None = None) -> tuple[A
 
 def _log_line(row: dict) -> str:
     keys = ("reward", "format_mean", "accuracy_s_mean", "iou_mean", "depth_mean", "region_attention_mean",
-            "tas_mean", "kl_mean", "entropy", "completion_length", "sampler_tokens_per_s", "seconds")
+            "tas_mean", "kl_mean", "entropy", "completion_length", "truncated_fraction", "sampler_tokens_per_s",
+            "seconds")
     return f"step {row['step']}: " + " ".join(f"{k}={row[k]:.3g}" for k in keys if k in row)
 
 
@@ -313,7 +316,7 @@ def evaluate_heldout(run: Run, params: Any) -> dict:
     result = evaluate_batches(
         params, (_place(b, run.mesh) for b in run.data.eval_batches()), config=run.model, decode=tok.decode,
         max_new_tokens=grpo.sampling.max_new_tokens, mass_layers=grpo.mass_layers, eos_token_id=tok.eos_id,
-        pad_token_id=tok.pad_id, reward_config=reward_config,
+        pad_token_id=tok.pad_id, reward_config=reward_config, answer_tag=answer_tag_ids(tok, "trace"),
     )
     return result.summary()
 

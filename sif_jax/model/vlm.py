@@ -46,18 +46,22 @@ class Qwen25VL(nn.Module):
         window_segments: jax.Array | None = None,
         frame_segments: jax.Array | None = None,
         image_token_index: jax.Array | None = None,
+        image_mask: jax.Array | None = None,
     ) -> jax.Array:
-        """Token embeddings [B, L, hidden] with the image pads replaced by vision features.
+        """Token embeddings [B, L, hidden] with the image positions replaced by vision features.
 
-        Without `image_token_index` the k-th image-pad token of the batch (row-major, as HF's
+        Image positions are `image_mask` (bool [B, L]) when given, else the image-pad tokens of
+        `input_ids`. Scoring a completion passes the prompt's mask extended with False, so a
+        sampled image-pad id stays a text token, as in the KV-cache decode.
+        Without `image_token_index` the k-th image position of the batch (row-major, as HF's
         `masked_scatter`) receives the k-th merged vision feature; with it (int [B, L], from
-        `prepare_inputs(batch_images=True)`), each image pad receives that feature row.
+        `prepare_inputs(batch_images=True)`), each image position receives that feature row.
         """
         embeddings = self.text.embed(input_ids)
         if pixel_values is None:
             return embeddings
         features = self.visual(pixel_values, patch_positions, window_segments, frame_segments)
-        is_image = input_ids == self.config.image_token_id
+        is_image = self.image_positions(input_ids, image_mask)
         if image_token_index is None:
             index = jnp.cumsum(is_image.reshape(-1)).reshape(is_image.shape) - 1
         else:
@@ -76,6 +80,7 @@ class Qwen25VL(nn.Module):
         window_segments: jax.Array | None = None,
         frame_segments: jax.Array | None = None,
         image_token_index: jax.Array | None = None,
+        image_mask: jax.Array | None = None,
         *,
         region_mask: jax.Array | None = None,
         visual_scale: jax.Array | None = None,
@@ -100,17 +105,23 @@ class Qwen25VL(nn.Module):
           [B, heads, L]}, "kv": ([layers, B, L, kv_heads, head_dim], same) if return_kv}.
         """
         embeddings = self.embed(input_ids, pixel_values, patch_positions, window_segments,
-                                frame_segments, image_token_index)
+                                frame_segments, image_token_index, image_mask)
         return self.text(
             embeddings, positions,
             kv_valid=attention_mask.astype(bool),
-            visual_mask=input_ids == self.config.image_token_id,
+            visual_mask=self.image_positions(input_ids, image_mask),
             visual_scale=visual_scale,
             region_mask=region_mask,
             mass_layers=tuple(return_attention_mass),
             return_kv=return_kv,
             return_hidden=return_hidden,
         )
+
+    def image_positions(self, input_ids: jax.Array, image_mask: jax.Array | None) -> jax.Array:
+        """bool [B, L]: `image_mask`, or where it is None the image-pad tokens of `input_ids`."""
+        if image_mask is None:
+            return input_ids == self.config.image_token_id
+        return image_mask.astype(bool)
 
     def decode_step(
         self,
@@ -253,7 +264,7 @@ def _batched_images(
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "positions", "pixel_values", "patch_positions",
-                "window_segments", "frame_segments", "image_token_index")
+                "window_segments", "frame_segments", "image_token_index", "image_mask")
 
 
 def model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from sif_jax.model.config import ModelConfig
 from sif_jax.model.vlm import model_inputs
 from sif_jax.parallel import to_host
 from sif_jax.rl.advantage import group_advantages
-from sif_jax.rl.loss import grpo_loss_terms, loss_denominator
+from sif_jax.rl.loss import grpo_loss_terms, loss_denominator, mask_truncated
 from sif_jax.rl.rewards import RewardConfig, RewardResult, RewardState, combined_reward
 from sif_jax.rl.sampler import SamplingConfig, generate
 from sif_jax.rl.scoring import score
@@ -48,6 +48,13 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
+    """GRPO hyper-parameters (configs/grpo.py documents each field).
+
+    mask_truncated_completions: completions that reach `sampling.max_new_tokens` without EOS get
+      a zero loss mask (`loss.mask_truncated`): they are rewarded (and shape the group's
+      advantages) but contribute no loss or gradient. Off by default, as in TRL.
+    """
+
     group_size: int = 8
     mu: int = 1
     beta: float = 0.04
@@ -57,6 +64,7 @@ class GRPOConfig:
     sampling: SamplingConfig = SamplingConfig()
     mass_layers: tuple[int, ...] = (-1,)
     vocab_chunk: int = 4096
+    mask_truncated_completions: bool = False
 
     def layers(self, config: ModelConfig) -> tuple[int, ...]:
         """Mass layers with negative indices resolved (-1 = the last decoder layer)."""
@@ -94,14 +102,16 @@ def make_optimizer(learning_rate: float | optax.Schedule, *, weight_decay: float
 
 
 @functools.partial(jax.jit, static_argnames=("config", "grpo"))
-def _loss_grads(params, prompt, completion, completion_mask, old_logp, ref_logp, advantages, denominator,
+def _loss_grads(params, prompt, completion, completion_mask, loss_mask, old_logp, ref_logp, advantages, denominator,
                 *, config: ModelConfig, grpo: GRPOConfig):
-    """Gradient of numerator / total denominator for one micro-batch (exact accumulation)."""
+    """Gradient of numerator / total denominator for one micro-batch (exact accumulation).
+    `completion_mask` is the sequence the policy produced (attention); `loss_mask` the tokens
+    that are trained (`Rollout.loss_mask`)."""
     def loss_fn(p):
         scores = score(p, prompt, completion, completion_mask, config=config,
                        temperature=_score_temperature(grpo), vocab_chunk=grpo.vocab_chunk)
         num, den, metrics = grpo_loss_terms(
-            scores.logprobs, old_logp, ref_logp, advantages, completion_mask,
+            scores.logprobs, old_logp, ref_logp, advantages, loss_mask,
             eps_low=grpo.eps_low, eps_high=grpo.eps_high, beta=grpo.beta, reduction=grpo.reduction,
         )
         return num / denominator, (num, den, metrics)
@@ -112,7 +122,13 @@ def _loss_grads(params, prompt, completion, completion_mask, old_logp, ref_logp,
 
 @dataclasses.dataclass
 class Rollout:
-    """One micro-batch of samples with everything the update needs (device arrays)."""
+    """One micro-batch of samples with everything the update needs (device arrays).
+
+    completion int32 [N, T]; completion_mask bool [N, T] (up to and including EOS); old_logp,
+    ref_logp float32 [N, T]; advantages float32 [N]; truncated bool [N] (reached max_new_tokens
+    without EOS); loss_mask bool [N, T] the tokens the loss trains: completion_mask, less the
+    truncated rows when `GRPOConfig.mask_truncated_completions`.
+    """
 
     prompt: dict[str, jax.Array]
     completion: jax.Array
@@ -120,6 +136,14 @@ class Rollout:
     old_logp: jax.Array
     ref_logp: jax.Array | None
     advantages: jax.Array | None = None
+    truncated: jax.Array | None = None
+    loss_mask: jax.Array | None = None
+
+    def __post_init__(self) -> None:
+        if self.truncated is None:
+            self.truncated = jnp.zeros((self.completion.shape[0],), bool)
+        if self.loss_mask is None:
+            self.loss_mask = self.completion_mask
 
 
 def collect_rollouts(
@@ -135,7 +159,11 @@ def collect_rollouts(
     eos_token_id: int,
     pad_token_id: int,
 ) -> tuple[list[Rollout], RewardState, dict[str, float]]:
-    """Samples, scores and rewards every micro-batch (each already repeated G times per prompt)."""
+    """Samples, scores and rewards every micro-batch (each already repeated G times per prompt).
+
+    Metrics include truncated_fraction: the share of all samples that reached
+    `grpo.sampling.max_new_tokens` without EOS (masked out of the loss when
+    `grpo.mask_truncated_completions`)."""
     rollouts: list[Rollout] = []
     batches: list[RolloutBatch] = []
     rng = jax.random.wrap_key_data(state.rng)
@@ -149,6 +177,7 @@ def collect_rollouts(
         tokens = to_host(samples.tokens)
         sample_time += time.perf_counter() - t0
         mask = to_host(samples.completion_mask)
+        truncated = to_host(samples.truncated)
         generated += int(mask.sum())
         policy = score(state.params, prompt, samples.tokens, samples.completion_mask, batch["region_mask"],
                        config=config, mass_layers=layers, temperature=_score_temperature(grpo),
@@ -166,8 +195,13 @@ def collect_rollouts(
             completion_mask=mask, entropies=to_host(policy.entropies),
             region_mass=to_host(policy.region_mass), visual_mass=to_host(policy.visual_mass),
             region_tokens=to_host(batch["region_tokens"]), visual_tokens=to_host(batch["visual_tokens"]),
+            truncated=truncated,
         ))
-        rollouts.append(Rollout(prompt, samples.tokens, samples.completion_mask, policy.logprobs, ref_logp))
+        loss_mask = samples.completion_mask
+        if grpo.mask_truncated_completions:
+            loss_mask = mask_truncated(samples.completion_mask, samples.truncated)
+        rollouts.append(Rollout(prompt, samples.tokens, samples.completion_mask, policy.logprobs, ref_logp,
+                                truncated=samples.truncated, loss_mask=loss_mask))
 
     metrics: dict[str, list[float]] = {}
     all_rewards = []
@@ -184,6 +218,7 @@ def collect_rollouts(
         metrics.setdefault("entropy", []).append(entropy)
     out = {k: float(np.mean(v)) for k, v in metrics.items()}
     out["reward"] = float(np.mean(np.concatenate(all_rewards)))
+    out["truncated_fraction"] = float(np.mean(np.concatenate([np.asarray(rb.truncated, bool) for rb in batches])))
     out["sampler_tokens_per_s"] = generated / max(sample_time, 1e-9)
     out["sample_seconds"] = sample_time
     out["texts_example"] = batches[0].texts[0] if batches else ""  # type: ignore[assignment]
@@ -201,13 +236,14 @@ def policy_update(
 ) -> tuple[TrainState, dict[str, float]]:
     """`grpo.mu` passes over the micro-batches; each pass is one optimizer step whose gradient is
     the exact full-batch gradient (numerators over the total denominator)."""
-    denominator = jnp.maximum(sum(loss_denominator(r.completion_mask, grpo.reduction) for r in rollouts), 1.0)
+    denominator = jnp.maximum(sum(loss_denominator(r.loss_mask, grpo.reduction) for r in rollouts), 1.0)
     metrics: dict[str, float] = {}
     for _ in range(grpo.mu):
         grads_sum, num_sum, parts = None, 0.0, []
         for r in rollouts:
-            grads, (num, _, m) = _loss_grads(state.params, r.prompt, r.completion, r.completion_mask, r.old_logp,
-                                             r.ref_logp, r.advantages, denominator, config=config, grpo=grpo)
+            grads, (num, _, m) = _loss_grads(state.params, r.prompt, r.completion, r.completion_mask, r.loss_mask,
+                                             r.old_logp, r.ref_logp, r.advantages, denominator, config=config,
+                                             grpo=grpo)
             grads_sum = grads if grads_sum is None else jax.tree.map(jnp.add, grads_sum, grads)
             num_sum = num_sum + num
             parts.append(m)

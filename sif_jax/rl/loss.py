@@ -84,6 +84,17 @@ def per_token_loss(
     return loss * mf, parts
 
 
+def mask_truncated(mask: jax.Array, truncated: jax.Array) -> jax.Array:
+    """The loss mask without truncated completions: bool [N, T] = mask & ~truncated[:, None].
+
+    `mask_truncated_completions` of TRL's GRPOConfig and DAPO's overlong filtering: a completion
+    cut off at max_new_tokens (truncated bool [N]) is no finished answer, so its tokens add no
+    loss, no gradient and no denominator count; its reward still enters the group's advantage
+    statistics (the mask is applied after the advantages, as in TRL).
+    """
+    return mask.astype(bool) & ~truncated.astype(bool)[:, None]
+
+
 def loss_denominator(mask: jax.Array, reduction: Reduction) -> jax.Array:
     """The loss denominator of a (micro-)batch, float32 []: sequences with >= 1 token
     ("sequence_mean") or tokens ("token_mean"). It depends on the mask only, so the train loop

@@ -3,6 +3,11 @@
 Params are traced arguments, so one compiled program serves every training step; the loop exits
 early once every row has produced EOS. Rows of a group are contiguous copies of one prompt
 (see `repeat_for_groups`).
+
+Completions are text: the vision control ids of the model config (image pad, video pad, vision
+start / end; `vision_control_ids`) get logit -inf before every sampling or argmax step, so the
+sampler never emits them. Image positions come from the prompt alone (the KV cache's `visual`
+slots), and the scoring pass (`scoring.score_inputs`) reads them the same way.
 """
 
 from __future__ import annotations
@@ -45,14 +50,45 @@ class SamplingConfig:
 
 @flax.struct.dataclass
 class Samples:
-    """tokens int32 [N, T] (pad after EOS); completion_mask bool [N, T] (up to and including
-    EOS); logprobs float32 [N, T] of each sampled token under the sampling distribution;
-    first_token_prob float32 [N] max probability of the first step (AdaptVis confidence)."""
+    """One generation of N rows of up to T = max_new_tokens tokens.
+
+    tokens: int32 [N, T] (pad after EOS). completion_mask: bool [N, T] (up to and including EOS).
+    logprobs: float32 [N, T] of each sampled token under the sampling distribution.
+    step_max_prob: float32 [N, T] max probability of the distribution each token was drawn from
+      (temperature-scaled, before top-k / top-p; 0 where masked). AdaptVis reads its confidence
+      from it (`adaptvis.read_confidence`).
+    first_token_prob: float32 [N] = step_max_prob[:, 0].
+    truncated: bool [N] the row reached max_new_tokens without EOS (it did not finish).
+    """
 
     tokens: jax.Array
     completion_mask: jax.Array
     logprobs: jax.Array
     first_token_prob: jax.Array
+    step_max_prob: jax.Array
+    truncated: jax.Array
+
+
+def vision_control_ids(config: ModelConfig) -> tuple[int, ...]:
+    """The ids a completion must never hold: image pad, video pad, vision start and end (from the
+    model config), those inside the vocabulary, sorted."""
+    ids = {config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id}
+    return tuple(sorted(i for i in ids if 0 <= i < config.text.vocab_size))
+
+
+def ban_tokens(logits: jax.Array, ids: tuple[int, ...]) -> jax.Array:
+    """logits [N, V] (float32) with the columns `ids` set to -inf."""
+    logits = logits.astype(jnp.float32)
+    if not ids:
+        return logits
+    return logits.at[:, jnp.asarray(ids)].set(-jnp.inf)
+
+
+def max_prob(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
+    """float32 [N]: the largest probability of softmax(logits / T) (T = 1 when greedy) for
+    logits [N, V]; top-k / top-p are not applied."""
+    z = logits.astype(jnp.float32) / (sampling.temperature if sampling.temperature > 0 else 1.0)
+    return jnp.exp(jnp.max(z, axis=-1) - jax.nn.logsumexp(z, axis=-1))
 
 
 def process_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
@@ -97,30 +133,43 @@ def generate(
     eos_token_id: int,
     pad_token_id: int,
     visual_scale: jax.Array | None = None,
+    scale_step: jax.Array | None = None,
 ) -> Samples:
-    """Samples up to `sampling.max_new_tokens` tokens per row.
+    """Samples up to `sampling.max_new_tokens` tokens per row (never a `vision_control_ids` id).
 
     Args:
       params: model params (traced: no recompilation when they change).
       inputs: left-padded prompt batch from `vlm.prepare_inputs` (every row ends with a real
         token, so the last position's logits start every row).
       rng: PRNG key.
-      visual_scale: float [N] AdaptVis alpha for the prompt's last row in the prefill pass
-        (METHODS §3: only the row that produces the first answer token is scaled); None = off.
+      visual_scale: float [N] AdaptVis alpha for the one query row that produces completion token
+        `scale_step` (METHODS §3: only the row that produces the first answer token is scaled);
+        None = off.
+      scale_step: int [N] which completion token's producing row is scaled: 0 = the prompt's last
+        row in the prefill pass (the paper's choice), k > 0 = the decode step fed token k - 1.
+        None = 0 for every row.
+
+    Returns:
+      `Samples`; `truncated` marks rows that used all max_new_tokens without emitting EOS.
     """
     steps = sampling.max_new_tokens
+    banned = vision_control_ids(config)
     batch, prompt_len = inputs["input_ids"].shape
     scale_rows = None
     if visual_scale is not None:
-        scale_rows = jnp.ones((batch, prompt_len), jnp.float32).at[:, -1].set(visual_scale)
+        visual_scale = jnp.asarray(visual_scale, jnp.float32)
+        scale_step = jnp.zeros((batch,), jnp.int32) if scale_step is None else jnp.asarray(scale_step, jnp.int32)
+        first_alpha = jnp.where(scale_step == 0, visual_scale, 1.0)
+        scale_rows = jnp.ones((batch, prompt_len), jnp.float32).at[:, -1].set(first_alpha)
     logits, cache, _ = prefill(params, config, inputs, prompt_len + steps, visual_scale=scale_rows)
-    first = jax.nn.softmax(process_logits(logits[:, -1], dataclasses.replace(sampling, top_k=0, top_p=1.0)))
+    first_logits = ban_tokens(logits[:, -1], banned)
     state = dict(
         step=jnp.zeros((), jnp.int32),
         cache=cache,
-        logits=logits[:, -1],
+        logits=first_logits,
         tokens=jnp.full((batch, steps), pad_token_id, jnp.int32),
         logprobs=jnp.zeros((batch, steps), jnp.float32),
+        max_prob=jnp.zeros((batch, steps), jnp.float32),
         mask=jnp.zeros((batch, steps), bool),
         done=jnp.zeros((batch,), bool),
         rng=rng,
@@ -137,14 +186,19 @@ def generate(
         step = s["step"]
         tokens = s["tokens"].at[:, step].set(token)
         logprobs = s["logprobs"].at[:, step].set(jnp.where(live, logp, 0.0))
+        max_probs = s["max_prob"].at[:, step].set(jnp.where(live, max_prob(s["logits"], sampling), 0.0))
         mask = s["mask"].at[:, step].set(live)
         done = s["done"] | (token == eos_token_id)
-        next_logits, cache, _ = decode_step(params, config, token, s["cache"])
-        return dict(step=step + 1, cache=cache, logits=next_logits, tokens=tokens,
-                    logprobs=logprobs, mask=mask, done=done, rng=rng)
+        step_scale = None
+        if visual_scale is not None:
+            step_scale = jnp.where(scale_step == step + 1, visual_scale, 1.0)[:, None]
+        next_logits, cache, _ = decode_step(params, config, token, s["cache"], visual_scale=step_scale)
+        return dict(step=step + 1, cache=cache, logits=ban_tokens(next_logits, banned), tokens=tokens,
+                    logprobs=logprobs, max_prob=max_probs, mask=mask, done=done, rng=rng)
 
     state = jax.lax.while_loop(cond, body, state)
-    return Samples(state["tokens"], state["mask"], state["logprobs"], jnp.max(first, axis=-1))
+    return Samples(state["tokens"], state["mask"], state["logprobs"], max_prob(first_logits, sampling),
+                   state["max_prob"], ~state["done"])
 
 
 def repeat_for_groups(examples: list, group_size: int) -> list:
@@ -153,4 +207,5 @@ def repeat_for_groups(examples: list, group_size: int) -> list:
 
 
 def completion_lengths(samples: Samples) -> np.ndarray:
+    """int [N]: generated tokens per row (EOS included)."""
     return np.asarray(jnp.sum(samples.completion_mask, axis=-1))

@@ -74,12 +74,24 @@ def chunked_token_stats(
     return target_logit - lse, lse - u / s
 
 
+def prompt_image_mask(prompt: dict[str, jax.Array], image_token_id: int) -> jax.Array:
+    """bool [N, L]: the prompt's image positions: its `image_mask`, else its image-pad tokens (as
+    the prefill of `cache.prefill` reads them; `vlm.prepare_inputs` has checked them against the images)."""
+    if "image_mask" in prompt:
+        return jnp.asarray(prompt["image_mask"]).astype(bool)
+    return jnp.asarray(prompt["input_ids"]) == image_token_id
+
+
 def score_inputs(
-    prompt: dict[str, jax.Array], completion: jax.Array, completion_mask: jax.Array
+    prompt: dict[str, jax.Array], completion: jax.Array, completion_mask: jax.Array, *, image_token_id: int
 ) -> dict[str, jax.Array]:
     """Prompt batch + completions -> model inputs over [N, L + T].
 
-    Completion positions continue each row's M-RoPE positions from max(prompt positions) + 1.
+    Modality comes from the prompt's layout only: `image_mask` [N, L + T] is the prompt's image
+    positions (`prompt_image_mask`) extended with False, so a completion token is text whatever its
+    id (an image-pad id the policy sampled is embedded as a token, is no visual key and takes no
+    vision feature, exactly as in the KV-cache decode). Completion positions continue each row's
+    M-RoPE positions from max(prompt positions) + 1 (`cache.KVCache.next_position`).
     """
     n, steps = completion.shape
     next_position = jnp.max(prompt["positions"], axis=(0, 2)) + 1
@@ -88,6 +100,8 @@ def score_inputs(
     inputs["input_ids"] = jnp.concatenate([prompt["input_ids"], completion.astype(jnp.int32)], axis=1)
     inputs["attention_mask"] = jnp.concatenate(
         [prompt["attention_mask"], completion_mask.astype(prompt["attention_mask"].dtype)], axis=1)
+    inputs["image_mask"] = jnp.concatenate(
+        [prompt_image_mask(prompt, image_token_id), jnp.zeros((n, steps), bool)], axis=1)
     if "image_token_index" in inputs:  # completion tokens are text: index 0, unused
         inputs["image_token_index"] = jnp.concatenate(
             [prompt["image_token_index"], jnp.zeros((n, steps), prompt["image_token_index"].dtype)], axis=1)
@@ -120,11 +134,14 @@ def score(
       temperature: log-probs and entropies are of the temperature-scaled distribution.
 
     Token t's entropy and log-prob come from the hidden state before it (position L + t - 1);
-    its attention masses from its own query row (position L + t).
+    its attention masses from its own query row (position L + t). Image positions are the
+    prompt's only (`score_inputs`), so for any sampled ids the log-probs and masses equal those
+    of the KV-cache decode (`sampler.generate`) that produced them. Log-probs are of the model's
+    full-vocabulary distribution (no top-k / top-p, no banned ids).
     """
     prompt_len = prompt["input_ids"].shape[1]
     steps = completion.shape[1]
-    inputs = score_inputs(prompt, completion, completion_mask)
+    inputs = score_inputs(prompt, completion, completion_mask, image_token_id=config.image_token_id)
     full_region = None
     want_mass = region_mask is not None and len(mass_layers) > 0
     if want_mass:

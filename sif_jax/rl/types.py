@@ -28,6 +28,8 @@ class RolloutBatch:
       region_mass, visual_mass: float32 [N, T] attention mass each completion token put on the
         target-region / all visual keys, averaged over the configured layers and heads.
       region_tokens, visual_tokens: int32 [N] how many visual tokens lie in the region / image.
+      truncated: bool [N] the completion reached max_new_tokens without EOS (it did not finish);
+        None = unknown (every completion treated as finished).
     """
 
     group_size: int
@@ -43,6 +45,7 @@ class RolloutBatch:
     visual_mass: jax.Array
     region_tokens: jax.Array
     visual_tokens: jax.Array
+    truncated: jax.Array | None = None
 
     def __post_init__(self) -> None:
         n = len(self.texts)
@@ -52,6 +55,8 @@ class RolloutBatch:
         for name in ("completion_mask", "entropies", "region_mass", "visual_mass"):
             if getattr(self, name).shape[0] != n:
                 raise ValueError(f"RolloutBatch.{name} has shape {getattr(self, name).shape}; expected [{n}, T]")
+        if self.truncated is not None and tuple(self.truncated.shape) != (n,):
+            raise ValueError(f"RolloutBatch.truncated has shape {tuple(self.truncated.shape)}; expected [{n}]")
         if self.group_size < 1 or n % self.group_size:
             raise ValueError(f"RolloutBatch.group_size={self.group_size} does not divide N={n}")
 

@@ -9,7 +9,7 @@ from sif_jax.evaluate import EvalResult, format_table, whatsup_relation
 from tests.cli.conftest import eval_args, run_cli, run_many
 
 ROW_FIELDS = {"id", "prompt_id", "answer", "output", "prediction", "accuracy", "tas", "format", "format_reason",
-              "final_iou", "first_token_prob", "completion_tokens", "family", "relation", "split"}
+              "final_iou", "confidence", "confidence_step", "completion_tokens", "family", "relation", "split"}
 
 
 def test_evaluate_builtin_report(cli_files, tmp_path):
@@ -57,7 +57,8 @@ def test_evaluate_vsr_and_whatsup_files(cli_files, tmp_path):
     assert report["decoding"] == {"mode": "adaptvis", "alpha_low": 0.5, "alpha_high": 1.5, "threshold": 0.3}
     rows = report["rows"]
     assert len(rows) == 2 and all(r["alpha"] in (0.5, 1.5) for r in rows)
-    assert all(r["alpha"] == (0.5 if r["first_token_prob"] < 0.3 else 1.5) for r in rows)
+    # alpha follows the reported confidence: the alpha = 1 probe's, read at the first answer token
+    assert all(r["alpha"] == (0.5 if r["confidence"] < 0.3 else 1.5) for r in rows)
     assert rows[0]["answer"] == "A cube to the left of a sphere" and rows[0]["relation"] == "left of"
 
 
