@@ -138,6 +138,20 @@ def accuracy_scores(batch: RolloutBatch, config: RewardConfig) -> np.ndarray:
     return out
 
 
+def group_mean(values: np.ndarray) -> float:
+    """Mean of one group's values, float [G] -> float, exact for a group of equal values.
+
+    Taken as v_0 + mean(v - v_0) in float64: equal values give v_0 itself (a float32 mean of eight
+    0.35s is 0.34999996, which would make the next identical group look like progress or regress).
+    """
+    v = np.asarray(values, np.float64).reshape(-1)
+    if v.size == 0:
+        raise ValueError("group_mean of an empty group")
+    if v.max() == v.min():
+        return float(v[0])
+    return float(v[0] + (v - v[0]).mean())
+
+
 def accuracy_reward(batch: RolloutBatch, state: RewardState, config: RewardConfig) -> RewardResult:
     """Accuracy with progress: s + (s - s_prev) if the prompt was seen with group mean
     s_prev <= s, else s. The new state maps each prompt id to this batch's mean s over its
@@ -149,7 +163,7 @@ def accuracy_reward(batch: RolloutBatch, state: RewardState, config: RewardConfi
         if prev is not None and s[i] >= prev:
             r[i] = s[i] + (s[i] - prev)
     ids = np.asarray(batch.prompt_ids, dtype=object)
-    means = {pid: float(s[ids == pid].mean()) for pid in dict.fromkeys(batch.prompt_ids)}
+    means = {pid: group_mean(s[ids == pid]) for pid in dict.fromkeys(batch.prompt_ids)}
     metrics = {"accuracy_mean": float(r.mean()), "accuracy_s_mean": float(s.mean())}
     return RewardResult(r.astype(np.float32), metrics, state.updated(means), {"accuracy_s": s})
 

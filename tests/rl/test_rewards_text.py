@@ -148,3 +148,22 @@ def test_combined_weights_and_metrics():
     np.testing.assert_allclose(only_format.rewards, [2.0, 0.0])
     with pytest.raises(ValueError):
         combined_reward(batch, RewardState(), RewardConfig(weights={"nope": 1.0}))
+
+
+def test_group_mean_is_exact_for_equal_values():
+    from sif_jax.rl.rewards import group_mean
+
+    for v in (0.35, 0.1, 1 / 3, 0.7):
+        assert group_mean(np.full(8, np.float32(v))) == float(np.float32(v))
+    assert group_mean(np.array([0.0, 1.0, 1.0, 0.0])) == 0.5
+
+
+def test_accuracy_state_of_an_equal_group_is_exact_and_progress_zero():
+    """A judge giving 0.35 to all 8 samples: the stored group mean is float32(0.35) exactly, and the
+    same scores next time get progress exactly 0 (s - s_prev = 0), not a rounding residue."""
+    texts = [VALID] * 8
+    config = RewardConfig(judge=lambda p, a, c: 0.35)
+    first = accuracy_reward(make_batch(texts, group_size=8), RewardState(), config)
+    assert first.state.prev_accuracy["p0"] == float(np.float32(0.35))
+    second = accuracy_reward(make_batch(texts, group_size=8), first.state, config)
+    np.testing.assert_array_equal(second.rewards, np.full(8, np.float32(0.35)))
