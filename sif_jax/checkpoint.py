@@ -96,9 +96,10 @@ def finalized_steps(directory: str) -> list[int]:
     """The steps of a phase directory that orbax considers finished, ascending.
 
     Uses orbax's own step listing (`CheckpointManager.all_steps`), which skips a step that is
-    still being written or was cut off by preemption: locally a `<step>.orbax-checkpoint-tmp-*`
-    directory, on gs:// a `<step>` directory without its `commit_success.txt`. An all-digit
-    directory name alone does not make a step.
+    still being written or was cut off by preemption. On local disks orbax writes a step under
+    `<step>.orbax-checkpoint-tmp-*` and renames it when complete; on gs:// (no atomic rename) it
+    writes `<step>/` in place and marks it finished with `commit_success.txt`, so there an
+    all-digit directory name alone does not make a step.
     """
     manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
                                     options=ocp.CheckpointManagerOptions(read_only=True, create=False))
@@ -122,7 +123,7 @@ def latest_run_checkpoint(run_dir: str) -> tuple[str, int]:
         steps = finalized_steps(str(directory))
         if steps:
             return str(directory), steps[-1]
-    raise FileNotFoundError(f"{run_dir!r} holds no finished sif_jax checkpoint (expected grpo/<step> or sft/<step>)")
+    raise FileNotFoundError(f"{run_dir!r} holds no sif_jax checkpoint (expected a finished grpo/<step> or sft/<step>)")
 
 
 Sharding = Any  # a jax.sharding.Sharding, a pytree of them matching the params, or None

@@ -68,8 +68,8 @@ def test_no_finished_step_is_an_error(tmp_path, commit_file_mode):
     run = str(tmp_path / "run")
     _save(os.path.join(run, "grpo"), [1])
     os.remove(os.path.join(run, "grpo", "1", "commit_success.txt"))
-    with pytest.raises(FileNotFoundError, match="no finished sif_jax checkpoint"):
+    with pytest.raises(FileNotFoundError, match="holds no sif_jax checkpoint"):
         latest_run_checkpoint(run)
     os.makedirs(os.path.join(run, "sft", "12"))  # an empty all-digit directory is not a step either
-    with pytest.raises(FileNotFoundError, match="no finished sif_jax checkpoint"):
+    with pytest.raises(FileNotFoundError, match="holds no sif_jax checkpoint"):
         latest_run_checkpoint(run)
