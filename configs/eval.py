@@ -15,7 +15,9 @@
   gqa:<questions.json>:<scene_graphs.json>:<image_dir>
   vsr:<file.jsonl>:<image_dir>
   whatsup:<file.json>:<image_dir>
-For files, `data.num_examples` > 0 keeps the first N records (0 = all).
+For files, `data.num_examples` > 0 keeps the first N records (0 = all); a record with a problem (a
+box that clips to zero area, a missing image, ...) is skipped and counted in the report
+(`skipped_records`), or is an error with `data.strict_records=True`.
 """
 
 import ml_collections
@@ -45,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.seed = 0  # builtin: the run's seed (test scenes never coincide with training scenes)
     c.data.image_size = 224  # builtin scenes, pixels (the training run's data.image_size)
     c.data.whatsup_seed = 0  # shuffles WhatsUp's caption options
+    c.data.strict_records = False  # files: False skips (and counts) invalid records; True fails on any
     c.data.instruction = "sif"  # appended to each question: sif (SIFThinker grammar) | none | <text>
     c.data.length_buckets = (192, 256, 512, 1024, 2048)  # prompt lengths; a longer prompt is an error
     c.data.patch_buckets = ()  # patches per image; () = next power of two

@@ -5,7 +5,10 @@ A step directory holds two items:
           sharded by orbax and restored onto the shardings the caller asks for;
   meta  — JSON: step, reward history (per-prompt group means), data-iterator state, metrics
           history and the config, so a resumed run continues with the same data order.
-Saves are atomic (orbax writes to a temporary directory and renames). `PreemptionGuard` turns
+Saves are atomic (orbax writes to a temporary directory and renames, or on gs:// marks a finished
+step with commit_success.txt); readers only take finished steps (`finalized_steps`). Loading for
+inference or as an initialisation restores onto the *current* devices (`load_run_params`,
+`load_params_dir`), so a checkpoint saved on any mesh loads on any other. `PreemptionGuard` turns
 SIGTERM (TPU preemption) into a flag the loop checks, so the last step is saved before exit.
 """
 
@@ -89,40 +92,117 @@ class PreemptionGuard:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def finalized_steps(directory: str) -> list[int]:
+    """The steps of a phase directory that orbax considers finished, ascending.
+
+    Uses orbax's own step listing (`CheckpointManager.all_steps`), which skips a step that is
+    still being written or was cut off by preemption. On local disks orbax writes a step under
+    `<step>.orbax-checkpoint-tmp-*` and renames it when complete; on gs:// (no atomic rename) it
+    writes `<step>/` in place and marks it finished with `commit_success.txt`, so there an
+    all-digit directory name alone does not make a step.
+    """
+    manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
+                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    try:
+        return sorted(int(s) for s in manager.all_steps())
+    finally:
+        manager.close()
+
+
 def latest_run_checkpoint(run_dir: str) -> tuple[str, int]:
-    """(phase directory, step) of the newest params in a training run directory: the GRPO
-    phase if it has a checkpoint, else the SFT warm-up. A path that is itself a phase
-    directory (holding numbered steps) is used as is."""
+    """(phase directory, step) of the newest finished params in a training run directory: the
+    GRPO phase if it has a finished checkpoint, else the SFT warm-up. A path that is itself a
+    phase directory (holding numbered steps) is used as is. Unfinished steps are ignored
+    (`finalized_steps`). Raises FileNotFoundError when there is none."""
     root = epath.Path(run_dir if "://" in run_dir else os.path.abspath(run_dir))  # orbax wants absolute
     if not root.is_dir():
         raise FileNotFoundError(f"checkpoint directory {run_dir!r} does not exist")
     for directory in (root / "grpo", root / "sft", root):
         if not directory.is_dir():
             continue
-        steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+        steps = finalized_steps(str(directory))
         if steps:
-            return str(directory), max(steps)
-    raise FileNotFoundError(f"{run_dir!r} holds no sif_jax checkpoint (expected grpo/<step> or sft/<step>)")
+            return str(directory), steps[-1]
+    raise FileNotFoundError(f"{run_dir!r} holds no sif_jax checkpoint (expected a finished grpo/<step> or sft/<step>)")
 
 
-def load_run_params(run_dir: str) -> tuple[Any, Any, dict]:
-    """(ModelConfig, params, meta) of the newest checkpoint of a training run, for inference.
+Sharding = Any  # a jax.sharding.Sharding, a pytree of them matching the params, or None
 
-    Restores only what it needs, as saved (NumPy/host arrays); the model config comes from the
-    checkpoint's metadata, so a checkpoint of another model size loads with its own shapes.
-    """
+
+def _abstract_targets(saved: Any, sharding: Sharding, where: str) -> Any:
+    """ShapeDtypeStructs with the saved shapes/dtypes and the *current* `sharding` (None: every
+    array on this process's first local device), so a restore never rebuilds the saving run's
+    device mesh."""
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    if isinstance(sharding, jax.sharding.Sharding):
+        return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), saved)
+    saved_struct, target_struct = jax.tree.structure(saved), jax.tree.structure(sharding)
+    if saved_struct != target_struct:
+        raise ValueError(f"{where}: the saved params tree does not match the target shardings' tree "
+                         f"({saved_struct.num_leaves} vs {target_struct.num_leaves} arrays); another model?")
+    return jax.tree.map(lambda m, sh: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sh), saved, sharding)
+
+
+def _restore_args(abstract: Any) -> Any:
+    return jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype),
+                        abstract)
+
+
+def run_checkpoint_meta(run_dir: str) -> tuple[Any, dict, str, int]:
+    """(ModelConfig, meta, phase directory, step) of the newest finished checkpoint of a run,
+    without its arrays. Raises FileNotFoundError (no checkpoint) or ValueError (no model config)."""
     from sif_jax.model.config import ModelConfig
 
     directory, step = latest_run_checkpoint(run_dir)
     manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
+                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False))
     try:
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        if "model" not in meta:
-            raise ValueError(f"{directory}/{step}: checkpoint metadata has no model config")
-        config = ModelConfig.from_hf_config(meta["model"], dtype=meta.get("dtype", "float32"),
-                                            param_dtype=meta.get("dtype", "float32"))
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     finally:
         manager.close()
-    return config, state["params"], meta
+    if "model" not in meta:
+        raise ValueError(f"{directory}/{step}: checkpoint metadata has no model config")
+    config = ModelConfig.from_hf_config(meta["model"], dtype=meta.get("dtype", "float32"),
+                                        param_dtype=meta.get("dtype", "float32"))
+    return config, meta, directory, step
+
+
+def load_run_params(run_dir: str, sharding: Sharding = None) -> tuple[Any, Any, dict]:
+    """(ModelConfig, params, meta) of the newest finished checkpoint of a training run.
+
+    Restores only the params (not the optimizer state or the reference copy), with the saved
+    shapes and dtypes onto `sharding`: None puts every array on this process's first local
+    device (what inference CLIs want); a `jax.sharding.Sharding` is used for every array; a
+    pytree of shardings matching the params (e.g. `parallel.logical_shardings` of
+    `jax.eval_shape(init_params)` on the current mesh) places each one. The saving run's device
+    count and mesh do not matter. The model config comes from the checkpoint's metadata, so a
+    checkpoint of another model size loads with its own shapes.
+    """
+    config, meta, directory, step = run_checkpoint_meta(run_dir)
+    manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
+                                    item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                                                   "meta": ocp.JsonCheckpointHandler()},
+                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    try:
+        saved = manager.item_metadata(step)["state"]
+        if saved is None or "params" not in saved:
+            raise ValueError(f"{directory}/{step}: the checkpoint's state has no params")
+        abstract = _abstract_targets(saved["params"], sharding, f"{directory}/{step}")
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            {"params": abstract}, restore_args={"params": _restore_args(abstract)}, partial_restore=True)))
+    finally:
+        manager.close()
+    return config, restored["state"]["params"], meta
+
+
+def load_params_dir(path: str, sharding: Sharding = None) -> Any:
+    """A params-only orbax pytree (`python -m sif_jax.export --format=orbax` writes `params/`),
+    restored with its saved shapes and dtypes onto `sharding` (as in `load_run_params`), whatever
+    device count or mesh wrote it."""
+    path = path if "://" in path else os.path.abspath(path)
+    with ocp.PyTreeCheckpointer() as ckptr:
+        saved = ckptr.metadata(path)
+        saved = getattr(saved, "item_metadata", saved)
+        abstract = _abstract_targets(saved, sharding, path)
+        return ckptr.restore(path, args=ocp.args.PyTreeRestore(abstract, restore_args=_restore_args(abstract)))

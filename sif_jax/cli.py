@@ -227,10 +227,9 @@ def load_params(info: CheckpointInfo) -> Any:
 
         _, params = load_hf_checkpoint(info.path, dtype=info.config.param_dtype)
     elif info.kind == "params":
-        import orbax.checkpoint as ocp
+        from sif_jax.checkpoint import load_params_dir
 
-        with ocp.StandardCheckpointer() as ckptr:
-            params = ckptr.restore(os.path.abspath(info.location))
+        params = load_params_dir(info.location)  # onto this process's device, whatever mesh wrote it
     else:
         from sif_jax.checkpoint import load_run_params
 

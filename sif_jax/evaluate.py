@@ -15,8 +15,10 @@ TAS and the final-area IoU need ground-truth boxes: examples without any (VSR, W
 
 The command line reads the built-in task (test split) or local GQA / VSR / WhatsUp / SIF-50K files
 through `sif_jax.data.records`, turns the records into pipeline raw examples, and runs them
-through `pipeline.Preprocessor` and `batching.collate` (configs/eval.py lists the fields). It
-prints a table and writes a JSON report `{"summary", "config", "checkpoint", "rows"}`.
+through `pipeline.Preprocessor` and `batching.collate` (configs/eval.py lists the fields). An
+invalid record is skipped and counted (`summary.skipped`, `skipped_records`: count, first ids and
+problems) unless `data.strict_records`. It prints a table and writes a JSON report
+`{"summary", "skipped_records", "config", "checkpoint", "rows"}`.
 """
 
 from __future__ import annotations
@@ -264,10 +266,14 @@ def read_records(source: str, whatsup_seed: int = 0) -> list[Any]:
 
 
 class RecordSource:
-    """Random access over records as raw examples (images are read on access)."""
+    """Random access over records as raw examples (images are read on access). `skipped`: the
+    invalid records left out of it (`records.SkippedRecords`)."""
 
-    def __init__(self, records: Sequence[Any]) -> None:
+    def __init__(self, records: Sequence[Any], skipped: Any = None) -> None:
+        from sif_jax.data.records import SkippedRecords
+
         self.records = list(records)
+        self.skipped = skipped if skipped is not None else SkippedRecords()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -277,9 +283,15 @@ class RecordSource:
 
 
 def make_source(data: Any) -> Sequence[dict[str, Any]]:
-    """The raw-example source of an eval config's `data` block (validated records for files)."""
+    """The raw-example source of an eval config's `data` block (validated records for files).
+
+    Records with a problem (`records.record_errors`, e.g. a GQA box that clips to zero area or a
+    missing image) are skipped and counted in the source's `skipped` (the report's
+    `skipped_records` and the summary's `skipped`); `data.strict_records` makes any of them an
+    error instead. No usable record at all is an error.
+    """
     from sif_jax.data import pipeline
-    from sif_jax.data.records import record_errors
+    from sif_jax.data.records import usable_records
     from sif_jax.data.scenes import SceneConfig
 
     if data.source == "builtin":
@@ -292,11 +304,16 @@ def make_source(data: Any) -> Sequence[dict[str, Any]]:
         records = records[: data.num_examples]
     if not records:
         raise ValueError(f"config.data.source={data.source!r}: no records")
-    errors = record_errors(records, check_files=True)
-    if errors:
-        shown = "; ".join(errors[:3]) + (f"; ... ({len(errors) - 3} more)" if len(errors) > 3 else "")
-        raise ValueError(f"{len(errors)} problem(s) in {data.source}: {shown}")
-    return RecordSource(records)
+    try:
+        usable, skipped = usable_records(records, strict=bool(data.get("strict_records", False)), check_files=True)
+    except ValueError as e:
+        lines = str(e).splitlines()
+        shown = "; ".join(lines[1:4]) + (f"; ... ({len(lines) - 4} more)" if len(lines) > 4 else "")
+        raise ValueError(f"{lines[0].rstrip(':')} of {data.source} (config.data.strict_records=True): "
+                         f"{shown}") from None
+    if not usable:
+        raise ValueError(f"config.data.source={data.source!r}: no valid record; {skipped.summary()}")
+    return RecordSource(usable, skipped)
 
 
 def eval_batches(source: Sequence[dict[str, Any]], preprocessor: Any, *, batch_size: int,
@@ -401,6 +418,9 @@ def run_eval(c: Any) -> dict[str, Any]:
         if os.path.isdir(c.output):
             raise CLIError(f"config.output={c.output!r} is a directory; give a file name")
     source = make_source(c.data)  # data errors before the (possibly slow) checkpoint load
+    skipped = getattr(source, "skipped", None)
+    if skipped is not None and skipped.count:
+        print(f"warning: {skipped.summary('records')}", file=sys.stderr, flush=True)
     loaded = load_model(c.checkpoint, model=c.model, tokenizer=c.tokenizer, attention_backend=c.attention_backend,
                         dtype=c.dtype, flag_prefix="--config.")
     config, tok = loaded.config, loaded.tokenizer
@@ -430,8 +450,10 @@ def run_eval(c: Any) -> dict[str, Any]:
     summary = EvalResult(rows).summary()
     for key in METRICS:
         summary.setdefault(key, None)
+    summary["skipped"] = skipped.count if skipped is not None else 0
     report = {
         "summary": summary,
+        "skipped_records": skipped.to_json() if skipped is not None else {"count": 0, "ids": [], "errors": []},
         "checkpoint": {"path": c.checkpoint, "kind": loaded.info.kind, "location": loaded.info.location,
                        "step": loaded.info.step, "model": _describe(config)},
         "decoding": {"mode": c.decoding, **({"alpha_low": c.alpha_low, "alpha_high": c.alpha_high,
@@ -472,6 +494,9 @@ def main(argv: Sequence[str]) -> None:
         print(f"checkpoint: {c.checkpoint} ({report['checkpoint']['kind']}, {report['checkpoint']['model']})")
         print(f"data: {where}; decoding: {c.decoding}; {s.get('examples', 0)} examples, "
               f"{s.get('examples_with_boxes', 0)} with target boxes; {report['seconds']:.1f} s")
+        if s.get("skipped"):
+            print(f"skipped {s['skipped']} invalid record(s): ids "
+                  f"{', '.join(report['skipped_records']['ids'])} (see the report's skipped_records)")
         print(format_table(s))
         if c.output:
             print(f"report: {c.output}")

@@ -28,7 +28,13 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from sif_jax import parallel
-from sif_jax.checkpoint import Checkpointer, PreemptionGuard, abstract_with_shardings, load_run_params
+from sif_jax.checkpoint import (
+    Checkpointer,
+    PreemptionGuard,
+    abstract_with_shardings,
+    load_run_params,
+    run_checkpoint_meta,
+)
 from sif_jax.convert.hf import load_hf_checkpoint
 from sif_jax.evaluate import evaluate_batches
 from sif_jax.model.config import ModelConfig, get_preset
@@ -102,12 +108,14 @@ def _setup(config: ml_collections.ConfigDict) -> tuple[Run, Any]:
     mesh = parallel.make_mesh({"data": config.mesh.data, "fsdp": config.mesh.fsdp, "tensor": config.mesh.tensor})
     data = TrainData(config)
     params = None
+    from_run = False
     if not config.init_checkpoint:
         base = get_preset(config.model)
     elif _is_hf_dir(config.init_checkpoint):
         base, params = load_hf_checkpoint(config.init_checkpoint)
-    else:  # a sif_jax run directory (e.g. workdir/sft from configs/sft.py)
-        base, params, _ = load_run_params(config.init_checkpoint)
+    else:  # a sif_jax run directory (e.g. workdir/sft from configs/sft.py), restored below onto this mesh
+        base, _, _, _ = run_checkpoint_meta(config.init_checkpoint)
+        from_run = True
     if config.init_checkpoint:
         preset = get_preset(config.model)
         if (base.text, base.vision) != (preset.text, preset.vision):
@@ -120,6 +128,8 @@ def _setup(config: ml_collections.ConfigDict) -> tuple[Run, Any]:
     data.check_model(model)
     shapes = jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))
     shardings = parallel.logical_shardings(shapes, param_logical_axes(model), mesh)
+    if from_run:  # any saving mesh / device count: restored straight onto this run's shardings
+        _, params, _ = load_run_params(config.init_checkpoint, sharding=shardings)
     if params is None:
         params = jax.jit(functools.partial(init_params, model), out_shardings=shardings)(
             jax.random.key(config.seed))

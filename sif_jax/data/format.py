@@ -6,7 +6,9 @@ Grammar (METHODS §1)::
 
 * whitespace is allowed around tags, nothing else is;
 * JSON is a non-empty list of objects with exactly the keys "bbox_2d" (4 numbers
-  x1, y1, x2, y2 in [0, 1] with x2 > x1 and y2 > y1) and "depth" (a number in [0, 1]);
+  x1, y1, x2, y2 in [0, 1] with x2 > x1 and y2 > y1) and "depth" (a number in [0, 1]), each
+  key once: an object repeating a key (`{"bbox_2d": [...], "depth": 0.2, "depth": 0.4}`) is
+  rejected rather than read with the last value winning;
 * every number is written with at most 3 decimals and no exponent (NaN/Infinity are not JSON);
 * TEXT and ANSWER are non-empty after stripping and contain none of the grammar's tags.
 
@@ -66,15 +68,24 @@ def _parse_constant(s: str) -> float:
     raise _Reject(f"{s} is not a valid number")
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """`object_pairs_hook` for json.loads: a key given twice in one object is a violation."""
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Reject(f"duplicate key {key!r} in a JSON object")
+        out[key] = value
+    return out
+
+
 def _is_number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _parse_area(raw: str, k: int) -> list[tuple[Box, float]]:
     try:
-        value = json.loads(
-            raw, parse_float=_parse_float, parse_int=_parse_int, parse_constant=_parse_constant
-        )
+        value = json.loads(raw, parse_float=_parse_float, parse_int=_parse_int, parse_constant=_parse_constant,
+                           object_pairs_hook=_unique_keys)
     except _Reject as e:
         raise _Reject(f"area {k}: {e}") from None
     except (ValueError, RecursionError) as e:

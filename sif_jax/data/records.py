@@ -9,6 +9,10 @@ index, field and value of every problem, e.g.::
 
     record 17: field 'normalized_solution_round.bbox_3d'[0] = [0.5, 0.1, 0.4, 0.3]: x2 <= x1
 
+`usable_records` keeps the good records and counts the bad ones (`SkippedRecords`: count, first
+ids, first problems) instead of failing on the first bad one; evaluation and the local dataset
+build use it (each with a strict option that raises instead).
+
 Readers never raise on bad *values* (they pass them through so validation can name them); they
 raise on unreadable files (bad JSON) naming the file and line.
 """
@@ -109,14 +113,22 @@ def record_errors(
     check_files: also check that image / depth_image / images files exist.
     require_boxes: an empty box list is an error (training data for box rewards needs them).
     """
-    errors: list[str] = []
+    problems = record_problems(records, check_files=check_files, require_boxes=require_boxes)
+    return [e for i in sorted(problems) for e in problems[i]]
+
+
+def record_problems(
+    records: Sequence[SIFRecord], check_files: bool = True, require_boxes: bool = False
+) -> dict[int, list[str]]:
+    """`record_errors` grouped by record index (only records with a problem appear)."""
+    errors: dict[int, list[str]] = {}
 
     def err(i: int, name: str, value: Any, why: str, index: int | None = None) -> None:
         sub = "" if index is None else f"[{index}]"
         shown = repr(value)
         if len(shown) > 120:
             shown = shown[:117] + "..."
-        errors.append(f"record {i}: field {name!r}{sub} = {shown}: {why}")
+        errors.setdefault(i, []).append(f"record {i}: field {name!r}{sub} = {shown}: {why}")
 
     for i, r in enumerate(records):
         if not _nonempty_str(r.image):
@@ -174,6 +186,55 @@ def validate_records(
     errors = record_errors(records, check_files=check_files, require_boxes=require_boxes)
     if errors:
         raise ValueError(f"{len(errors)} problem(s) in {len(records)} records:\n" + "\n".join(errors))
+
+
+SHOWN_IDS = 10  # how many skipped record ids a report lists
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedRecords:
+    """The records `usable_records` left out.
+
+    count: how many. ids: the first `SHOWN_IDS` of their ids (record index when a record has no
+    id). errors: the first problem of each of those records (`record_errors` wording).
+    """
+
+    count: int = 0
+    ids: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+
+    def summary(self, what: str = "records") -> str:
+        """'skipped 2 invalid records (ids: q7, q9): record 3: field ...; ...' ('' when none)."""
+        if not self.count:
+            return ""
+        more = f", ... {self.count - len(self.ids)} more" if self.count > len(self.ids) else ""
+        return (f"skipped {self.count} invalid {what} (ids: {', '.join(self.ids)}{more}): "
+                + "; ".join(self.errors[:3]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "ids": list(self.ids), "errors": list(self.errors)}
+
+
+def usable_records(
+    records: Sequence[SIFRecord], *, strict: bool = False, check_files: bool = True, require_boxes: bool = False
+) -> tuple[list[SIFRecord], SkippedRecords]:
+    """The records without problems, and what was skipped.
+
+    One bad record (e.g. a GQA object whose box clips to zero area, a missing image file) does not
+    stop an evaluation or a dataset build: it is left out, counted and named in `SkippedRecords`.
+    strict: raise instead (the ValueError of `validate_records`, listing every problem).
+    """
+    if strict:
+        validate_records(records, check_files=check_files, require_boxes=require_boxes)
+        return list(records), SkippedRecords()
+    problems = record_problems(records, check_files=check_files, require_boxes=require_boxes)
+    if not problems:
+        return list(records), SkippedRecords()
+    bad = sorted(problems)
+    shown = bad[:SHOWN_IDS]
+    ids = tuple(str(records[i].id or i) for i in shown)
+    return ([r for i, r in enumerate(records) if i not in problems],
+            SkippedRecords(len(bad), ids, tuple(problems[i][0] for i in shown)))
 
 
 # ---------------------------------------------------------------------------- readers

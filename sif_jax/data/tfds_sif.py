@@ -18,7 +18,10 @@ grain wants) — without TensorFlow. What makes that work on tensorflow-datasets
 Build from the command line::
 
     python -m sif_jax.data.tfds_sif --size=small --data_dir=DIR
-    python -m sif_jax.data.tfds_sif --local=DIR_WITH_sif.json --data_dir=DIR
+    python -m sif_jax.data.tfds_sif --local=DIR_WITH_sif.json --data_dir=DIR [--strict_records]
+
+(`sif_local` leaves out invalid records with a warning giving their count and first ids;
+`--strict_records` fails on the first build instead.)
 
 and read::
 
@@ -39,12 +42,13 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 from PIL import Image
 
 from sif_jax.data.image import load_image
 from sif_jax.data.questions import sample_question
-from sif_jax.data.records import load_depth_png, read_sif_json, validate_records
+from sif_jax.data.records import load_depth_png, read_sif_json, usable_records
 from sif_jax.data.scenes import SceneConfig, generate_scene
 from sif_jax.data.traces import build_trace
 
@@ -204,6 +208,7 @@ class SifLocal(_SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "SIF-50K JSON + images from a local directory."}
+    strict_records = False  # True: one invalid record fails the build; False: skipped with a warning
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Place sif.json (SIF-50K format: a list of records) and optionally sif_test.json in "
         "manual_dir; relative image paths are taken from manual_dir."
@@ -236,7 +241,10 @@ class SifLocal(_SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, path: str) -> Iterator[tuple[str, dict]]:
         records = read_sif_json(path, image_root=os.path.dirname(path))
-        validate_records(records)  # fail before writing anything, naming record and field
+        # strict: fail before writing anything, naming record and field; else skip and count
+        records, skipped = usable_records(records, strict=self.strict_records)
+        if skipped.count:
+            logging.warning("%s: %s", path, skipped.summary("records"))
         for i, r in enumerate(records):
             with open(r.image, "rb") as f:
                 image = f.read()
@@ -258,11 +266,17 @@ class SifLocal(_SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
 
 
 def build(
-    data_dir: str | os.PathLike, size: str = "small", local_dir: str | None = None
+    data_dir: str | os.PathLike, size: str = "small", local_dir: str | None = None, *, strict_records: bool = False
 ) -> tfds.core.DatasetBuilder:
-    """Builds `sif_spatial/<size>` (or `sif_local` from `local_dir`) as array_record files."""
+    """Builds `sif_spatial/<size>` (or `sif_local` from `local_dir`) as array_record files.
+
+    `sif_local`: a record with a problem (`records.record_errors`) is left out of the dataset and
+    the count and first ids are logged as a warning; `strict_records` raises instead (a
+    ValueError listing every problem, before anything is written).
+    """
     if local_dir is not None:
         builder: tfds.core.DatasetBuilder = SifLocal(data_dir=os.fspath(data_dir))
+        builder.strict_records = strict_records
         download_config = tfds.download.DownloadConfig(manual_dir=local_dir)
     else:
         if size not in SIZES:
@@ -278,8 +292,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--size", default="small", choices=sorted(SIZES))
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--local", default=None, help="directory holding sif.json (sif_local)")
+    parser.add_argument("--strict_records", action="store_true",
+                        help="sif_local: fail on any invalid record instead of skipping it with a warning")
     args = parser.parse_args(argv)
-    builder = build(args.data_dir, args.size, args.local)
+    builder = build(args.data_dir, args.size, args.local, strict_records=args.strict_records)
     print(f"built {builder.info.full_name} in {builder.data_dir}: "
           + ", ".join(f"{k}={v.num_examples}" for k, v in builder.info.splits.items()))
 

@@ -34,28 +34,34 @@ def group_advantages(
     SIFThinker code use. With G = 1 the unbiased std is undefined; we take it as 0 (the
     advantage is then 0 anyway since r - mean = 0), so no NaN.
 
+    Zero-variance groups are exact: the statistics are taken of r - r_0 (r_0 the group's first
+    reward), which is exactly 0 for bit-identical rewards, and a group whose max equals its min
+    gets mean_g = r_0, std_g = 0 and advantages exactly 0 (a float32 mean of eight 0.35s is not
+    0.35, and dividing that residue by std + eps would give ~3e-4 advantages of one sign).
+
     Returns:
       advantages: float32 [N].
-      metrics: reward_mean, reward_std (mean over groups of std_g), zero_std_fraction (fraction
-        of groups whose rewards are all equal, i.e. groups that give no learning signal),
-        advantage_abs_mean.
+      metrics: reward_mean (mean over groups of mean_g), reward_std (mean over groups of std_g),
+        zero_std_fraction (fraction of groups whose rewards are all equal, i.e. groups that give
+        no learning signal), advantage_abs_mean.
     """
     n = rewards.shape[0]
     if n % group_size:
         raise ValueError(f"group_size={group_size} does not divide N={n}")
     r = rewards.astype(jnp.float32).reshape(-1, group_size)
-    mean = r.mean(axis=1, keepdims=True)
-    centred = r - mean
+    # "All equal" is tested exactly on max == min rather than on a computed std.
+    zero_std = jnp.max(r, axis=1, keepdims=True) == jnp.min(r, axis=1, keepdims=True)
+    ref = r[:, :1]
+    shifted = r - ref  # exactly 0 in a group of equal rewards
+    shift_mean = jnp.where(zero_std, 0.0, shifted.mean(axis=1, keepdims=True))
+    centred = jnp.where(zero_std, 0.0, shifted - shift_mean)
     if group_size > 1:
         std = jnp.sqrt(jnp.sum(centred**2, axis=1, keepdims=True) / (group_size - 1))
     else:
-        std = jnp.zeros_like(mean)
+        std = jnp.zeros_like(ref)
     adv = centred / (std + eps) if scale_by_std else centred
-    # "All equal" is tested exactly on max == min rather than std == 0, which can be a tiny
-    # non-zero number from float rounding.
-    zero_std = jnp.max(r, axis=1) == jnp.min(r, axis=1)
     metrics = {
-        "reward_mean": r.mean(),
+        "reward_mean": (ref + shift_mean).mean(),
         "reward_std": std.mean(),
         "zero_std_fraction": zero_std.astype(jnp.float32).mean(),
         "advantage_abs_mean": jnp.abs(adv).mean(),

@@ -71,8 +71,9 @@ class RewardConfig:
     weights: reward name -> weight (unknown names are an error; missing names weigh 0).
     judge: optional (prediction, answer, choices) -> float in [0, 1]; replaces the matcher.
       Exceptions raised by a judge propagate (they are a bug or an outage, not model output).
-    accuracy_requires_format: False → the answer is the last <answer>…</answer> even when the
-      rest of the grammar fails (R1-style; format has its own reward); True → only valid traces.
+    accuracy_requires_format: False → the answer is the only <answer>…</answer> block even when
+      the rest of the grammar fails (R1-style; format has its own reward; several blocks → no
+      answer, see `extract_answer`); True → only valid traces.
     """
 
     weights: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
@@ -111,15 +112,24 @@ def format_reward(batch: RolloutBatch, state: RewardState, config: RewardConfig)
 
 
 def extract_answer(text: object, parsed: FormatResult | None = None, requires_format: bool = False) -> str | None:
-    """The stripped answer of a completion, or None: from a valid trace, else (unless
-    `requires_format`) the last non-empty <answer>…</answer>."""
+    """The stripped answer of a completion, or None (no answer: accuracy 0).
+
+    A valid trace gives its one answer. Otherwise (unless `requires_format`, which gives None)
+    the answer is the content of the completion's only `<answer>…</answer>` block; a completion
+    with several `<answer>` tags has no answer, so hedging ("<answer>A</answer><answer>B</answer>")
+    scores 0 rather than having whichever block comes first or last graded. Evaluation reports
+    the same answer it scores (`sif_jax.evaluate` calls this and `accuracy_scores`).
+    """
     parsed = parsed if parsed is not None else check_format(text)
     if parsed.ok:
         return parsed.answer
     if requires_format or not isinstance(text, str):
         return None
-    found = [a.strip() for a in _ANSWER.findall(text) if a.strip()]
-    return found[-1] if found else None
+    if text.count("<answer>") != 1:
+        return None
+    found = _ANSWER.findall(text)
+    answer = found[0].strip() if len(found) == 1 else ""
+    return answer or None
 
 
 def accuracy_scores(batch: RolloutBatch, config: RewardConfig) -> np.ndarray:
@@ -138,6 +148,20 @@ def accuracy_scores(batch: RolloutBatch, config: RewardConfig) -> np.ndarray:
     return out
 
 
+def group_mean(values: np.ndarray) -> float:
+    """Mean of one group's values, float [G] -> float, exact for a group of equal values.
+
+    Taken as v_0 + mean(v - v_0) in float64: equal values give v_0 itself (a float32 mean of eight
+    0.35s is 0.34999996, which would make the next identical group look like progress or regress).
+    """
+    v = np.asarray(values, np.float64).reshape(-1)
+    if v.size == 0:
+        raise ValueError("group_mean of an empty group")
+    if v.max() == v.min():
+        return float(v[0])
+    return float(v[0] + (v - v[0]).mean())
+
+
 def accuracy_reward(batch: RolloutBatch, state: RewardState, config: RewardConfig) -> RewardResult:
     """Accuracy with progress: s + (s - s_prev) if the prompt was seen with group mean
     s_prev <= s, else s. The new state maps each prompt id to this batch's mean s over its
@@ -149,7 +173,7 @@ def accuracy_reward(batch: RolloutBatch, state: RewardState, config: RewardConfi
         if prev is not None and s[i] >= prev:
             r[i] = s[i] + (s[i] - prev)
     ids = np.asarray(batch.prompt_ids, dtype=object)
-    means = {pid: float(s[ids == pid].mean()) for pid in dict.fromkeys(batch.prompt_ids)}
+    means = {pid: group_mean(s[ids == pid]) for pid in dict.fromkeys(batch.prompt_ids)}
     metrics = {"accuracy_mean": float(r.mean()), "accuracy_s_mean": float(s.mean())}
     return RewardResult(r.astype(np.float32), metrics, state.updated(means), {"accuracy_s": s})
 

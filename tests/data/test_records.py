@@ -199,3 +199,23 @@ def test_whatsup_reader(tmp_path):
     assert record_errors(recs) == []
     again = read_whatsup(tmp_path / "controlled_images_dataset.json", tmp_path)
     assert again[0].choices == r.choices  # seeded shuffle
+
+
+def test_usable_records_skip_count_and_strict(tmp_path):
+    from sif_jax.data.records import record_problems, usable_records
+
+    good = SIFRecord(image="img.png", problem="p", response="a", boxes=[[0.1, 0.1, 0.5, 0.5]], id="g")
+    zero = SIFRecord(image="img.png", problem="p", response="a", boxes=[[1.0, 0.2, 1.0, 0.4]], id="gqa-7")
+    both = SIFRecord(image="", problem="", response="a", id="")
+    records = [good, zero, good, both]
+    problems = record_problems(records, check_files=False)
+    assert sorted(problems) == [1, 3] and len(problems[3]) == 2
+    assert record_errors(records, check_files=False) == problems[1] + problems[3]
+    kept, skipped = usable_records(records, check_files=False)
+    assert kept == [good, good]
+    assert skipped.count == 2 and skipped.ids == ("gqa-7", "3")  # no id: the record index
+    assert skipped.errors[0] == ("record 1: field 'normalized_solution_round.bbox_3d'[0] = [1.0, 0.2, 1.0, 0.4]: "
+                                 "x2 <= x1")
+    with pytest.raises(ValueError, match=r"3 problem\(s\) in 4 records"):
+        usable_records(records, strict=True, check_files=False)
+    assert usable_records([good], strict=True, check_files=False)[0] == [good]

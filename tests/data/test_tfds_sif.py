@@ -128,4 +128,27 @@ def test_sif_local_rejects_bad_records(tmp_path):
          "normalized_solution_round": {"bbox_3d": [[0.6, 0.1, 0.2, 0.3]]}}]))
     with pytest.raises(ValueError, match=r"record 0: field 'normalized_solution_round.bbox_3d'"
                                          r"\[0\] = \[0.6, 0.1, 0.2, 0.3\]: x2 <= x1"):
-        tfds_sif.build(tmp_path / "data", local_dir=str(manual))
+        tfds_sif.build(tmp_path / "data", local_dir=str(manual), strict_records=True)
+
+
+def test_sif_local_skips_bad_records_with_a_warning(tmp_path, scenes, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from sif_jax.data import tfds_sif
+    from sif_jax.data.traces import build_trace
+
+    manual = tmp_path / "manual"
+    records = []
+    for sc in scenes[:3]:
+        q = generate_questions(sc, 0, families=("relation", "count"))[0]
+        records.append(record_from_scene(sc, q, build_trace(sc, q, 0), manual / "images"))
+    records[1].boxes = [[0.6, 0.1, 0.6, 0.3]]  # zero width
+    records[1].id = "bad-one"
+    write_sif_json(records, manual / "sif.json")
+    warnings = []
+    monkeypatch.setattr(tfds_sif.logging, "warning", lambda msg, *args: warnings.append(msg % args))
+    tfds_sif.build(tmp_path / "data", local_dir=str(manual))
+    src = tfds.data_source("sif_local", split="train", data_dir=str(tmp_path / "data"), download=False)
+    assert sorted(tfds_sif.decode_example(src[i])["id"] for i in range(len(src))) == sorted(
+        [records[0].id, records[2].id])
+    assert len(warnings) == 1 and "skipped 1 invalid records (ids: bad-one)" in warnings[0]
+    assert "x2 <= x1" in warnings[0]

@@ -154,6 +154,9 @@ def test_checker_accepts_valid_and_whitespace():
         (VALID.replace("0.25", "2.5e-1"), "exponent"),
         (VALID.replace('"depth":0.125', '"depth":0.125,"label":"x"'), "exactly"),
         (VALID.replace("[0.1,0.2,0.3,0.4]", "[0.1,0.2,0.3]"), "4 numbers"),
+        (VALID.replace('"depth":0.125', '"depth":0.125,"depth":0.4'), "duplicate key 'depth'"),
+        (VALID.replace('"depth":0.125', '"depth":0.4,"depth":0.125'), "duplicate key 'depth'"),
+        (VALID.replace('"depth":0.125', '"depth":0.125,"bbox_2d":[0.5,0.5,0.9,0.95]'), "duplicate key 'bbox_2d'"),
         (VALID.replace("[0.1,0.2,0.3,0.4]", "[0.1,0.2,true,0.4]"), "4 numbers"),
         (VALID.replace('[{"bbox_2d":[0,0,1,1],"depth":0.5}]', "[]"), "non-empty list"),
         (VALID.replace("<answer>yes</answer>", "<answer>  </answer>"), "answer is empty"),
@@ -174,6 +177,21 @@ def test_checker_rejects(bad, why):
     res = check_format(bad)
     assert not res.ok and why in res.reason, res.reason
     assert res.areas == [] and res.answer is None
+
+
+def test_duplicate_keys_score_zero_in_every_reward_reading_areas():
+    """The issue's example: a repeated "depth" is rejected, so format, IoU and depth rewards are 0."""
+    from sif_jax.rl.rewards import RewardConfig, RewardState, depth_reward, format_reward, iou_reward
+    from tests.rl.helpers import make_batch
+
+    dup = ('<think><area>[{"bbox_2d": [0.1, 0.2, 0.4, 0.6], "depth": 0.2, "depth": 0.4}]</area>'
+           "<text>x</text></think><answer>B</answer>")
+    assert check_format(dup.replace(', "depth": 0.4', "")).ok  # the same trace without the repeat is valid
+    res = check_format(dup)
+    assert not res.ok and "area 0" in res.reason and "duplicate key 'depth'" in res.reason
+    batch = make_batch([dup], depth_maps=[np.full((8, 8), 0.2, np.float32)])
+    for fn in (format_reward, iou_reward, depth_reward):
+        assert fn(batch, RewardState(), RewardConfig()).rewards.tolist() == [0.0]
 
 
 def test_checker_rejects_non_strings_and_deep_json():

@@ -48,3 +48,33 @@ def test_mean_only_switch():
 def test_bad_group_size_raises():
     with pytest.raises(ValueError):
         group_advantages(jnp.zeros(5), 2)
+
+
+@pytest.mark.parametrize("value", [0.35, 0.1, 1 / 3, 2.7, -0.45, 1e-3])
+@pytest.mark.parametrize("g", [2, 3, 7, 8, 16])
+@pytest.mark.parametrize("scale_by_std", [True, False])
+def test_zero_variance_group_is_exactly_zero(value, g, scale_by_std):
+    """G bit-identical float32 rewards: advantages, reward_std exactly 0, reward_mean the value itself."""
+    v = np.float32(value)
+    r = np.concatenate([np.full(g, v, np.float32), np.arange(g, dtype=np.float32)])  # + one varied group
+    adv, metrics = group_advantages(jnp.asarray(r), g, scale_by_std=scale_by_std)
+    adv = np.asarray(adv)
+    np.testing.assert_array_equal(adv[:g], np.zeros(g, np.float32))
+    assert float(metrics["zero_std_fraction"]) == 0.5
+    ref = _numpy_advantages(r[g:], g) if scale_by_std else r[g:] - r[g:].mean()
+    np.testing.assert_allclose(adv[g:], ref, rtol=1e-5, atol=1e-6)
+    only, m1 = group_advantages(jnp.full((g,), v), g, scale_by_std=scale_by_std)
+    np.testing.assert_array_equal(np.asarray(only), np.zeros(g, np.float32))
+    assert float(m1["reward_std"]) == 0.0
+    assert float(m1["advantage_abs_mean"]) == 0.0
+    assert np.float32(m1["reward_mean"]) == v
+
+
+def test_nearly_equal_group_keeps_its_signal():
+    """One ulp apart is a real difference: advantages are ±, summing to ~0 (not all one sign)."""
+    v = np.float32(0.35)
+    r = np.full(8, v, np.float32)
+    r[0] = np.nextafter(v, np.float32(1))
+    adv = np.asarray(group_advantages(jnp.asarray(r), 8)[0])
+    assert adv[0] > 0 and (adv[1:] < 0).all()
+    np.testing.assert_allclose(adv, _numpy_advantages(r, 8), rtol=1e-3, atol=1e-6)

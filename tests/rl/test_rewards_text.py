@@ -9,6 +9,7 @@ from sif_jax.rl.rewards import (
     RewardState,
     accuracy_reward,
     combined_reward,
+    extract_answer,
     format_reward,
 )
 from sif_jax.rl.rewards_match import match_answer, normalize_text
@@ -84,10 +85,68 @@ def test_non_string_text_is_zero():
         ("  THE   Left ", "left", None, 1.0),
         ("right", "left", None, 0.0),
         ("", "left", None, 0.0),
+        # numeric options: number words and a number with a unit noun name the numeric option
+        ("3 cubes", "3", ["1", "2", "3", "4"], 1.0),
+        ("three", "3", ["1", "2", "3", "4"], 1.0),
+        ("Three cubes.", "3", ["1", "2", "3", "4"], 1.0),
+        ("There are three.", "3", ["1", "2", "3", "4"], 1.0),
+        ("The answer is 3 objects", "3", ["1", "2", "3", "4"], 1.0),
+        ("3", "3 cubes", ["1 cube", "2 cubes", "3 cubes"], 1.0),
+        ("twelve", "12", ["10", "11", "12", "13"], 1.0),
+        ("twenty-one", "21", ["19", "20", "21", "22"], 1.0),
+        ("4 cubes", "3", ["1", "2", "3", "4"], 0.0),
+        ("2 or 3", "3", ["1", "2", "3", "4"], 0.0),  # two numbers: names no option
+        ("C", "3", ["1", "2", "3", "4"], 0.0),  # options not lettered: a letter names nothing
+        # letters only pick an option when the options are lettered choices
+        ("a", "yes", ["yes", "no"], 0.0),
+        ("A", "yes", ["yes", "no"], 0.0),
+        ("(A)", "yes", ["yes", "no"], 0.0),
+        ("b", "no", ["yes", "no"], 0.0),
+        ("Yes.", "yes", ["yes", "no"], 1.0),
+        ("The answer is yes", "yes", ["yes", "no"], 1.0),
+        ("a", "red", ["red", "blue"], 0.0),
+        ("a", "A", ["red", "blue"], 1.0),  # gold is a letter: lettered, a bare letter in either case
+        ("(a)", "red cube", ["A. red cube", "B. blue sphere"], 1.0),  # explicit letter prefixes
+        ("b) red cube", "B", ["red cube", "blue sphere"], 0.0),  # lower-case prefix is not a letter
+        ("Option B", "B", ["red cube", "blue sphere"], 1.0),
+        # number words without options
+        ("twenty-one", "21", None, 1.0),
+        ("Forty two cubes", "42", None, 1.0),
+        ("21 cubes", "twenty-one", None, 1.0),
     ],
 )
 def test_matcher(pred, gold, choices, expected):
     assert match_answer(pred, gold, choices) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("<answer>B</answer>", "B"),  # one block, no grammar: lenient extraction
+        ("reasoning <answer> B </answer>", "B"),
+        ("<answer>A</answer><answer>B</answer>", None),  # hedging: no answer
+        ("<answer>B</answer> on second thought <answer>A</answer>", None),
+        ("<answer></answer><answer>B</answer>", None),
+        ("<answer>A<answer>B</answer>", None),
+        ("<answer>B", None),
+        ("<answer> </answer>", None),
+        ("no tags", None),
+    ],
+)
+def test_extract_answer_several_blocks_is_no_answer(text, expected):
+    assert extract_answer(text) == expected
+    gold = "B" if expected is None else expected
+    batch = make_batch([text], answers=[gold])
+    assert accuracy_reward(batch, RewardState(), RewardConfig()).rewards.tolist() == [float(expected is not None)]
+
+
+def test_hedging_scores_below_committing():
+    """Whatever the gold, two answers score 0; one correct answer scores 1."""
+    for gold in ("A", "B"):
+        hedge = make_batch(["<answer>A</answer><answer>B</answer>"], answers=[gold], choices=[["red", "blue"]])
+        assert accuracy_reward(hedge, RewardState(), RewardConfig()).rewards.tolist() == [0.0]
+    one = make_batch(["<answer>B</answer>"], answers=["B"], choices=[["red", "blue"]])
+    assert accuracy_reward(one, RewardState(), RewardConfig()).rewards.tolist() == [1.0]
 
 
 def test_normalize_text():
@@ -148,3 +207,31 @@ def test_combined_weights_and_metrics():
     np.testing.assert_allclose(only_format.rewards, [2.0, 0.0])
     with pytest.raises(ValueError):
         combined_reward(batch, RewardState(), RewardConfig(weights={"nope": 1.0}))
+
+
+def test_group_mean_is_exact_for_equal_values():
+    from sif_jax.rl.rewards import group_mean
+
+    for v in (0.35, 0.1, 1 / 3, 0.7):
+        assert group_mean(np.full(8, np.float32(v))) == float(np.float32(v))
+    assert group_mean(np.array([0.0, 1.0, 1.0, 0.0])) == 0.5
+
+
+def test_accuracy_state_of_an_equal_group_is_exact_and_progress_zero():
+    """A judge giving 0.35 to all 8 samples: the stored group mean is float32(0.35) exactly, and the
+    same scores next time get progress exactly 0 (s - s_prev = 0), not a rounding residue."""
+    texts = [VALID] * 8
+    config = RewardConfig(judge=lambda p, a, c: 0.35)
+    first = accuracy_reward(make_batch(texts, group_size=8), RewardState(), config)
+    assert first.state.prev_accuracy["p0"] == float(np.float32(0.35))
+    second = accuracy_reward(make_batch(texts, group_size=8), first.state, config)
+    np.testing.assert_array_equal(second.rewards, np.full(8, np.float32(0.35)))
+
+
+def test_evaluation_scores_with_the_reward_matcher():
+    """sif_jax.evaluate reports and scores answers with the very functions the reward uses."""
+    from sif_jax import evaluate
+    from sif_jax.rl import rewards
+
+    assert evaluate.extract_answer is rewards.extract_answer
+    assert evaluate.accuracy_scores is rewards.accuracy_scores
