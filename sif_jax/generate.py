@@ -144,7 +144,7 @@ _AREA = re.compile(r"<area>(.*?)</area>", re.DOTALL)
 def all_areas(text: str) -> list[list[tuple[float, float, float, float]]]:
     """The boxes of every `<area>` that parses, even when the rest of the trace does not follow
     the grammar (coordinates clipped to [0, 1], degenerate boxes dropped)."""
-    from sif_jax.data.format import check_format
+    from sif_jax.data.format import AreaJSONError, check_format, unique_keys
 
     parsed = check_format(text)
     if parsed.ok:
@@ -152,8 +152,8 @@ def all_areas(text: str) -> list[list[tuple[float, float, float, float]]]:
     out = []
     for raw in _AREA.findall(text):
         try:
-            items = json.loads(raw)
-        except (ValueError, RecursionError):
+            items = json.loads(raw, object_pairs_hook=unique_keys)  # a repeated key is no area
+        except (ValueError, RecursionError, AreaJSONError):
             continue
         boxes = []
         for item in items if isinstance(items, list) else []:

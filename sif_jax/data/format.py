@@ -41,7 +41,7 @@ class FormatResult:
     answer: str | None
 
 
-class _Reject(Exception):
+class AreaJSONError(Exception):
     """A grammar violation; its message is the reason."""
 
 
@@ -51,29 +51,29 @@ def _fail(reason: str) -> FormatResult:
 
 def _parse_float(s: str) -> float:
     if "e" in s or "E" in s:
-        raise _Reject(f"number {s!r} uses an exponent")
+        raise AreaJSONError(f"number {s!r} uses an exponent")
     decimals = len(s.split(".", 1)[1]) if "." in s else 0
     if decimals > MAX_DECIMALS:
-        raise _Reject(f"number {s!r} has {decimals} decimals (at most {MAX_DECIMALS})")
+        raise AreaJSONError(f"number {s!r} has {decimals} decimals (at most {MAX_DECIMALS})")
     return float(s)
 
 
 def _parse_int(s: str) -> int:
     if len(s) > 20:  # far outside [0, 1] anyway; avoids int() on megabyte digit strings
-        raise _Reject(f"number {s[:20]!r}... is out of range")
+        raise AreaJSONError(f"number {s[:20]!r}... is out of range")
     return int(s)
 
 
 def _parse_constant(s: str) -> float:
-    raise _Reject(f"{s} is not a valid number")
+    raise AreaJSONError(f"{s} is not a valid number")
 
 
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+def unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     """`object_pairs_hook` for json.loads: a key given twice in one object is a violation."""
     out: dict[str, object] = {}
     for key, value in pairs:
         if key in out:
-            raise _Reject(f"duplicate key {key!r} in a JSON object")
+            raise AreaJSONError(f"duplicate key {key!r} in a JSON object")
         out[key] = value
     return out
 
@@ -85,30 +85,30 @@ def _is_number(v: object) -> bool:
 def _parse_area(raw: str, k: int) -> list[tuple[Box, float]]:
     try:
         value = json.loads(raw, parse_float=_parse_float, parse_int=_parse_int, parse_constant=_parse_constant,
-                           object_pairs_hook=_unique_keys)
-    except _Reject as e:
-        raise _Reject(f"area {k}: {e}") from None
+                           object_pairs_hook=unique_keys)
+    except AreaJSONError as e:
+        raise AreaJSONError(f"area {k}: {e}") from None
     except (ValueError, RecursionError) as e:
-        raise _Reject(f"area {k}: invalid JSON ({type(e).__name__})") from None
+        raise AreaJSONError(f"area {k}: invalid JSON ({type(e).__name__})") from None
     if not isinstance(value, list) or not value:
-        raise _Reject(f"area {k}: JSON must be a non-empty list")
+        raise AreaJSONError(f"area {k}: JSON must be a non-empty list")
     out = []
     for j, item in enumerate(value):
         where = f"area {k} item {j}"
         if not isinstance(item, dict) or set(item) != {"bbox_2d", "depth"}:
-            raise _Reject(f"{where}: must be an object with exactly 'bbox_2d' and 'depth'")
+            raise AreaJSONError(f"{where}: must be an object with exactly 'bbox_2d' and 'depth'")
         box, depth = item["bbox_2d"], item["depth"]
         if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
-            raise _Reject(f"{where}: bbox_2d must be 4 numbers")
+            raise AreaJSONError(f"{where}: bbox_2d must be 4 numbers")
         if not all(0.0 <= v <= 1.0 for v in box):
-            raise _Reject(f"{where}: bbox_2d {box} has a coordinate outside [0, 1]")
+            raise AreaJSONError(f"{where}: bbox_2d {box} has a coordinate outside [0, 1]")
         x1, y1, x2, y2 = (float(v) for v in box)
         if not x2 > x1:
-            raise _Reject(f"{where}: bbox_2d {box} has x2 <= x1")
+            raise AreaJSONError(f"{where}: bbox_2d {box} has x2 <= x1")
         if not y2 > y1:
-            raise _Reject(f"{where}: bbox_2d {box} has y2 <= y1")
+            raise AreaJSONError(f"{where}: bbox_2d {box} has y2 <= y1")
         if not _is_number(depth) or not 0.0 <= depth <= 1.0:
-            raise _Reject(f"{where}: depth {depth!r} must be a number in [0, 1]")
+            raise AreaJSONError(f"{where}: depth {depth!r} must be a number in [0, 1]")
         out.append(((x1, y1, x2, y2), float(depth)))
     return out
 
@@ -116,27 +116,27 @@ def _parse_area(raw: str, k: int) -> list[tuple[Box, float]]:
 def _no_tags(s: str, where: str) -> None:
     for tag in TAGS:
         if tag in s:
-            raise _Reject(f"{where} contains the tag {tag}")
+            raise AreaJSONError(f"{where} contains the tag {tag}")
 
 
 def _expect(s: str, pos: int, tag: str, where: str) -> int:
     while pos < len(s) and s[pos].isspace():
         pos += 1
     if not s.startswith(tag, pos):
-        raise _Reject(f"expected {tag} {where}, found {s[pos:pos + 12]!r}")
+        raise AreaJSONError(f"expected {tag} {where}, found {s[pos:pos + 12]!r}")
     return pos + len(tag)
 
 
 def _until(s: str, pos: int, tag: str) -> tuple[str, int]:
     end = s.find(tag, pos)
     if end < 0:
-        raise _Reject(f"missing {tag}")
+        raise AreaJSONError(f"missing {tag}")
     return s[pos:end], end + len(tag)
 
 
 def _check(text: str) -> FormatResult:
     if not isinstance(text, str):
-        raise _Reject(f"expected a string, got {type(text).__name__}")
+        raise AreaJSONError(f"expected a string, got {type(text).__name__}")
     pos = _expect(text, 0, "<think>", "at the start")
     areas: list[list[tuple[Box, float]]] = []
     while True:
@@ -154,16 +154,16 @@ def _check(text: str) -> FormatResult:
         body, pos = _until(text, pos, "</text>")
         _no_tags(body, f"text {len(areas) - 1}")
         if not body.strip():
-            raise _Reject(f"text {len(areas) - 1} is empty")
+            raise AreaJSONError(f"text {len(areas) - 1} is empty")
     if not areas:
-        raise _Reject("no (<area>, <text>) pair inside <think>")
+        raise AreaJSONError("no (<area>, <text>) pair inside <think>")
     pos = _expect(text, pos, "<answer>", "after </think>")
     answer, pos = _until(text, pos, "</answer>")
     _no_tags(answer, "answer")
     if not answer.strip():
-        raise _Reject("answer is empty")
+        raise AreaJSONError("answer is empty")
     if text[pos:].strip():
-        raise _Reject(f"trailing text after </answer>: {text[pos:pos + 12]!r}")
+        raise AreaJSONError(f"trailing text after </answer>: {text[pos:pos + 12]!r}")
     return FormatResult(True, "ok", areas, answer.strip())
 
 
@@ -171,7 +171,7 @@ def check_format(text: object) -> FormatResult:
     """Checks `text` against the grammar; never raises (any failure is `ok=False` + reason)."""
     try:
         return _check(text)  # type: ignore[arg-type]
-    except _Reject as e:
+    except AreaJSONError as e:
         return _fail(str(e))
     except Exception as e:  # a reward must not crash a training step
         return _fail(f"unparseable input ({type(e).__name__})")

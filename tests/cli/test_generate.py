@@ -70,3 +70,12 @@ def test_area_parsing_and_trace_layout():
     lines = pretty_trace(text).splitlines()
     assert lines[0] == "<think>" and lines[1].startswith("  <area>") and lines[-1] == "<answer>yes</answer>"
     assert os.linesep not in "".join(lines)
+
+
+def test_all_areas_rejects_a_repeated_key_like_the_grammar():
+    from sif_jax.generate import all_areas
+
+    broken = '<think><area>[{"bbox_2d": [0.1, 0.1, 0.5, 0.5], "depth": 0.2, "depth": 0.4}]</area> no answer'
+    fine = '<think><area>[{"bbox_2d": [0.1, 0.1, 0.5, 0.5], "depth": 0.2}]</area> no answer'
+    assert all_areas(broken) == []
+    assert all_areas(fine) == [[(0.1, 0.1, 0.5, 0.5)]]
