@@ -35,8 +35,9 @@ class Qwen25VL(nn.Module):
 
     def setup(self) -> None:
         c = self.config
-        self.visual = VisionTower(c.vision, c.attention_backend, c.dtype, c.param_dtype)
-        self.text = Decoder(c.text, c.attention_backend, c.dtype, c.param_dtype)
+        self.visual = VisionTower(c.vision, c.attention_backend, c.dtype, c.param_dtype, c.scan_layers,
+                                  c.remat_policy)
+        self.text = Decoder(c.text, c.attention_backend, c.dtype, c.param_dtype, c.scan_layers, c.remat_policy)
 
     def embed(
         self,
