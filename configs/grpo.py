@@ -18,6 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.init_checkpoint = ""  # HF directory (config.json + safetensors) or a sif_jax run directory
     c.tokenizer = ""  # local tokenizer.json for real checkpoints; "" = the built-in tokenizer
     c.attention_backend = ""  # "" = by platform; reference | xla | pallas_tpu | pallas_gpu
+    c.scan_layers = False  # nn.scan over decoder layers / vision blocks (fast compile at 3B/7B)
+    c.remat_policy = "none"  # none | full | dots | save_attention (nn.remat per layer/block)
     c.workdir = "workdir/grpo"
     c.seed = 0
     c.freeze_vision = True

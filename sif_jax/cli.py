@@ -234,7 +234,9 @@ def load_params(info: CheckpointInfo) -> Any:
         from sif_jax.checkpoint import load_run_params
 
         _, params, _ = load_run_params(info.path)
-    params = jax.tree.map(np.asarray, params)
+    from sif_jax.model.layout import to_layout
+
+    params = to_layout(jax.tree.map(np.asarray, params), info.config)  # a run may hold stacked layers
     return _cast(params, info.config.param_dtype)
 
 

@@ -37,6 +37,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("qkv", None),
     ("norm", None),
+    ("layers", None),  # the leading axis of scanned (stacked) layer params: never sharded
 )
 
 

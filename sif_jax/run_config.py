@@ -10,7 +10,7 @@ from typing import Any
 
 import ml_collections
 
-from sif_jax.model.config import PRESETS
+from sif_jax.model.config import PRESETS, REMAT_POLICIES
 from sif_jax.rl.rewards import DEFAULT_WEIGHTS
 
 BACKENDS = ("", "reference", "xla", "pallas_tpu", "pallas_gpu")
@@ -25,6 +25,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad field."""
     _need(c.model in PRESETS, "model", c.model, f"choose one of {sorted(PRESETS)}")
     _need(c.attention_backend in BACKENDS, "attention_backend", c.attention_backend, f"choose one of {BACKENDS}")
+    _need(c.get("remat_policy", "none") in REMAT_POLICIES, "remat_policy", c.get("remat_policy"),
+          f"expected one of {REMAT_POLICIES}")
     if c.init_checkpoint:
         _need(os.path.isdir(c.init_checkpoint), "init_checkpoint", c.init_checkpoint, "is not a directory")
     hf_init = bool(c.init_checkpoint) and os.path.exists(os.path.join(c.init_checkpoint, "config.json"))

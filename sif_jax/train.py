@@ -38,6 +38,7 @@ from sif_jax.checkpoint import (
 from sif_jax.convert.hf import load_hf_checkpoint
 from sif_jax.evaluate import evaluate_batches
 from sif_jax.model.config import ModelConfig, get_preset
+from sif_jax.model.layout import to_layout
 from sif_jax.model.vlm import MODEL_INPUTS, abstract_boxed_params, init_params, param_logical_axes
 from sif_jax.rl.adaptvis import answer_tag_ids
 from sif_jax.rl.grpo import GRPOConfig, TrainState, collect_rollouts, make_optimizer, policy_update
@@ -82,7 +83,9 @@ class MetricsWriter:
 
 
 def _model_config(config: ml_collections.ConfigDict, base: ModelConfig) -> ModelConfig:
-    return base.replace(attention_backend=config.attention_backend or None)
+    return base.replace(attention_backend=config.attention_backend or None,
+                        scan_layers=bool(config.get("scan_layers", False)),
+                        remat_policy=config.get("remat_policy", "none"))
 
 
 def _place(batch: dict[str, Any], mesh) -> dict[str, Any]:
@@ -125,6 +128,8 @@ def _setup(config: ml_collections.ConfigDict) -> tuple[Run, Any]:
                 f"vision {base.vision.depth} x {base.vision.hidden_size}); set config.model to its preset"
             )
     model = _model_config(config, base)
+    if params is not None:  # checkpoints may hold either layer layout; use the one the run asks for
+        params = to_layout(params, model)
     data.check_model(model)
     shapes = jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))
     shardings = parallel.logical_shardings(shapes, param_logical_axes(model), mesh)

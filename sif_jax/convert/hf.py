@@ -7,6 +7,9 @@ transformers writes (`model.visual.*`, `model.language_model.*`). `save_hf_check
 the released layout, which every transformers version loads.
 
 Every tensor is checked: an unknown, missing or mis-shaped tensor is an error that names it.
+Both param layouts are read and written: per-layer (`text/layers_{i}`, `visual/blocks_{i}`) and,
+when the config says `scan_layers=True`, stacked (`text/layers`, `visual/blocks` with a leading
+layer axis; see `sif_jax.model.layout`). The safetensors always hold one tensor per layer.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 from sif_jax.convert.safetensors_io import SafetensorsFile, write_safetensors
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.layers import DTYPES
+from sif_jax.model.layout import stack_layers, to_layout
 
 Params = dict[str, Any]
 
@@ -179,7 +183,8 @@ def param_path(name: str) -> tuple[Rule, str] | None:
 def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     from sif_jax.model.vlm import init_params  # local: avoids a cycle at import time
 
-    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    per_layer = config.replace(scan_layers=False)
+    shapes = jax.eval_shape(lambda: init_params(per_layer, jax.random.key(0)))
     flat = {}
     for keys, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
         flat["/".join(k.key for k in keys)] = tuple(leaf.shape)
@@ -228,10 +233,11 @@ def load_hf_checkpoint(
       path: a directory with config.json and *.safetensors (sharded or not).
       dtype: "float32" | "bfloat16" | "float16" for the params (and compute); None keeps the
         checkpoint's `torch_dtype` (float32 if absent).
-      config_overrides: fields of ModelConfig to set (e.g. attention_backend).
+      config_overrides: fields of ModelConfig to set (e.g. attention_backend, scan_layers).
 
     Returns:
-      (config, params) with params as NumPy arrays in the param layout of `Qwen25VL`.
+      (config, params) with params as NumPy arrays in the param layout of `Qwen25VL` for that
+      config (stacked [layers, ...] per-layer tensors when `scan_layers=True`).
     """
     path = os.fspath(path)
     hf_config = read_hf_config(path)
@@ -270,11 +276,15 @@ def load_hf_checkpoint(
     missing = sorted(set(expected) - set(seen))
     if missing:
         raise ValueError(f"{path}: missing tensors for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if config.scan_layers:
+        params = stack_layers(params, config)
     return config, params
 
 
 def hf_tensors(config: ModelConfig, params: Params) -> Iterator[tuple[str, np.ndarray]]:
-    """(released-layout HF name, array) for every param."""
+    """(released-layout HF name, array) for every param; `params` in either layout (stacked
+    layers are split into one tensor per layer)."""
+    params = to_layout(params, config.replace(scan_layers=False))
     flat = {
         "/".join(k.key for k in keys): leaf
         for keys, leaf in jax.tree_util.tree_flatten_with_path(params)[0]

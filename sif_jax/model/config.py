@@ -20,6 +20,9 @@ QWEN_VISION_END_TOKEN_ID = 151653
 QWEN_EOS_TOKEN_ID = 151645
 QWEN_BOS_TOKEN_ID = 151643
 
+# Values of ModelConfig.remat_policy (see sif_jax.model.layers.remat_policy for what each saves).
+REMAT_POLICIES = ("none", "full", "dots", "save_attention")
+
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
@@ -93,6 +96,15 @@ class ModelConfig:
     `dtype` is the compute dtype, `param_dtype` the storage dtype of parameters.
     `attention_backend` selects the attention implementation every layer uses
     (see `sif_jax.kernels.region_attention`); None picks one for the running platform.
+
+    `scan_layers` runs the decoder layers and the vision blocks under `nn.scan` (one compiled
+    body each instead of one per layer; parameters then carry a leading layer axis, see
+    `sif_jax.model.layout`). `remat_policy` rematerialises each layer/block in the backward
+    pass (`nn.remat`), as MaxText's `remat_policy`: "none" keeps every activation, "full" keeps
+    only the layer inputs, "dots" also keeps the outputs of matmuls against weights
+    (`jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims`), "save_attention" keeps the
+    attention output and the MLP input (named with `jax.ad_checkpoint.checkpoint_name`).
+    Neither changes the numbers the model computes.
     """
 
     vision: VisionConfig = VisionConfig()
@@ -107,6 +119,8 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     attention_backend: str | None = None
+    scan_layers: bool = False
+    remat_policy: str = "none"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -284,6 +298,9 @@ def _validate(config: ModelConfig) -> None:
     need(config.attention_backend in (None, "reference", "xla", "pallas_tpu", "pallas_gpu"),
          "attention_backend", config.attention_backend,
          "expected None, 'reference', 'xla', 'pallas_tpu' or 'pallas_gpu'")
+    need(config.remat_policy in REMAT_POLICIES, "remat_policy", config.remat_policy,
+         f"expected one of {', '.join(map(repr, REMAT_POLICIES))}")
+    need(isinstance(config.scan_layers, bool), "scan_layers", config.scan_layers, "expected True or False")
 
 
 # Special-token ids of the built-in tokenizer (sif_jax.data.tokenizer) used by `tiny`.

@@ -11,10 +11,21 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from sif_jax.kernels.region_attention import attention
 from sif_jax.model.config import TextConfig
-from sif_jax.model.layers import DTYPES, GatedMLP, RMSNorm, apply_rotary, dense, inverse_frequencies
+from sif_jax.model.layers import (
+    ATTENTION_OUT,
+    DTYPES,
+    MLP_IN,
+    GatedMLP,
+    RMSNorm,
+    apply_rotary,
+    dense,
+    inverse_frequencies,
+    layer_stack,
+)
 
 
 def mrope_cos_sin(positions: jax.Array, config: TextConfig) -> tuple[jax.Array, jax.Array]:
@@ -35,10 +46,16 @@ def mrope_cos_sin(positions: jax.Array, config: TextConfig) -> tuple[jax.Array, 
 
 
 class DecoderLayer(nn.Module):
+    """One decoder layer. `want_mass` / `want_kv` ask for this layer's masses / keys and values;
+    `scanned` returns `(x, (kv, masses))` as `nn.scan` needs instead of `(x, kv, masses)`."""
+
     config: TextConfig
     attention_backend: str | None = None
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    want_mass: bool = False
+    want_kv: bool = False
+    scanned: bool = False
 
     @nn.compact
     def __call__(
@@ -46,30 +63,30 @@ class DecoderLayer(nn.Module):
         x: jax.Array,
         cos: jax.Array,
         sin: jax.Array,
-        *,
         kv_valid: jax.Array,
         visual_mask: jax.Array | None,
         visual_scale: jax.Array | None,
         region_mask: jax.Array | None,
-        want_mass: bool,
         cache_kv: tuple[jax.Array, jax.Array] | None = None,
         cache_index: jax.Array | None = None,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None, tuple | None]:
-        """One decoder layer.
+    ) -> tuple:
+        """One decoder layer (all arguments positional, so that nn.remat / nn.scan can wrap it).
 
         Args:
           x: [B, L, hidden]. cos, sin: [B, L, head_dim].
           kv_valid: bool [B, Lk] keys that may be seen (Lk = L, or the cache length S).
           visual_mask, region_mask: bool [B, Lk] or None; visual_scale: [B, L] or None.
-          want_mass: return (region_mass, visual_mass) [B, heads, L] of this layer.
           cache_kv: (keys, values) [B, S, kv_heads, head_dim] for a decode step; the new
             key/value is written at `cache_index` and attention runs over the whole cache.
 
         Returns:
-          (x [B, L, hidden], (keys, values) this layer produced or the updated cache, masses).
+          (x [B, L, hidden], kv, masses): kv = (keys, values) this layer produced or the updated
+          cache when `want_kv` or decoding, else None; masses = (region_mass, visual_mass)
+          [B, heads, L] when `want_mass`, else None.
         """
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        want_mass = self.want_mass
         h = RMSNorm(c.rms_norm_eps, self.param_dtype, name="input_norm")(x)
         q = dense((c.num_heads, c.head_dim), ("embed", "heads", "head_dim"), name="q_proj",
                   use_bias=True, **kw)(h)
@@ -94,22 +111,33 @@ class DecoderLayer(nn.Module):
             region_mask=region_mask if want_mass else None,
             backend=self.attention_backend,
         )
+        out = checkpoint_name(result.out, ATTENTION_OUT)
         x = x + dense(c.hidden_size, ("heads", "head_dim", "embed"), axis=(-2, -1), name="o_proj",
-                      use_bias=False, **kw)(result.out)
-        h = RMSNorm(c.rms_norm_eps, self.param_dtype, name="post_attn_norm")(x)
+                      use_bias=False, **kw)(out)
+        h = checkpoint_name(RMSNorm(c.rms_norm_eps, self.param_dtype, name="post_attn_norm")(x), MLP_IN)
         x = x + GatedMLP(c.intermediate_size, c.hidden_act, False, ("embed", "mlp"), name="mlp",
                          **kw)(h)
         masses = (result.region_mass, result.visual_mass) if want_mass else None
-        return x, (keys, values), masses
+        kv = (keys, values) if (self.want_kv or cache_kv is not None) else None
+        if self.scanned:
+            return x, (kv, masses)
+        return x, kv, masses
 
 
 class Decoder(nn.Module):
-    """Token embedding, `num_layers` decoder layers, final norm and the LM head."""
+    """Token embedding, `num_layers` decoder layers, final norm and the LM head.
+
+    With `scan_layers` the layers run under `nn.scan` (params `layers/...` with a leading
+    [num_layers] axis), else one by one (params `layers_{i}/...`); `remat_policy` wraps each
+    layer in `nn.remat` (see `ModelConfig`).
+    """
 
     config: TextConfig
     attention_backend: str | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat_policy: str = "none"
 
     def setup(self) -> None:
         c = self.config
@@ -120,10 +148,6 @@ class Decoder(nn.Module):
                 nn.initializers.normal(stddev=0.02), ("vocab", "embed")
             ),
         )
-        self.layers = [
-            DecoderLayer(c, self.attention_backend, dtype, param_dtype, name=f"layers_{i}")
-            for i in range(c.num_layers)
-        ]
         self.final_norm = RMSNorm(c.rms_norm_eps, param_dtype)
         if not c.tie_word_embeddings:
             self.lm_head = dense(c.vocab_size, ("embed", "vocab"), name="lm_head", use_bias=False,
@@ -132,6 +156,7 @@ class Decoder(nn.Module):
     def embed(self, input_ids: jax.Array) -> jax.Array:
         return self.embed_tokens(input_ids)
 
+    @nn.compact
     def __call__(
         self,
         embeddings: jax.Array,
@@ -155,30 +180,47 @@ class Decoder(nn.Module):
         aux["attention_mass"][layer] = {"region": [B, H, L], "visual": [B, H, L]} for
         `mass_layers`; aux["kv"] = (keys, values) stacked [layers, B, Lk, kv_heads, head_dim]
         when `return_kv` or decoding with `cache_kv` (stacked the same way).
+
+        Raises ValueError for a mass layer outside [0, num_layers).
         """
         c = self.config
         for i in mass_layers:
             if not 0 <= i < c.num_layers:
                 raise ValueError(f"return_attention_mass: layer {i} not in [0, {c.num_layers})")
         cos, sin = mrope_cos_sin(positions, c)
-        x = embeddings
-        masses, keys, values = {}, [], []
-        for i, layer in enumerate(self.layers):
-            x, (k, v), mass = layer(
-                x, cos, sin, kv_valid=kv_valid, visual_mask=visual_mask,
-                visual_scale=visual_scale, region_mask=region_mask, want_mass=i in mass_layers,
-                cache_kv=None if cache_kv is None else (cache_kv[0][i], cache_kv[1][i]),
-                cache_index=cache_index,
-            )
-            if mass is not None:
-                masses[i] = {"region": mass[0], "visual": mass[1]}
-            if return_kv or cache_kv is not None:
-                keys.append(k)
-                values.append(v)
+        want_kv = return_kv or cache_kv is not None
+        layer_args = (cos, sin, kv_valid, visual_mask, visual_scale, region_mask)
+        kw = dict(config=c, attention_backend=self.attention_backend, dtype=DTYPES[self.dtype],
+                  param_dtype=DTYPES[self.param_dtype], want_kv=want_kv)
+        if self.scan_layers:
+            # One body for every layer: masses are computed in each step when any layer asks
+            # for them and the requested ones are picked from the stacked [layers, ...] output.
+            stack = layer_stack(DecoderLayer, remat=self.remat_policy, scan=True, length=c.num_layers,
+                                in_axes=(nn.broadcast,) * len(layer_args) + (0, nn.broadcast))
+            x, (kv, stacked_mass) = stack(want_mass=bool(mass_layers), scanned=True, name="layers", **kw)(
+                embeddings, *layer_args, cache_kv, cache_index)
+            masses = {i: {name: None if m is None else m[i]
+                          for name, m in zip(("region", "visual"), stacked_mass, strict=True)}
+                      for i in sorted(set(mass_layers))}
+        else:
+            layer_cls = layer_stack(DecoderLayer, remat=self.remat_policy, scan=False, length=c.num_layers,
+                                    in_axes=())
+            x, masses, keys, values = embeddings, {}, [], []
+            for i in range(c.num_layers):
+                x, layer_kv, mass = layer_cls(want_mass=i in mass_layers, name=f"layers_{i}", **kw)(
+                    x, *layer_args,
+                    None if cache_kv is None else (cache_kv[0][i], cache_kv[1][i]), cache_index,
+                )
+                if mass is not None:
+                    masses[i] = {"region": mass[0], "visual": mass[1]}
+                if layer_kv is not None:
+                    keys.append(layer_kv[0])
+                    values.append(layer_kv[1])
+            kv = (jnp.stack(keys), jnp.stack(values)) if keys else None
         x = self.final_norm(x)
         aux: dict = {"attention_mass": masses}
-        if keys:
-            aux["kv"] = (jnp.stack(keys), jnp.stack(values))
+        if kv is not None:
+            aux["kv"] = kv
         if return_hidden:
             aux["hidden"] = x
             return None, aux

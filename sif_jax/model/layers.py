@@ -98,3 +98,45 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 def inverse_frequencies(dim: int, theta: float) -> jax.Array:
     """[dim // 2] float32: theta ** (-2i / dim)."""
     return 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+
+
+# Names of the activations `remat_policy="save_attention"` keeps (jax.ad_checkpoint.checkpoint_name).
+ATTENTION_OUT = "attention_out"
+MLP_IN = "mlp_in"
+
+
+def remat_policy(name: str):
+    """The `jax.checkpoint` policy of a `ModelConfig.remat_policy` value ("none" has none).
+
+    "full": nothing saved but the layer inputs; "dots": matmuls against weights
+    (`checkpoint_dots_with_no_batch_dims`; attention's batched einsums are recomputed);
+    "save_attention": the tensors named `ATTENTION_OUT` [B, L, heads, head_dim] and
+    `MLP_IN` [B, L, hidden]. Raises ValueError for any other name.
+    """
+    policies = {
+        "full": jax.checkpoint_policies.nothing_saveable,
+        "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+        "save_attention": jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT, MLP_IN),
+    }
+    if name not in policies:
+        raise ValueError(f"remat_policy={name!r}: expected one of 'none', {', '.join(map(repr, policies))}")
+    return policies[name]
+
+
+def layer_stack(
+    layer: type[nn.Module], *, remat: str, scan: bool, length: int, in_axes: tuple
+) -> type[nn.Module]:
+    """The module class that runs `layer`: rematerialised per `remat` (a ModelConfig.remat_policy)
+    and, with `scan`, scanned `length` times (params get a leading "layers" logical axis).
+
+    A scanned `layer` must map (carry, *args) -> (carry, per-layer output); `in_axes` gives each
+    of args `nn.broadcast` (same for every layer) or 0 (sliced along the leading layer axis).
+    """
+    if remat != "none":
+        layer = nn.remat(layer, policy=remat_policy(remat), prevent_cse=not scan)
+    if not scan:
+        return layer
+    return nn.scan(
+        layer, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=in_axes,
+        length=length, metadata_params={nn.PARTITION_NAME: "layers"},
+    )

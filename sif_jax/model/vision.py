@@ -9,16 +9,20 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from sif_jax.kernels.region_attention import attention
 from sif_jax.model.config import VisionConfig
 from sif_jax.model.layers import (
+    ATTENTION_OUT,
     DTYPES,
+    MLP_IN,
     GatedMLP,
     RMSNorm,
     apply_rotary,
     dense,
     inverse_frequencies,
+    layer_stack,
 )
 
 
@@ -38,18 +42,32 @@ def vision_rotary(
 
 
 class VisionBlock(nn.Module):
+    """One ViT block; `scanned` returns `(x, None)` as `nn.scan` needs instead of `x`."""
+
     config: VisionConfig
     attention_backend: str | None = None
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    scanned: bool = False
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, cos: jax.Array, sin: jax.Array, segments: jax.Array
-    ) -> jax.Array:
-        """x [I, N, hidden] -> same; patches of image row i attend within equal `segments` [I, N]."""
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        window_segments: jax.Array,
+        frame_segments: jax.Array,
+        full: bool | jax.Array,
+    ) -> jax.Array | tuple[jax.Array, None]:
+        """x [I, N, hidden] -> same; patches of image row i attend within equal segment ids.
+
+        The segment ids are `frame_segments` [I, N] where `full` (a bool, or a bool [] array:
+        data, so that scanned blocks share one body) and `window_segments` [I, N] elsewhere.
+        """
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        segments = jnp.where(full, frame_segments, window_segments)
         h = RMSNorm(c.rms_norm_eps, self.param_dtype, name="norm1")(x)
         qkv = dense((3, c.num_heads, c.head_dim), ("vision_embed", "qkv", "vision_heads", "head_dim"),
                     name="qkv", use_bias=True, **kw)(h)
@@ -59,11 +77,13 @@ class VisionBlock(nn.Module):
             q, k, qkv[:, :, 2], causal=False, q_segment_ids=segments, kv_segment_ids=segments,
             backend=self.attention_backend,
         ).out
+        out = checkpoint_name(out, ATTENTION_OUT)
         x = x + dense(c.hidden_size, ("vision_heads", "head_dim", "vision_embed"), axis=(-2, -1),
                       name="proj", use_bias=True, **kw)(out)
-        h = RMSNorm(c.rms_norm_eps, self.param_dtype, name="norm2")(x)
-        return x + GatedMLP(c.intermediate_size, c.hidden_act, True, ("vision_embed", "vision_mlp"),
-                            name="mlp", **kw)(h)
+        h = checkpoint_name(RMSNorm(c.rms_norm_eps, self.param_dtype, name="norm2")(x), MLP_IN)
+        x = x + GatedMLP(c.intermediate_size, c.hidden_act, True, ("vision_embed", "vision_mlp"),
+                         name="mlp", **kw)(h)
+        return (x, None) if self.scanned else x
 
 
 class PatchMerger(nn.Module):
@@ -90,6 +110,8 @@ class VisionTower(nn.Module):
     attention_backend: str | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat_policy: str = "none"
 
     @nn.compact
     def __call__(
@@ -130,10 +152,18 @@ class VisionTower(nn.Module):
         x = dense(c.hidden_size, ("patch", "vision_embed"), name="patch_embed", use_bias=False,
                   dtype=dtype, param_dtype=param_dtype)(pixel_values.astype(dtype))
         cos, sin = vision_rotary(patch_positions, c)
-        full = set(c.fullatt_block_indexes)
-        for i in range(c.depth):
-            segments = frame_segments if i in full else window_segments
-            x = VisionBlock(c, self.attention_backend, dtype, param_dtype, name=f"blocks_{i}")(
-                x, cos, sin, segments
-            )
+        full = [i in c.fullatt_block_indexes for i in range(c.depth)]
+        kw = dict(config=c, attention_backend=self.attention_backend, dtype=dtype, param_dtype=param_dtype)
+        if self.scan_layers:
+            # One body for every block: whether a block attends over the full frame is a scanned
+            # bool [depth] input choosing between the two segment-id arrays.
+            stack = layer_stack(VisionBlock, remat=self.remat_policy, scan=True, length=c.depth,
+                                in_axes=(nn.broadcast,) * 4 + (0,))
+            x, _ = stack(scanned=True, name="blocks", **kw)(
+                x, cos, sin, window_segments, frame_segments, jnp.asarray(full))
+        else:
+            block_cls = layer_stack(VisionBlock, remat=self.remat_policy, scan=False, length=c.depth,
+                                    in_axes=())
+            for i in range(c.depth):
+                x = block_cls(name=f"blocks_{i}", **kw)(x, cos, sin, window_segments, frame_segments, full[i])
         return PatchMerger(c, dtype, param_dtype, name="merger")(x.reshape(-1, x.shape[-1]))

@@ -35,8 +35,9 @@ class Qwen25VL(nn.Module):
 
     def setup(self) -> None:
         c = self.config
-        self.visual = VisionTower(c.vision, c.attention_backend, c.dtype, c.param_dtype)
-        self.text = Decoder(c.text, c.attention_backend, c.dtype, c.param_dtype)
+        self.visual = VisionTower(c.vision, c.attention_backend, c.dtype, c.param_dtype, c.scan_layers,
+                                  c.remat_policy)
+        self.text = Decoder(c.text, c.attention_backend, c.dtype, c.param_dtype, c.scan_layers, c.remat_policy)
 
     def embed(
         self,
@@ -299,7 +300,12 @@ def _dummy_inputs(config: ModelConfig) -> dict[str, np.ndarray]:
 
 
 def init_params(config: ModelConfig, rng: jax.Array) -> Params:
-    """Random parameters (plain arrays, no partitioning boxes); works under `jax.eval_shape`."""
+    """Random parameters (plain arrays, no partitioning boxes); works under `jax.eval_shape`.
+
+    The decoder layers / vision blocks are `text/layers_{i}`, `visual/blocks_{i}`, or with
+    `config.scan_layers` one stacked `text/layers`, `visual/blocks` subtree whose leaves lead
+    with [num_layers] / [depth] (see `sif_jax.model.layout`; the random values differ).
+    """
     return nn.unbox(_init_boxed(config, rng))
 
 
@@ -313,7 +319,8 @@ def abstract_boxed_params(config: ModelConfig) -> Params:
 
 
 def param_logical_axes(config: ModelConfig) -> Params:
-    """A pytree like the params whose leaves are `PartitionSpec`s of logical axis names."""
+    """A pytree like the params whose leaves are `PartitionSpec`s of logical axis names
+    (stacked layer params lead with the "layers" axis, which `parallel.DEFAULT_RULES` replicates)."""
     return nn.get_partition_spec(abstract_boxed_params(config))
 
 

@@ -130,3 +130,19 @@ def test_safetensors_reader_matches_the_reference_library(hf_tiny_dir):
     assert set(ours.keys()) == set(theirs)
     for k, v in theirs.items():
         np.testing.assert_array_equal(ours.get(k), v)
+
+
+def test_scan_layout_roundtrips_through_hf_safetensors_bit_exact(hf_tiny_dir, tmp_path):
+    """HF -> stacked params (scan_layers) -> HF safetensors -> per-layer params: the same bits."""
+    config, params = load_hf_checkpoint(hf_tiny_dir)
+    scan_config, stacked = load_hf_checkpoint(hf_tiny_dir, scan_layers=True)
+    assert scan_config == config.replace(scan_layers=True)
+    assert "layers" in stacked["text"] and "blocks" in stacked["visual"]
+    np.testing.assert_array_equal(stacked["text"]["layers"]["mlp"]["up_proj"]["kernel"][1],
+                                  params["text"]["layers_1"]["mlp"]["up_proj"]["kernel"])
+    save_hf_checkpoint(scan_config, stacked, tmp_path / "out")
+    original = SafetensorsFile(os.path.join(hf_tiny_dir, "model.safetensors"))
+    written = SafetensorsFile(os.path.join(tmp_path / "out", "model.safetensors"))
+    assert sorted(written.keys()) == sorted(original.keys())
+    _, back = load_hf_checkpoint(tmp_path / "out")
+    assert_trees_equal(back, params)
