@@ -135,6 +135,8 @@ def _abstract_targets(saved: Any, sharding: Sharding, where: str) -> Any:
     device mesh."""
     if sharding is None:
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    if callable(sharding) and not isinstance(sharding, jax.sharding.Sharding):
+        sharding = sharding(saved)
     if isinstance(sharding, jax.sharding.Sharding):
         return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), saved)
     saved_struct, target_struct = jax.tree.structure(saved), jax.tree.structure(sharding)
@@ -175,9 +177,11 @@ def load_run_params(run_dir: str, sharding: Sharding = None) -> tuple[Any, Any, 
     shapes and dtypes onto `sharding`: None puts every array on this process's first local
     device (what inference CLIs want); a `jax.sharding.Sharding` is used for every array; a
     pytree of shardings matching the params (e.g. `parallel.logical_shardings` of
-    `jax.eval_shape(init_params)` on the current mesh) places each one. The saving run's device
-    count and mesh do not matter. The model config comes from the checkpoint's metadata, so a
-    checkpoint of another model size loads with its own shapes.
+    `jax.eval_shape(init_params)` on the current mesh) places each one; a callable gets the saved
+    params' metadata tree and returns such a pytree (for trees whose layout, e.g. stacked layers,
+    only the checkpoint knows). The saving run's device count and mesh do not matter. The model
+    config comes from the checkpoint's metadata, so a checkpoint of another model size loads with
+    its own shapes.
     """
     config, meta, directory, step = run_checkpoint_meta(run_dir)
     manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),

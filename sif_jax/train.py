@@ -38,7 +38,7 @@ from sif_jax.checkpoint import (
 from sif_jax.convert.hf import load_hf_checkpoint
 from sif_jax.evaluate import evaluate_batches
 from sif_jax.model.config import ModelConfig, get_preset
-from sif_jax.model.layout import to_layout
+from sif_jax.model.layout import is_stacked, to_layout
 from sif_jax.model.vlm import MODEL_INPUTS, abstract_boxed_params, init_params, param_logical_axes
 from sif_jax.rl.adaptvis import answer_tag_ids
 from sif_jax.rl.grpo import GRPOConfig, TrainState, collect_rollouts, make_optimizer, policy_update
@@ -133,8 +133,14 @@ def _setup(config: ml_collections.ConfigDict) -> tuple[Run, Any]:
     data.check_model(model)
     shapes = jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))
     shardings = parallel.logical_shardings(shapes, param_logical_axes(model), mesh)
-    if from_run:  # any saving mesh / device count: restored straight onto this run's shardings
-        _, params, _ = load_run_params(config.init_checkpoint, sharding=shardings)
+    if from_run:  # any saving mesh / device count and either layer layout: restored onto this mesh
+        def saved_shardings(saved):
+            layout = model.replace(scan_layers=is_stacked(saved))
+            abstract = jax.eval_shape(functools.partial(init_params, layout), jax.random.key(0))
+            return parallel.logical_shardings(abstract, param_logical_axes(layout), mesh)
+
+        _, params, _ = load_run_params(config.init_checkpoint, sharding=saved_shardings)
+        params = to_layout(params, model)
     if params is None:
         params = jax.jit(functools.partial(init_params, model), out_shardings=shardings)(
             jax.random.key(config.seed))

@@ -81,11 +81,19 @@ def prefill(
         keys=_pad_to(keys.astype(dtype), max_length, 2),
         values=_pad_to(values.astype(dtype), max_length, 2),
         valid=_pad_to(jnp.asarray(inputs["attention_mask"]).astype(bool), max_length, 1),
-        visual=_pad_to(jnp.asarray(inputs["input_ids"]) == config.image_token_id, max_length, 1),
+        visual=_pad_to(_image_positions(inputs, config), max_length, 1),
         length=jnp.asarray(prompt_len, jnp.int32),
         next_position=jnp.max(jnp.asarray(inputs["positions"]), axis=(0, 2)).astype(jnp.int32) + 1,
     )
     return logits, cache, aux
+
+
+def _image_positions(inputs: dict, config: ModelConfig) -> jax.Array:
+    """bool [B, L]: the prompt's image positions, from its `image_mask` when it carries one (as the
+    model's embed does), else its image-pad ids."""
+    if inputs.get("image_mask") is not None:
+        return jnp.asarray(inputs["image_mask"]).astype(bool)
+    return jnp.asarray(inputs["input_ids"]) == config.image_token_id
 
 
 def decode_step(
