@@ -433,7 +433,10 @@ def plan(config: ml_collections.ConfigDict, accelerator: str, *, hbm_gib: float 
         row = _compile(program, devices[0], chip)
         rows.append(row)
         if log:
-            log(f"{row.name}: {'FAILED' if row.error else 'compiled'} in {row.compile_seconds:.1f}s")
+            log(f"{row.name}: FAILED after {row.compile_seconds:.1f}s: {row.error}" if row.error else
+                f"{row.name}: compiled in {row.compile_seconds:.1f}s, {row.total / GIB:.2f} GiB per chip "
+                f"({'fits' if row.total <= hbm else 'does NOT fit'}), {row.flops / 1e9:.4g} GFLOP, "
+                f"{row.bytes_accessed / 1e9:.4g} GB")
     by_name = {r.name: r for r in rows}
     if {"sampler_generate", "sampler_prefill", "sampler_decode"} <= set(by_name):
         steps = config.grpo.max_new_tokens
