@@ -21,12 +21,19 @@ def _need(ok: bool, field: str, value: Any, why: str) -> None:
         raise ValueError(f"config.{field}={value!r}: {why}")
 
 
-def validate_config(c: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first bad field."""
+def validate_config(c: ml_collections.ConfigDict, *, check_files: bool = True) -> None:
+    """Raises ValueError naming the first bad field. `check_files=False` skips the checkpoint
+    and tokenizer files (a plan needs shapes only, see `sif_jax.plan`)."""
     _need(c.model in PRESETS, "model", c.model, f"choose one of {sorted(PRESETS)}")
     _need(c.attention_backend in BACKENDS, "attention_backend", c.attention_backend, f"choose one of {BACKENDS}")
     _need(c.get("remat_policy", "none") in REMAT_POLICIES, "remat_policy", c.get("remat_policy"),
           f"expected one of {REMAT_POLICIES}")
+    if check_files:
+        _check_files(c)
+    _check_fields(c)
+
+
+def _check_files(c: ml_collections.ConfigDict) -> None:
     if c.init_checkpoint:
         _need(os.path.isdir(c.init_checkpoint), "init_checkpoint", c.init_checkpoint, "is not a directory")
     hf_init = bool(c.init_checkpoint) and os.path.exists(os.path.join(c.init_checkpoint, "config.json"))
@@ -35,6 +42,9 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     else:
         _need(c.model == "tiny" and not hf_init, "tokenizer", c.tokenizer,
               "the built-in tokenizer only fits the tiny preset; give the checkpoint's tokenizer.json")
+
+
+def _check_fields(c: ml_collections.ConfigDict) -> None:
     _need(c.data.source == "builtin" or c.data.source.split(":", 1)[0] in ("tfds", "sif_json"), "data.source",
           c.data.source, "expected builtin, tfds:<dir> or sif_json:<file>")
     _need(c.data.image_size >= 56 and c.data.image_size % 28 == 0, "data.image_size", c.data.image_size,

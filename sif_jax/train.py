@@ -99,7 +99,7 @@ class Run:
     config: ml_collections.ConfigDict
     model: ModelConfig
     mesh: Any
-    data: TrainData
+    data: TrainData | None  # None when only planning (sif_jax.plan)
     param_shardings: Any
     workdir: str
 
@@ -108,7 +108,6 @@ def _setup(config: ml_collections.ConfigDict) -> tuple[Run, Any]:
     d = config.distributed
     parallel.initialize_distributed(d.coordinator_address or None, d.num_processes or None,
                                     d.process_id if d.process_id >= 0 else None)
-    mesh = parallel.make_mesh({"data": config.mesh.data, "fsdp": config.mesh.fsdp, "tensor": config.mesh.tensor})
     data = TrainData(config)
     params = None
     from_run = False
@@ -127,27 +126,39 @@ def _setup(config: ml_collections.ConfigDict) -> tuple[Run, Any]:
                 f"config.model={config.model!r} (text {base.text.num_layers} layers x {base.text.hidden_size}, "
                 f"vision {base.vision.depth} x {base.vision.hidden_size}); set config.model to its preset"
             )
-    model = _model_config(config, base)
+    run_ = layout(config, base, data=data)
+    model, mesh = run_.model, run_.mesh
     if params is not None:  # checkpoints may hold either layer layout; use the one the run asks for
         params = to_layout(params, model)
     data.check_model(model)
-    shapes = jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))
-    shardings = parallel.logical_shardings(shapes, param_logical_axes(model), mesh)
     if from_run:  # any saving mesh / device count and either layer layout: restored onto this mesh
         def saved_shardings(saved):
-            layout = model.replace(scan_layers=is_stacked(saved))
-            abstract = jax.eval_shape(functools.partial(init_params, layout), jax.random.key(0))
-            return parallel.logical_shardings(abstract, param_logical_axes(layout), mesh)
+            layout_ = model.replace(scan_layers=is_stacked(saved))
+            abstract = jax.eval_shape(functools.partial(init_params, layout_), jax.random.key(0))
+            return parallel.logical_shardings(abstract, param_logical_axes(layout_), mesh)
 
         _, params, _ = load_run_params(config.init_checkpoint, sharding=saved_shardings)
         params = to_layout(params, model)
     if params is None:
-        params = jax.jit(functools.partial(init_params, model), out_shardings=shardings)(
+        params = jax.jit(functools.partial(init_params, run_.model), out_shardings=run_.param_shardings)(
             jax.random.key(config.seed))
     else:
-        params = jax.device_put(params, shardings)
+        params = jax.device_put(params, run_.param_shardings)
     epath.Path(config.workdir).mkdir(parents=True, exist_ok=True)  # local or gs://
-    return Run(config, model, mesh, data, shardings, config.workdir), params
+    return run_, params
+
+
+def layout(config: ml_collections.ConfigDict, base: ModelConfig, *, data: TrainData | None = None,
+           devices: Any = None) -> Run:
+    """The shape-level side of a run: the model config with the run's overrides, the mesh over
+    `devices` (default: all) and the params' shardings. Nothing is materialised (the params'
+    shapes come from `jax.eval_shape`), so `sif_jax.plan` uses it with compile-only devices."""
+    mesh = parallel.make_mesh({"data": config.mesh.data, "fsdp": config.mesh.fsdp, "tensor": config.mesh.tensor},
+                              devices)
+    model = _model_config(config, base)
+    shapes = jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))
+    shardings = parallel.logical_shardings(shapes, param_logical_axes(model), mesh)
+    return Run(config, model, mesh, data, shardings, config.workdir)
 
 
 def _is_hf_dir(path: str) -> bool:
@@ -183,16 +194,33 @@ def _make_apply(optimizer: optax.GradientTransformation, shardings: Any):
     return apply
 
 
-def _new_state(params: Any, optimizer: optax.GradientTransformation, seed: int, shardings: TrainState) -> TrainState:
-    """A fresh state on the mesh; the frozen KL reference (if `shardings.ref_params`) is a copy
-    of `params` with its own buffers, since the policy params are donated to every update."""
-    def build(params):
-        return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params,
-            ref_params=None if shardings.ref_params is None else jax.tree.map(jnp.copy, params),
-            opt_state=optimizer.init(params), rng=jax.random.key_data(jax.random.key(seed)))
+def initial_state(params: Any, optimizer: optax.GradientTransformation, seed: int, *,
+                  reference: bool) -> TrainState:
+    """A fresh state; the frozen KL reference (if `reference`) is a copy of `params` with its
+    own buffers, since the policy params are donated to every update. Traceable (jit / eval_shape)."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params,
+        ref_params=jax.tree.map(jnp.copy, params) if reference else None,
+        opt_state=optimizer.init(params), rng=jax.random.key_data(jax.random.key(seed)))
 
+
+def _new_state(params: Any, optimizer: optax.GradientTransformation, seed: int, shardings: TrainState) -> TrainState:
+    """`initial_state` on the mesh, with a reference iff `shardings.ref_params`."""
+    build = functools.partial(initial_state, optimizer=optimizer, seed=seed,
+                              reference=shardings.ref_params is not None)
     return jax.jit(build, out_shardings=shardings)(params)
+
+
+def sft_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW with warm-up + cosine decay over `sft.steps`; the vision tower trains."""
+    steps = config.sft.steps
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.sft.learning_rate, max(1, int(steps * config.sft.warmup_fraction)), steps)
+    return make_optimizer(schedule, freeze_vision=False)
+
+
+def grpo_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    return make_optimizer(config.grpo.learning_rate, freeze_vision=config.freeze_vision)
 
 
 def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
@@ -201,9 +229,7 @@ def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
     steps = config.sft.steps
     if steps <= 0:
         return params
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.sft.learning_rate, max(1, int(steps * config.sft.warmup_fraction)), steps)
-    optimizer = make_optimizer(schedule, freeze_vision=False)
+    optimizer = sft_optimizer(config)
     shardings = _state_shardings(run, optimizer, reference=False)
     state = _new_state(params, optimizer, config.seed, shardings)
     ckpt = Checkpointer(str(epath.Path(run.workdir) / "sft"), every=config.checkpoint_every,
@@ -269,7 +295,7 @@ def run_grpo(run: Run, params: Any, *, stop_after: int | None = None) -> tuple[A
     config = run.config
     steps = config.grpo.steps
     grpo, reward_config = grpo_settings(config)
-    optimizer = make_optimizer(config.grpo.learning_rate, freeze_vision=config.freeze_vision)
+    optimizer = grpo_optimizer(config)
     shardings = _state_shardings(run, optimizer, reference=config.grpo.beta != 0)
     state = _new_state(params, optimizer, config.seed + 1, shardings)
     ckpt = Checkpointer(str(epath.Path(run.workdir) / "grpo"), every=config.checkpoint_every,

@@ -1,0 +1,485 @@
+"""`python -m sif_jax.plan --config=configs/grpo.py --topology=v5p-8 [--config.*] [--json]`: will the run fit?
+
+On any host with libtpu installed (no TPU needed) this builds the run's abstract state (params,
+optimizer state, KL reference, batches at the configured buckets) with the run's own shardings
+(`train.layout`, `train._state_shardings`) and AOT-compiles, for the target TPU slice, every
+program a run executes, with the same jitted functions the trainer calls:
+
+    sft_grads         sft.sft_grads on a `sft.batch_size` batch at the largest length bucket
+    sft_update        the optimizer step of the SFT warm-up (train._make_apply)
+    sampler_prefill   model.cache.prefill as `rl.sampler.generate` uses it (cache + last logits)
+    sampler_decode    one model.cache.decode_step (one token per row), the decode loop's body
+    sampler_generate  rl.sampler.generate: prefill + the whole decode while-loop
+    score_policy      rl.scoring.score with the SAYO attention masses
+    score_reference   rl.scoring.score under the frozen reference (only when grpo.beta != 0)
+    grpo_loss_grads   rl.grpo._loss_grads: clipped surrogate + KL, gradient of one micro-batch
+    grpo_update       the GRPO optimizer step (train._make_apply, vision frozen per config)
+
+Nothing is materialised: params come from `jax.eval_shape`, so a 7B plan needs no 7B of memory.
+Batches are planned at the worst case: the largest `data.length_buckets` entry for the prompt
+(and for SFT's prompt + trace) and the image of `data.image_size` at its patch bucket; a GRPO
+micro-batch has `grpo.micro_batch_prompts * grpo.group_size` rows.
+
+Per program and per chip it reports XLA's memory analysis (arguments, temporaries, outputs; an
+output aliased to a donated argument is counted once), plus the train-state bytes that stay
+resident in HBM while the program runs but are not its arguments (e.g. the optimizer moments
+during sampling, and the gradient accumulator during the loss when a step has several
+micro-batches). total = arguments + temporaries + outputs - aliased + resident, compared with the
+chip's HBM. XLA's cost analysis gives FLOPs and bytes accessed per chip; the roofline time is
+max(FLOPs / peak bf16 FLOP/s, bytes / HBM bandwidth), a lower bound that ignores collectives.
+The decode loop's cost analysis counts its body once, so `sampler_generate`'s time is
+prefill + max_new_tokens x decode step (the longest generation).
+
+The attention backend is `config.attention_backend`; its default ("" = by platform) means the
+TPU kernel on a TPU run, so the plan uses "pallas_tpu" then. Model overrides reach the model
+exactly as in training (`train.layout` -> `train._model_config`).
+
+Exit status: 0 when every program compiles and fits; 1 naming the first program that does not
+compile or fit; 2 for a bad topology or config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from jax.sharding import NamedSharding
+
+from sif_jax import parallel, train
+from sif_jax.data.batching import pick_bucket
+from sif_jax.model.cache import decode_step, prefill
+from sif_jax.model.config import ModelConfig, get_preset
+from sif_jax.model.vlm import MODEL_INPUTS, prepare_inputs
+from sif_jax.rl import grpo as grpo_lib
+from sif_jax.rl.sampler import generate
+from sif_jax.rl.scoring import score
+from sif_jax.run_config import validate_config
+from sif_jax.sft import sft_grads
+
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """One TPU chip (one JAX device; v4 in megacore mode). Cloud TPU system-architecture pages:
+    peak bf16 FLOP/s per chip, HBM capacity (bytes) and HBM bandwidth (bytes/s)."""
+
+    generation: str
+    peak_flops: float
+    hbm_bytes: int
+    hbm_bandwidth: float
+
+
+CHIPS: dict[str, Chip] = {
+    "v4": Chip("v4", 275e12, 32 * GIB, 1200e9),
+    "v5e": Chip("v5e", 197e12, 16 * GIB, 819e9),
+    "v5p": Chip("v5p", 459e12, 95 * GIB, 2765e9),
+    "v6e": Chip("v6e", 918e12, 32 * GIB, 1640e9),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+    """A Cloud TPU accelerator type as `jax.experimental.topologies.get_topology_desc` names it."""
+
+    topology_name: str
+    chips: int
+    generation: str
+    options: tuple[tuple[str, str], ...] = ()
+
+
+# Accelerator type -> topology. v5p-N and v4-N count TensorCores (2 per chip); their chips run as
+# one megacore device each (v4 needs chip_config_name="megacore" for that).
+ACCELERATORS: dict[str, Slice] = {
+    "v4-8": Slice("v4:2x2x1", 4, "v4", (("chip_config_name", "megacore"),)),
+    "v5litepod-8": Slice("v5e:2x4", 8, "v5e"),
+    "v5litepod-16": Slice("v5e:4x4", 16, "v5e"),
+    "v5litepod-64": Slice("v5e:8x8", 64, "v5e"),
+    "v5p-8": Slice("v5p:2x2x1", 4, "v5p"),
+    "v5p-64": Slice("v5p:2x4x4", 32, "v5p"),
+    "v6e-8": Slice("v6e:2x4", 8, "v6e"),
+    "v6e-16": Slice("v6e:4x4", 16, "v6e"),
+}
+
+
+def topology_devices(accelerator: str) -> tuple[list[jax.Device], Chip]:
+    """The compile-only devices of a Cloud TPU accelerator type (e.g. "v5p-8") and its chip.
+
+    Raises:
+      ValueError: an unknown accelerator type (naming the known ones), or a topology whose
+        device count differs from the table's chips.
+    """
+    if accelerator not in ACCELERATORS:
+        raise ValueError(f"--topology={accelerator!r} is unknown; choose one of {sorted(ACCELERATORS)}")
+    s = ACCELERATORS[accelerator]
+    from jax.experimental import topologies
+
+    devices = list(topologies.get_topology_desc(platform="tpu", topology_name=s.topology_name,
+                                                **dict(s.options)).devices)
+    if len(devices) != s.chips:
+        raise ValueError(f"--topology={accelerator!r}: {s.topology_name} gave {len(devices)} devices, "
+                         f"expected {s.chips} chips")
+    return devices, CHIPS[s.generation]
+
+
+# --- abstract batches ----------------------------------------------------------------------------
+
+
+def image_grid(config: ml_collections.ConfigDict, model: ModelConfig) -> tuple[np.ndarray, int]:
+    """(image_grid_thw int [1, 3] of a `data.image_size` square image, its patch bucket)."""
+    side = config.data.image_size // model.vision.patch_size
+    grid = np.array([[1, side, side]])
+    return grid, pick_bucket(side * side, tuple(config.data.patch_buckets), "patches of one image")
+
+
+def abstract_batch(config: ml_collections.ConfigDict, model: ModelConfig, mesh, rows: int, length: int, *,
+                   sft: bool) -> dict[str, jax.ShapeDtypeStruct]:
+    """The model inputs of a collated batch of `rows` rows padded to `length` tokens, with the
+    shardings `train._place` gives them (batch axis over data x fsdp, the rest replicated).
+
+    The layout is the real one: `vlm.prepare_inputs(..., batch_images=True)` runs on a one-row
+    batch (vision start, the image's pads, vision end, filler text) and each array's batch axis
+    (`train.BATCH_AXES`) is widened to `rows`. `sft` adds `loss_mask` bool [rows, length].
+    """
+    grid, patches = image_grid(config, model)
+    n_image = int(grid.prod()) // model.vision.merge_unit
+    if length < n_image + 3:
+        raise ValueError(f"config.data.length_buckets: {length} tokens cannot hold the {n_image} image tokens of a "
+                         f"{config.data.image_size}px image")
+    ids = np.full((1, length), model.bos_token_id, np.int32)
+    ids[0, :n_image + 2] = [model.vision_start_token_id, *[model.image_token_id] * n_image,
+                            model.vision_end_token_id]
+    pixels = np.zeros((int(grid.prod()), model.vision.patch_dim), np.float32)
+    one = prepare_inputs(model, ids, None, pixels, grid, pad_patches_to=patches, batch_images=True)
+    one["region_mask"] = np.zeros((1, length), bool)
+    if sft:
+        one["loss_mask"] = np.zeros((1, length), bool)
+    out = {}
+    for name, value in one.items():
+        if name not in (*MODEL_INPUTS, "region_mask", "loss_mask"):
+            continue
+        shape = list(value.shape)
+        shape[train.BATCH_AXES[name]] = rows
+        sharding = parallel.batch_sharding(mesh, shape, train.BATCH_AXES[name])
+        out[name] = jax.ShapeDtypeStruct(tuple(shape), value.dtype, sharding=sharding)
+    return out
+
+
+def with_shardings(shapes: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `shapes` carrying the matching leaf of `shardings`."""
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def per_chip_bytes(tree: Any) -> int:
+    """The largest per-device footprint of a tree of sharded ShapeDtypeStructs, in bytes."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape) if isinstance(leaf.sharding, NamedSharding) else leaf.shape
+        total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+# --- programs --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Program:
+    """A jitted function with its abstract arguments; `resident` = state bytes (per chip) that
+    live in HBM during the program without being its arguments."""
+
+    name: str
+    lower: Callable[[], Any]
+    resident: int = 0
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    arguments: int = 0
+    temporaries: int = 0
+    outputs: int = 0
+    aliased: int = 0
+    resident: int = 0
+    flops: float = 0.0
+    bytes_accessed: float = 0.0
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def total(self) -> int:
+        return self.arguments + self.temporaries + self.outputs - self.aliased + self.resident
+
+
+@dataclasses.dataclass
+class Plan:
+    accelerator: str
+    chip: Chip
+    mesh: dict[str, int]
+    model: str
+    attention_backend: str
+    hbm_bytes: int
+    rows: list[Row]
+
+    def fits(self, row: Row) -> bool:
+        return not row.error and row.total <= self.hbm_bytes
+
+    def failure(self) -> str | None:
+        """The first program that does not compile or does not fit, described; None if all do."""
+        for row in self.rows:
+            if row.error:
+                return f"program {row.name} does not compile: {row.error}"
+            if not self.fits(row):
+                return (f"program {row.name} does not fit: {row.total / GIB:.2f} GiB per chip > "
+                        f"{self.hbm_bytes / GIB:.2f} GiB HBM")
+        return None
+
+    def to_json(self) -> dict:
+        return {
+            "accelerator": self.accelerator, "chip": dataclasses.asdict(self.chip), "mesh": self.mesh,
+            "model": self.model, "attention_backend": self.attention_backend, "hbm_bytes": self.hbm_bytes,
+            "ok": self.failure() is None, "failure": self.failure(),
+            "programs": [{**dataclasses.asdict(r), "total": r.total, "fits": self.fits(r)} for r in self.rows],
+        }
+
+    def table(self) -> str:
+        head = (f"{self.accelerator} ({self.chip.generation}, {len_devices(self.mesh)} chips, "
+                f"{self.hbm_bytes / GIB:.1f} GiB HBM, {self.chip.peak_flops / 1e12:.0f} TFLOP/s, "
+                f"{self.chip.hbm_bandwidth / 1e9:.0f} GB/s), mesh {self.mesh}, model {self.model}, "
+                f"attention {self.attention_backend}; memory in GiB per chip")
+        cols = ("program", "args", "temps", "outputs", "alias", "resident", "total", "HBM %", "fits", "GFLOP",
+                "GB", "roofline ms", "compile s")
+        lines = [head, " | ".join(cols)]
+        for r in self.rows:
+            if r.error:
+                lines.append(f"{r.name} | FAILED: {r.error}")
+                continue
+            lines.append(" | ".join((
+                r.name, *(f"{v / GIB:.3f}" for v in (r.arguments, r.temporaries, r.outputs, r.aliased, r.resident,
+                                                     r.total)),
+                f"{100 * r.total / self.hbm_bytes:.1f}", "yes" if self.fits(r) else "NO", f"{r.flops / 1e9:.3g}",
+                f"{r.bytes_accessed / 1e9:.3g}", f"{r.seconds * 1e3:.3g}", f"{r.compile_seconds:.1f}")))
+        return "\n".join(lines)
+
+
+def len_devices(mesh: dict[str, int]) -> int:
+    return math.prod(mesh.values())
+
+
+def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program]:
+    """Every jitted program of a run with abstract, sharded arguments (train.py's shapes and shardings)."""
+    model, mesh = run.model, run.mesh
+    rep = parallel.replicated(mesh)
+    params = with_shardings(_abstract_params(model), run.param_shardings)
+    params_bytes = per_chip_bytes(params)
+    longest = max(config.data.length_buckets)
+    programs: list[Program] = []
+
+    def state_of(optimizer, reference: bool, seed: int) -> Any:
+        shapes = jax.eval_shape(functools.partial(train.initial_state, optimizer=optimizer, seed=seed,
+                                                  reference=reference), params)
+        return with_shardings(shapes, train._state_shardings(run, optimizer, reference=reference))
+
+    if config.sft.steps > 0:
+        optimizer = train.sft_optimizer(config)
+        state = state_of(optimizer, False, config.seed)
+        batch = abstract_batch(config, model, mesh, config.sft.batch_size, longest, sft=True)
+        batch.pop("region_mask")
+        denominator = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
+        programs.append(Program("sft_grads", lambda b=batch, d=denominator: sft_grads.lower(
+            params, b, d, config=model), per_chip_bytes(state) - params_bytes))
+        apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=False))
+        programs.append(Program("sft_update", lambda a=apply, s=state: a.lower(s, params)))
+
+    if config.grpo.steps > 0:
+        g, _ = train.grpo_settings(config)
+        optimizer = train.grpo_optimizer(config)
+        reference = g.beta != 0
+        state = state_of(optimizer, reference, config.seed + 1)
+        state_bytes = per_chip_bytes(state)
+        rows = config.grpo.micro_batch_prompts * g.group_size
+        micro = config.grpo.prompts_per_step // config.grpo.micro_batch_prompts
+        batch = abstract_batch(config, model, mesh, rows, longest, sft=False)
+        region_mask = batch.pop("region_mask")
+        prompt = grpo_lib.prompt_arrays(batch)
+        steps = g.sampling.max_new_tokens
+        rng = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=rep)
+        completion = jax.ShapeDtypeStruct((rows, steps), jnp.int32, sharding=parallel.batch_sharding(
+            mesh, (rows, steps)))
+        mask = jax.ShapeDtypeStruct((rows, steps), jnp.bool_, sharding=completion.sharding)
+        logp = jax.ShapeDtypeStruct((rows, steps), jnp.float32, sharding=completion.sharding)
+        advantages = jax.ShapeDtypeStruct((rows,), jnp.float32, sharding=parallel.batch_sharding(mesh, (rows,)))
+        denominator = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
+        temperature = grpo_lib._score_temperature(g)
+        chunk = g.vocab_chunk
+        ids = {"eos_token_id": model.eos_token_id, "pad_token_id": model.pad_token_id}
+        not_params = state_bytes - params_bytes
+        length = prompt["input_ids"].shape[1] + steps
+
+        def prefill_program(p, inputs):
+            logits, cache, _ = prefill(p, model, inputs, length)
+            return logits[:, -1], cache
+
+        prefill_jit = jax.jit(prefill_program)
+        cache = jax.eval_shape(prefill_program, params, prompt)[1]
+        cache = with_shardings(cache, jax.tree.map(lambda _: None, cache))
+        decode_jit = jax.jit(lambda p, token, c: decode_step(p, model, token, c)[:2])
+        token = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=parallel.batch_sharding(mesh, (rows,)))
+        programs += [
+            Program("sampler_prefill", lambda: prefill_jit.lower(params, prompt), not_params),
+            Program("sampler_decode", lambda: decode_jit.lower(params, token, _unsharded(cache)), not_params),
+            Program("sampler_generate", lambda: generate.lower(params, prompt, rng, config=model,
+                                                               sampling=g.sampling, **ids), not_params),
+            Program("score_policy", lambda: score.lower(
+                params, prompt, completion, mask, region_mask, config=model, mass_layers=g.layers(model),
+                temperature=temperature, vocab_chunk=chunk), not_params),
+        ]
+        if reference:
+            programs.append(Program("score_reference", lambda: score.lower(
+                state.ref_params, prompt, completion, mask, config=model, temperature=temperature,
+                vocab_chunk=chunk), state_bytes - per_chip_bytes(state.ref_params)))
+        accumulator = params_bytes if micro > 1 else 0
+        programs.append(Program("grpo_loss_grads", lambda: grpo_lib._loss_grads.lower(
+            params, prompt, completion, mask, logp, logp if reference else None, advantages, denominator,
+            config=model, grpo=g), not_params + accumulator))
+        apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=reference))
+        programs.append(Program("grpo_update", lambda: apply.lower(state, params)))
+    return programs
+
+
+def _abstract_params(model: ModelConfig) -> Any:
+    from sif_jax.model.vlm import init_params
+
+    return jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))
+
+
+def _unsharded(tree: Any) -> Any:
+    """ShapeDtypeStructs without a sharding (the compiler picks, as for an intermediate)."""
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), tree)
+
+
+def _cost(compiled) -> tuple[float, float]:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    cost = cost or {}
+    return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+
+
+def _compile(program: Program, device: jax.Device, chip: Chip) -> Row:
+    row = Row(program.name, resident=program.resident)
+    t0 = time.perf_counter()
+    try:
+        # Mosaic lowering reads the chip generation from the default device: make it the target's.
+        with jax.default_device(device):
+            compiled = program.lower().compile()
+    except Exception as e:  # noqa: BLE001 - the compiler's own words name the problem
+        row.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:400] if str(e).strip() else ''}"
+        row.compile_seconds = time.perf_counter() - t0
+        return row
+    row.compile_seconds = time.perf_counter() - t0
+    memory = compiled.memory_analysis()
+    row.arguments = int(memory.argument_size_in_bytes)
+    row.temporaries = int(memory.temp_size_in_bytes)
+    row.outputs = int(memory.output_size_in_bytes)
+    row.aliased = int(memory.alias_size_in_bytes)
+    row.flops, row.bytes_accessed = _cost(compiled)
+    row.seconds = max(row.flops / chip.peak_flops, row.bytes_accessed / chip.hbm_bandwidth)
+    return row
+
+
+def plan(config: ml_collections.ConfigDict, accelerator: str, *, hbm_gib: float | None = None,
+         programs: Sequence[str] = (), log: Callable[[str], None] | None = None) -> Plan:
+    """Compiles every program of the run `config` for `accelerator` (see the module doc).
+
+    Args:
+      config: a run config (configs/grpo.py and its overrides).
+      accelerator: a key of `ACCELERATORS`, e.g. "v5p-8".
+      hbm_gib: HBM per chip in GiB instead of the chip's (to plan for headroom).
+      programs: compile only these program names (default: all).
+      log: called with a line per compiled program (progress).
+
+    Raises:
+      ValueError: an unknown accelerator, program name, or a bad config field (named).
+    """
+    config = ml_collections.ConfigDict(config.to_dict())
+    validate_config(config, check_files=False)
+    config.attention_backend = config.attention_backend or "pallas_tpu"  # what a TPU run picks
+    devices, chip = topology_devices(accelerator)
+    run = train.layout(config, get_preset(config.model), devices=devices)
+    todo = _programs(config, run)
+    known = [p.name for p in todo]
+    unknown = sorted(set(programs) - set(known))
+    if unknown:
+        raise ValueError(f"--programs: {unknown} are not programs of this run; choose from {known}")
+    hbm = chip.hbm_bytes if hbm_gib is None else int(hbm_gib * GIB)
+    rows = []
+    for program in todo:
+        if programs and program.name not in programs:
+            continue
+        row = _compile(program, devices[0], chip)
+        rows.append(row)
+        if log:
+            log(f"{row.name}: FAILED after {row.compile_seconds:.1f}s: {row.error}" if row.error else
+                f"{row.name}: compiled in {row.compile_seconds:.1f}s, {row.total / GIB:.2f} GiB per chip "
+                f"({'fits' if row.total <= hbm else 'does NOT fit'}), {row.flops / 1e9:.4g} GFLOP, "
+                f"{row.bytes_accessed / 1e9:.4g} GB")
+    by_name = {r.name: r for r in rows}
+    if {"sampler_generate", "sampler_prefill", "sampler_decode"} <= set(by_name):
+        steps = config.grpo.max_new_tokens
+        by_name["sampler_generate"].seconds = (by_name["sampler_prefill"].seconds
+                                               + steps * by_name["sampler_decode"].seconds)
+    mesh = {k: int(v) for k, v in run.mesh.shape.items()}
+    return Plan(accelerator, chip, mesh, config.model, config.attention_backend, hbm, rows)
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+_CONFIG = train._CONFIG  # the same --config flag (and --config.* overrides) as training
+_TOPOLOGY = flags.DEFINE_string("topology", None, f"Cloud TPU accelerator type: {', '.join(ACCELERATORS)}")
+_JSON = flags.DEFINE_bool("json", False, "Print the plan as one JSON object instead of a table.")
+_HBM = flags.DEFINE_float("hbm_gib", None, "HBM per chip in GiB instead of the chip's (headroom planning).")
+_PROGRAMS = flags.DEFINE_list("programs", [], "Compile only these programs (default: all).")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    if _CONFIG.value is None or _TOPOLOGY.value is None:
+        raise app.UsageError("--config and --topology are required, e.g. --config=configs/grpo.py --topology=v5p-8")
+    try:
+        result = plan(_CONFIG.value, _TOPOLOGY.value, hbm_gib=_HBM.value, programs=_PROGRAMS.value,
+                      log=None if _JSON.value else lambda line: print(line, file=sys.stderr, flush=True))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(result.to_json(), indent=2) if _JSON.value else result.table(), flush=True)
+    failure = result.failure()
+    if failure:
+        print(f"error: {failure}", file=sys.stderr)
+        sys.exit(1)
+
+
+def run_cli() -> None:
+    # Only compile-only TPU devices are needed: never take this host's accelerators.
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    with contextlib.suppress(AttributeError):
+        jax.config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_cli()
