@@ -217,6 +217,7 @@ class Row:
     bytes_accessed: float = 0.0
     seconds: float = 0.0
     compile_seconds: float = 0.0
+    mosaic_calls: int = 0  # Pallas TPU kernels (tpu_custom_call) in the compiled program
     error: str = ""
 
     @property
@@ -353,7 +354,7 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
                 vocab_chunk=chunk), state_bytes - per_chip_bytes(state.ref_params)))
         accumulator = params_bytes if micro > 1 else 0
         programs.append(Program("grpo_loss_grads", lambda: grpo_lib._loss_grads.lower(
-            params, prompt, completion, mask, logp, logp if reference else None, advantages, denominator,
+            params, prompt, completion, mask, mask, logp, logp if reference else None, advantages, denominator,
             config=model, grpo=g), not_params + accumulator))
         apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=reference))
         programs.append(Program("grpo_update", lambda: apply.lower(state, params)))
@@ -379,12 +380,13 @@ def _cost(compiled) -> tuple[float, float]:
     return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
 
 
-def _compile(program: Program, device: jax.Device, chip: Chip) -> Row:
+def _compile(program: Program, mesh: jax.sharding.Mesh, chip: Chip) -> Row:
     row = Row(program.name, resident=program.resident)
     t0 = time.perf_counter()
     try:
         # Mosaic lowering reads the chip generation from the default device: make it the target's.
-        with jax.default_device(device):
+        # The mesh context is the one training sets: the Pallas kernels shard_map over it.
+        with jax.default_device(mesh.devices.flat[0]), jax.set_mesh(mesh):
             compiled = program.lower().compile()
     except Exception as e:  # noqa: BLE001 - the compiler's own words name the problem
         row.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:400] if str(e).strip() else ''}"
@@ -397,6 +399,7 @@ def _compile(program: Program, device: jax.Device, chip: Chip) -> Row:
     row.outputs = int(memory.output_size_in_bytes)
     row.aliased = int(memory.alias_size_in_bytes)
     row.flops, row.bytes_accessed = _cost(compiled)
+    row.mosaic_calls = compiled.as_text().count("tpu_custom_call")
     row.seconds = max(row.flops / chip.peak_flops, row.bytes_accessed / chip.hbm_bandwidth)
     return row
 
@@ -430,7 +433,7 @@ def plan(config: ml_collections.ConfigDict, accelerator: str, *, hbm_gib: float 
     for program in todo:
         if programs and program.name not in programs:
             continue
-        row = _compile(program, devices[0], chip)
+        row = _compile(program, run.mesh, chip)
         rows.append(row)
         if log:
             log(f"{row.name}: FAILED after {row.compile_seconds:.1f}s: {row.error}" if row.error else

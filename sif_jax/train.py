@@ -372,7 +372,9 @@ def run(config: ml_collections.ConfigDict, *, stop_after: int | None = None) -> 
     """The whole recipe; `stop_after` ends the GRPO phase early (as a preemption would)."""
     validate_config(config)
     run_, params = _setup(config)
-    return _run_phases(run_, params, stop_after=stop_after)
+    # The mesh context: the Pallas attention kernels shard_map over it (XLA cannot partition them).
+    with jax.set_mesh(run_.mesh):
+        return _run_phases(run_, params, stop_after=stop_after)
 
 
 def _run_phases(run_: Run, params: Any, *, stop_after: int | None) -> dict:

@@ -51,7 +51,7 @@ def main() -> None:
         prompt = parallel.shard_batch(prompt_arrays(batch), mesh, BATCH_AXES)
         sharded = [parallel.shard_batch({"x": x}, mesh, {"x": 0})["x"] for x in (completion, mask, old_logp,
                                                                                advantages)]
-        args = (placed, prompt, sharded[0], sharded[1], sharded[2], None, sharded[3], jnp.float32(rows))
+        args = (placed, prompt, sharded[0], sharded[1], sharded[1], sharded[2], None, sharded[3], jnp.float32(rows))
         with jax.set_mesh(mesh):  # the mesh the Pallas kernels shard_map over, as train.py sets it
             grads, (num, den, _) = _loss_grads(*args, config=config, grpo=grpo)
             jaxpr = str(jax.make_jaxpr(lambda *a: _loss_grads(*a, config=config, grpo=grpo))(*args))
