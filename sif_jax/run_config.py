@@ -10,6 +10,8 @@ from typing import Any
 
 import ml_collections
 
+from sif_jax.data import sources
+from sif_jax.data.prompts import get_prompt
 from sif_jax.model.config import PRESETS
 from sif_jax.rl.rewards import DEFAULT_WEIGHTS
 
@@ -28,13 +30,16 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     if c.init_checkpoint:
         _need(os.path.isdir(c.init_checkpoint), "init_checkpoint", c.init_checkpoint, "is not a directory")
     hf_init = bool(c.init_checkpoint) and os.path.exists(os.path.join(c.init_checkpoint, "config.json"))
-    if c.tokenizer:
-        _need(os.path.isfile(c.tokenizer), "tokenizer", c.tokenizer, "is not a file (expected tokenizer.json)")
-    else:
+    if c.tokenizer and c.tokenizer != "builtin":
+        _need(os.path.isfile(c.tokenizer), "tokenizer", c.tokenizer,
+              "is not a file (expected tokenizer.json, or 'builtin')")
+    elif c.tokenizer == "builtin" or not c.init_checkpoint:
         _need(c.model == "tiny" and not hf_init, "tokenizer", c.tokenizer,
               "the built-in tokenizer only fits the tiny preset; give the checkpoint's tokenizer.json")
-    _need(c.data.source == "builtin" or c.data.source.split(":", 1)[0] in ("tfds", "sif_json"), "data.source",
-          c.data.source, "expected builtin, tfds:<dir> or sif_json:<file>")
+    sources.check_spec(c.data.source, "config.data.source")  # ValueError / FileNotFoundError naming it
+    if c.data.get("eval_source", ""):
+        sources.check_spec(c.data.eval_source, "config.data.eval_source")
+    get_prompt(c.data.get("prompt", "builtin"))
     _need(c.data.image_size >= 56 and c.data.image_size % 28 == 0, "data.image_size", c.data.image_size,
           "must be a multiple of 28 and at least 56")
     _need(c.data.eval_examples >= 0, "data.eval_examples", c.data.eval_examples, "must be >= 0")
