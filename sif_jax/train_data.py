@@ -45,6 +45,8 @@ class TrainData:
                                      else BuiltinTokenizer())
         self.model: ModelConfig | None = None
         self._train_source, self._eval_source = self._sources()
+        if config.sft.steps > 0 and not config.init_checkpoint:
+            self.sft_source()  # no traces to imitate: an error now, not after compiling
 
     def _sources(self) -> tuple[Any, Any]:
         """(train, held-out) raw-example sources of `config.data.source` (`data.sources`)."""
