@@ -324,12 +324,16 @@ def validate_eval_config(c: Any) -> None:
          "data.length_buckets", "must be a non-empty increasing list")
     need(all(b % 4 == 0 for b in c.data.patch_buckets), "data.patch_buckets", "must be multiples of 4")
     need(0 < c.data.min_pixels <= c.data.max_pixels, "data.min_pixels", "must lie in (0, data.max_pixels]")
+    from sif_jax.data.prompts import PROMPTS
+
+    need(c.data.get("prompt", "builtin") in PROMPTS, "data.prompt", f"choose one of {sorted(PROMPTS)}")
 
 
 def run_eval(c: Any) -> dict[str, Any]:
     """The command line's work: returns the report (also written to `c.output` when set)."""
     from sif_jax.cli import CLIError, instruction_text, load_model
     from sif_jax.data.pipeline import PreprocessConfig, Preprocessor
+    from sif_jax.data.prompts import get_prompt
 
     validate_eval_config(c)
     if c.output:  # fail before the evaluation, not after it
@@ -347,8 +351,14 @@ def run_eval(c: Any) -> dict[str, Any]:
         if not -config.text.num_layers <= layer < config.text.num_layers:
             raise CLIError(f"config.mass_layers={tuple(c.mass_layers)}: layer {layer} is outside the model's "
                            f"{config.text.num_layers} decoder layers")
-    pre = Preprocessor(tok, config, PreprocessConfig(min_pixels=c.data.min_pixels, max_pixels=c.data.max_pixels,
-                                                     instruction=instruction_text(c.data.instruction)))
+    options = PreprocessConfig(min_pixels=c.data.min_pixels, max_pixels=c.data.max_pixels,
+                               instruction=instruction_text(c.data.instruction))
+    prompt_name = c.data.get("prompt", "builtin")
+    if prompt_name != "builtin":  # a seed's wording (data/prompts.py) instead of data.instruction
+        prompt = get_prompt(prompt_name)
+        options = dataclasses.replace(options, system_prompt=prompt.system, instruction=prompt.instruction,
+                                      instruction_separator=prompt.separator)
+    pre = Preprocessor(tok, config, options)
     adaptvis = None
     if c.decoding == "adaptvis":
         adaptvis = AdaptVisConfig(alpha_low=c.alpha_low, alpha_high=c.alpha_high, threshold=c.threshold)

@@ -23,22 +23,24 @@ def _need(ok: bool, field: str, value: Any, why: str) -> None:
         raise ValueError(f"config.{field}={value!r}: {why}")
 
 
-def validate_config(c: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first bad field."""
+def validate_config(c: ml_collections.ConfigDict, check_paths: bool = True) -> None:
+    """Raises ValueError naming the first bad field. `check_paths=False` leaves out the checks
+    that paths exist (a config checked on one machine to run on another: `train --validate_only`)."""
     _need(c.model in PRESETS, "model", c.model, f"choose one of {sorted(PRESETS)}")
     _need(c.attention_backend in BACKENDS, "attention_backend", c.attention_backend, f"choose one of {BACKENDS}")
-    if c.init_checkpoint:
+    if c.init_checkpoint and check_paths:
         _need(os.path.isdir(c.init_checkpoint), "init_checkpoint", c.init_checkpoint, "is not a directory")
     hf_init = bool(c.init_checkpoint) and os.path.exists(os.path.join(c.init_checkpoint, "config.json"))
     if c.tokenizer and c.tokenizer != "builtin":
-        _need(os.path.isfile(c.tokenizer), "tokenizer", c.tokenizer,
+        _need(not check_paths or os.path.isfile(c.tokenizer), "tokenizer", c.tokenizer,
               "is not a file (expected tokenizer.json, or 'builtin')")
     elif c.tokenizer == "builtin" or not c.init_checkpoint:
         _need(c.model == "tiny" and not hf_init, "tokenizer", c.tokenizer,
               "the built-in tokenizer only fits the tiny preset; give the checkpoint's tokenizer.json")
-    sources.check_spec(c.data.source, "config.data.source")  # ValueError / FileNotFoundError naming it
+    check = sources.check_spec if check_paths else sources.split_spec  # ValueError / FileNotFoundError naming it
+    check(c.data.source, "config.data.source")
     if c.data.get("eval_source", ""):
-        sources.check_spec(c.data.eval_source, "config.data.eval_source")
+        check(c.data.eval_source, "config.data.eval_source")
     get_prompt(c.data.get("prompt", "builtin"))
     _need(c.data.image_size >= 56 and c.data.image_size % 28 == 0, "data.image_size", c.data.image_size,
           "must be a multiple of 28 and at least 56")

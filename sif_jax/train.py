@@ -48,6 +48,8 @@ from sif_jax.sft import sft_grads
 from sif_jax.train_data import TrainData
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
+_VALIDATE_ONLY = flags.DEFINE_bool("validate_only", False, "Check the config and its overrides (not that paths "
+                                   "exist), print 'config ok' and exit: launch/tpu_vm.sh runs this before a VM.")
 FLAGS = flags.FLAGS
 
 # Leading (batch) axis of each array of a collated batch; others are replicated.
@@ -413,6 +415,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--config is required, e.g. --config=configs/grpo.py")
     config = _CONFIG.value
     verbose = FLAGS.verbosity > 0
+    if _VALIDATE_ONLY.value:
+        try:
+            validate_config(config, check_paths=False)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        print("config ok")
+        return
     if not verbose:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:  # config and input errors: one line naming the problem, no traceback (unless -v 1)
