@@ -14,7 +14,10 @@
   sif_json:<file.json|.jsonl>                     SIF-50K style records (image paths relative to the file)
   gqa:<questions.json>:<scene_graphs.json>:<image_dir>
   vsr:<file.jsonl>:<image_dir>
-  whatsup:<file.json>:<image_dir>
+  whatsup:<file.json>:<image_dir>                  Controlled-A/B, COCO-spatial or VG-spatial
+  sayo:<file.parquet|.json|.jsonl>                SAYO records (focus_area -> region masks)
+  tfds:<data_dir>[:<name>]                        a built sif_spatial/* or sif_local, its test split
+(sif_jax/data/sources.py lists every source; sif_json takes an optional :<image_root>)
 For files, `data.num_examples` > 0 keeps the first N records (0 = all); a record with a problem (a
 box that clips to zero area, a missing image, ...) is skipped and counted in the report
 (`skipped_records`), or is an error with `data.strict_records=True`.
@@ -49,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.whatsup_seed = 0  # shuffles WhatsUp's caption options
     c.data.strict_records = False  # files: False skips (and counts) invalid records; True fails on any
     c.data.instruction = "sif"  # appended to each question: sif (SIFThinker grammar) | none | <text>
+    c.data.prompt = "builtin"  # builtin (system turn + data.instruction) | sifthinker | sayo (data/prompts.py)
     c.data.length_buckets = (192, 256, 512, 1024, 2048)  # prompt lengths; a longer prompt is an error
     c.data.patch_buckets = ()  # patches per image; () = next power of two
     c.data.min_pixels = 56 * 56  # Qwen2.5-VL processor defaults

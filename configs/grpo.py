@@ -25,7 +25,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.freeze_vision = True
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "builtin"  # builtin | tfds:<dir> | sif_json:<file>
+    # builtin | tfds:<dir>[:<name>] | sif_json:<file>[:<image_root>] | gqa:<questions>:<scene_graphs>:<image_dir>
+    # | sayo:<file.parquet|.json> | vsr:<file.jsonl>:<image_dir> | whatsup:<file.json>:<image_dir>
+    # (sif_jax/data/sources.py); files: data.eval_examples records are held out for evaluation
+    c.data.source = "builtin"
+    c.data.eval_source = ""  # "" = held out from data.source (tfds: its test split); or another source
+    c.data.strict_records = False  # files: False skips (and counts) invalid records; True fails on any
+    c.data.prompt = "builtin"  # builtin | sifthinker | sayo (sif_jax/data/prompts.py)
     c.data.image_size = 224
     c.data.eval_examples = 64
     c.data.eval_seed = 10_000_000  # held-out scenes: seeds never used for training

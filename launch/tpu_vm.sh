@@ -491,7 +491,23 @@ do_delete() {
   run_cmd "${TPU[@]}" delete "$NAME" "${LOC[@]}" --quiet
 }
 
+# Config typos and bad values fail here, before a VM is created or a run starts, when this machine
+# can import sif_jax with $SIF_PYTHON (default python3); paths are checked on the workers.
+validate_locally() {
+  local py=${SIF_PYTHON:-python3}
+  if ! (cd "$SCRIPT_DIR/.." && "$py" -c 'import sif_jax.run_config' >/dev/null 2>&1); then
+    echo "$PROG: note: sif_jax is not importable with $py here; config overrides are checked on the workers" >&2
+    return 0
+  fi
+  if ! (cd "$SCRIPT_DIR/.." && JAX_PLATFORMS=cpu "$py" -m sif_jax.train --config="$CONFIG" "${OVERRIDES[@]}" \
+        --validate_only >/dev/null); then
+    echo "$PROG: the config above is invalid; nothing was created or started" >&2
+    exit "$EXIT_USAGE"
+  fi
+}
+
 do_all() {
+  validate_locally
   do_create
   do_install
   local rc=0
@@ -511,7 +527,7 @@ do_all() {
 case $COMMAND in
   create) do_create ;;
   install) do_install ;;
-  run) do_run ;;
+  run) validate_locally; do_run ;;
   stop) do_stop ;;
   logs) do_logs ;;
   exec) do_exec ;;

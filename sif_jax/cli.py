@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import numpy as np
@@ -344,3 +344,73 @@ def instruction_text(value: str) -> str | None:
     if value in ("", "none"):
         return None
     return value
+
+
+# ---------------------------------------------------------------------------- config flags
+
+
+def config_fields(config_path: str) -> list[str]:
+    """Every leaf field of an ml_collections config file, dotted ('grpo.group_size'); [] if it cannot
+    be loaded."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.spec_from_file_location("sif_config_for_suggestions", config_path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        config = module.get_config()
+    except Exception:  # a broken config file is reported by the flag parser itself
+        return []
+    out: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for key in node.keys():
+            value = node[key]
+            if hasattr(value, "keys") and callable(value.keys):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out.append(f"{prefix}{key}")
+
+    walk(config, "")
+    return out
+
+
+def config_flag_message(error: BaseException, argv: Sequence[str]) -> str:
+    """One line for a failed `--config.*` parse: an unknown field names the closest existing one
+    (difflib), other errors are flattened to one line."""
+    import difflib
+    import re
+
+    from absl import flags
+
+    text = str(error.args[0] if isinstance(error, KeyError | AttributeError) and error.args else error)
+    match = re.search(r"flag '(config\.[^']+)'", text)
+    name = match.group(1) if match else ""
+    if not name and isinstance(error, KeyError | AttributeError):  # ml_collections: the missing key only
+        found = re.search(r"[A-Za-z_][A-Za-z0-9_]*", text)
+        key = found.group(0) if found else ""
+        overrides = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+        name = next((o for o in overrides if key and key in o.split(".")), key)
+    if name:
+        name = name.removeprefix("config.")
+        path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+        close = difflib.get_close_matches(name, config_fields(path), n=1, cutoff=0.6) if path else []
+        hint = f"; did you mean --config.{close[0]}?" if close else ""
+        return f"--config.{name}: no such config field in {path or 'the config'}{hint}"
+    if isinstance(error, flags.Error):
+        return str(error).strip().replace("\n", "; ")
+    return one_line(error)
+
+
+def parse_config_flags(argv: list[str], program: str, verbose_flags: Sequence[str] = ("--verbose",)) -> list[str]:
+    """absl flag parsing for a command taking `--config=<file> --config.a.b=value`: a bad flag or
+    override is one `error:` line with a suggestion (exit status 2), unless a verbose flag is given."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:
+        if any(a.split("=", 1)[0] in verbose_flags for a in argv):
+            raise
+        print(f"error: {config_flag_message(e, argv)} (see python -m {program} --helpfull)", file=sys.stderr)
+        sys.exit(2)

@@ -171,7 +171,7 @@ def evaluate_batches(
                 "prompt_id": rollout.prompt_ids[r], "answer": rollout.answers[r], "output": text,
                 "prediction": extract_answer(text, parsed, reward_config.accuracy_requires_format),
                 "accuracy": float(accuracy[r]),
-                "tas": float(tas[r]) if has_boxes and region_tokens[r] > 0 else None,
+                "tas": float(tas[r]) if region_tokens[r] > 0 else None,  # boxes or a focus area
                 "format": float(parsed.ok), "format_reason": parsed.reason,
                 "final_iou": final_iou, "confidence": float(confidence[r]),
                 "confidence_step": int(confidence_step[r]),
@@ -198,122 +198,41 @@ def whatsup_relation(caption: str) -> str | None:
 
 
 def record_to_example(record: Any, index: int) -> dict[str, Any]:
-    """A `records.SIFRecord` -> a pipeline raw example (image read from its file)."""
-    from sif_jax.cli import read_image
-    from sif_jax.data.records import load_depth_png
+    """A `records.SIFRecord` -> a pipeline raw example (`data.sources.record_to_example`, no trace)."""
+    from sif_jax.data.sources import record_to_example as to_example
 
-    meta = record.meta if isinstance(record.meta, dict) else {}
-    source = record.source or "records"
-    family, relation, split = meta.get("family"), meta.get("relation"), meta.get("split")
-    if source == "gqa":
-        family = (meta.get("types") or {}).get("structural") or "gqa"
-    elif source == "whatsup":
-        relation = whatsup_relation(record.response)
-    depth = None
-    if record.depth_image:
-        try:
-            depth = load_depth_png(record.depth_image)
-        except OSError as e:
-            raise ValueError(f"record {record.id!r}: cannot read depth image {record.depth_image!r}: {e}") from None
-    return {
-        "id": record.id or str(index),
-        "image": read_image(record.image, what=f"record {record.id!r} image"),
-        "depth": depth,
-        "problem": record.problem,
-        "answer": record.response,
-        "choices": [str(c) for c in (record.choices or [])],
-        "family": family or source,
-        "relation": relation or "",
-        "split": split or source,
-        "boxes": np.asarray(record.boxes or [], np.float32).reshape(-1, 4),
-        "trace": "",
-        "index": index,
-        "scene_seed": None,
-    }
-
-
-def _split_source(source: str, parts: int, usage: str) -> list[str]:
-    kind, _, rest = source.partition(":")
-    fields = rest.split(":")
-    if len(fields) != parts or not all(fields):
-        raise ValueError(f"config.data.source={source!r}: expected {kind}:{usage}")
-    for f in fields:
-        if not os.path.exists(f):
-            raise FileNotFoundError(f"config.data.source={source!r}: {f!r} does not exist")
-    return fields
+    return {**to_example(record, index), "trace": ""}
 
 
 def read_records(source: str, whatsup_seed: int = 0) -> list[Any]:
-    """The records of a `config.data.source` string naming local files (see configs/eval.py)."""
-    from sif_jax.data import records as rec
+    """The records of a `config.data.source` string naming local files (`data.sources.read_records`)."""
+    from sif_jax.data.sources import read_records as read
 
-    kind = source.partition(":")[0]
-    if kind == "sif_json":
-        (path,) = _split_source(source, 1, "<file.json|file.jsonl>")
-        return rec.read_sif_json(path)
-    if kind == "gqa":
-        q, g, images = _split_source(source, 3, "<questions.json>:<scene_graphs.json>:<image_dir>")
-        return rec.read_gqa(q, g, images)
-    if kind == "vsr":
-        path, images = _split_source(source, 2, "<file.jsonl>:<image_dir>")
-        return rec.read_vsr(path, images)
-    if kind == "whatsup":
-        path, images = _split_source(source, 2, "<file.json>:<image_dir>")
-        return rec.read_whatsup(path, images, seed=whatsup_seed)
-    raise ValueError(f"config.data.source={source!r}: expected builtin, sif_json:<file>, "
-                     "gqa:<questions.json>:<scene_graphs.json>:<image_dir>, vsr:<file.jsonl>:<image_dir> or "
-                     "whatsup:<file.json>:<image_dir>")
-
-
-class RecordSource:
-    """Random access over records as raw examples (images are read on access). `skipped`: the
-    invalid records left out of it (`records.SkippedRecords`)."""
-
-    def __init__(self, records: Sequence[Any], skipped: Any = None) -> None:
-        from sif_jax.data.records import SkippedRecords
-
-        self.records = list(records)
-        self.skipped = skipped if skipped is not None else SkippedRecords()
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return record_to_example(self.records[index], index)
+    return read(source, whatsup_seed=whatsup_seed, progress=True)
 
 
 def make_source(data: Any) -> Sequence[dict[str, Any]]:
-    """The raw-example source of an eval config's `data` block (validated records for files).
+    """The raw-example source of an eval config's `data` block, through the source registry
+    (`data.sources`: builtin, tfds, sif_json, gqa, sayo, vsr, whatsup).
 
     Records with a problem (`records.record_errors`, e.g. a GQA box that clips to zero area or a
     missing image) are skipped and counted in the source's `skipped` (the report's
     `skipped_records` and the summary's `skipped`); `data.strict_records` makes any of them an
     error instead. No usable record at all is an error.
     """
-    from sif_jax.data import pipeline
-    from sif_jax.data.records import usable_records
+    from sif_jax.data import pipeline, sources
     from sif_jax.data.scenes import SceneConfig
 
-    if data.source == "builtin":
+    kind, _ = sources.check_spec(data.source)
+    if kind == "builtin":
         if data.num_examples < 1:
             raise ValueError(f"config.data.num_examples={data.num_examples}: the built-in task needs >= 1")
         scene = SceneConfig(height=data.image_size, width=data.image_size)
         return pipeline.BuiltinSource(seed=data.seed, size=data.num_examples, split="test", scene_config=scene)
-    records = read_records(data.source, data.whatsup_seed)
-    if data.num_examples > 0:
-        records = records[: data.num_examples]
-    if not records:
-        raise ValueError(f"config.data.source={data.source!r}: no records")
-    try:
-        usable, skipped = usable_records(records, strict=bool(data.get("strict_records", False)), check_files=True)
-    except ValueError as e:
-        lines = str(e).splitlines()
-        shown = "; ".join(lines[1:4]) + (f"; ... ({len(lines) - 4} more)" if len(lines) > 4 else "")
-        raise ValueError(f"{lines[0].rstrip(':')} of {data.source} (config.data.strict_records=True): "
-                         f"{shown}") from None
-    if not usable:
-        raise ValueError(f"config.data.source={data.source!r}: no valid record; {skipped.summary()}")
-    return RecordSource(usable, skipped)
+    if kind == "tfds":
+        return sources.tfds_source(data.source, "test")
+    return sources.open_records(data.source, strict=bool(data.get("strict_records", False)),
+                                whatsup_seed=data.whatsup_seed, limit=data.num_examples, progress=True)
 
 
 def eval_batches(source: Sequence[dict[str, Any]], preprocessor: Any, *, batch_size: int,
@@ -405,12 +324,16 @@ def validate_eval_config(c: Any) -> None:
          "data.length_buckets", "must be a non-empty increasing list")
     need(all(b % 4 == 0 for b in c.data.patch_buckets), "data.patch_buckets", "must be multiples of 4")
     need(0 < c.data.min_pixels <= c.data.max_pixels, "data.min_pixels", "must lie in (0, data.max_pixels]")
+    from sif_jax.data.prompts import PROMPTS
+
+    need(c.data.get("prompt", "builtin") in PROMPTS, "data.prompt", f"choose one of {sorted(PROMPTS)}")
 
 
 def run_eval(c: Any) -> dict[str, Any]:
     """The command line's work: returns the report (also written to `c.output` when set)."""
     from sif_jax.cli import CLIError, instruction_text, load_model
     from sif_jax.data.pipeline import PreprocessConfig, Preprocessor
+    from sif_jax.data.prompts import get_prompt
 
     validate_eval_config(c)
     if c.output:  # fail before the evaluation, not after it
@@ -428,8 +351,14 @@ def run_eval(c: Any) -> dict[str, Any]:
         if not -config.text.num_layers <= layer < config.text.num_layers:
             raise CLIError(f"config.mass_layers={tuple(c.mass_layers)}: layer {layer} is outside the model's "
                            f"{config.text.num_layers} decoder layers")
-    pre = Preprocessor(tok, config, PreprocessConfig(min_pixels=c.data.min_pixels, max_pixels=c.data.max_pixels,
-                                                     instruction=instruction_text(c.data.instruction)))
+    options = PreprocessConfig(min_pixels=c.data.min_pixels, max_pixels=c.data.max_pixels,
+                               instruction=instruction_text(c.data.instruction))
+    prompt_name = c.data.get("prompt", "builtin")
+    if prompt_name != "builtin":  # a seed's wording (data/prompts.py) instead of data.instruction
+        prompt = get_prompt(prompt_name)
+        options = dataclasses.replace(options, system_prompt=prompt.system, instruction=prompt.instruction,
+                                      instruction_separator=prompt.separator)
+    pre = Preprocessor(tok, config, options)
     adaptvis = None
     if c.decoding == "adaptvis":
         adaptvis = AdaptVisConfig(alpha_low=c.alpha_low, alpha_high=c.alpha_high, threshold=c.threshold)
@@ -506,24 +435,9 @@ def main(argv: Sequence[str]) -> None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a bad flag or config override as one `error:` line (exit 2)."""
-    from absl import flags
+    from sif_jax.cli import parse_config_flags
 
-    try:
-        return flags.FLAGS(argv)
-    except Exception as e:
-        if "--verbose" in argv:
-            raise
-        from sif_jax.cli import one_line
-
-        if isinstance(e, KeyError | AttributeError):
-            name = str(e.args[0] if e.args else e).strip("\"' ")
-            message = f"a --config.* override names an unknown config field {name!r}"
-        elif isinstance(e, flags.Error):
-            message = str(e).strip().replace("\n", "; ")
-        else:
-            message = one_line(e)
-        print(f"error: {message} (see python -m sif_jax.evaluate --helpfull)", file=sys.stderr)
-        sys.exit(2)
+    return parse_config_flags(argv, "sif_jax.evaluate")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from typing import Any
 
 import ml_collections
 
+from sif_jax.data import sources
+from sif_jax.data.prompts import get_prompt
 from sif_jax.model.config import PRESETS, REMAT_POLICIES
 from sif_jax.rl.rewards import DEFAULT_WEIGHTS
 
@@ -21,32 +23,40 @@ def _need(ok: bool, field: str, value: Any, why: str) -> None:
         raise ValueError(f"config.{field}={value!r}: {why}")
 
 
-def validate_config(c: ml_collections.ConfigDict, *, check_files: bool = True) -> None:
-    """Raises ValueError naming the first bad field. `check_files=False` skips the checkpoint
-    and tokenizer files (a plan needs shapes only, see `sif_jax.plan`)."""
+def validate_config(c: ml_collections.ConfigDict, check_paths: bool = True, *, check_files: bool = True) -> None:
+    """Raises ValueError naming the first bad field.
+
+    `check_paths=False` leaves out the checks that paths exist (a config checked on one machine to
+    run on another: `train --validate_only`); `check_files=False` also leaves out the checkpoint and
+    tokenizer rules (a plan needs shapes only, see `sif_jax.plan`).
+    """
     _need(c.model in PRESETS, "model", c.model, f"choose one of {sorted(PRESETS)}")
     _need(c.attention_backend in BACKENDS, "attention_backend", c.attention_backend, f"choose one of {BACKENDS}")
     _need(c.get("remat_policy", "none") in REMAT_POLICIES, "remat_policy", c.get("remat_policy"),
           f"expected one of {REMAT_POLICIES}")
     if check_files:
-        _check_files(c)
+        _check_files(c, check_paths)
+    check = sources.check_spec if check_paths and check_files else sources.split_spec  # errors name the field
+    check(c.data.source, "config.data.source")
+    if c.data.get("eval_source", ""):
+        check(c.data.eval_source, "config.data.eval_source")
+    get_prompt(c.data.get("prompt", "builtin"))
     _check_fields(c)
 
 
-def _check_files(c: ml_collections.ConfigDict) -> None:
-    if c.init_checkpoint:
+def _check_files(c: ml_collections.ConfigDict, check_paths: bool) -> None:
+    if c.init_checkpoint and check_paths:
         _need(os.path.isdir(c.init_checkpoint), "init_checkpoint", c.init_checkpoint, "is not a directory")
     hf_init = bool(c.init_checkpoint) and os.path.exists(os.path.join(c.init_checkpoint, "config.json"))
-    if c.tokenizer:
-        _need(os.path.isfile(c.tokenizer), "tokenizer", c.tokenizer, "is not a file (expected tokenizer.json)")
-    else:
+    if c.tokenizer and c.tokenizer != "builtin":
+        _need(not check_paths or os.path.isfile(c.tokenizer), "tokenizer", c.tokenizer,
+              "is not a file (expected tokenizer.json, or 'builtin')")
+    elif c.tokenizer == "builtin" or not c.init_checkpoint:
         _need(c.model == "tiny" and not hf_init, "tokenizer", c.tokenizer,
               "the built-in tokenizer only fits the tiny preset; give the checkpoint's tokenizer.json")
 
 
 def _check_fields(c: ml_collections.ConfigDict) -> None:
-    _need(c.data.source == "builtin" or c.data.source.split(":", 1)[0] in ("tfds", "sif_json"), "data.source",
-          c.data.source, "expected builtin, tfds:<dir> or sif_json:<file>")
     _need(c.data.image_size >= 56 and c.data.image_size % 28 == 0, "data.image_size", c.data.image_size,
           "must be a multiple of 28 and at least 56")
     _need(c.data.eval_examples >= 0, "data.eval_examples", c.data.eval_examples, "must be >= 0")

@@ -49,6 +49,8 @@ from sif_jax.sft import sft_grads
 from sif_jax.train_data import TrainData
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
+_VALIDATE_ONLY = flags.DEFINE_bool("validate_only", False, "Check the config and its overrides (not that paths "
+                                   "exist), print 'config ok' and exit: launch/tpu_vm.sh runs this before a VM.")
 FLAGS = flags.FLAGS
 
 # Leading (batch) axis of each array of a collated batch; others are replicated.
@@ -113,11 +115,22 @@ def _setup(config: ml_collections.ConfigDict) -> tuple[Run, Any]:
     from_run = False
     if not config.init_checkpoint:
         base = get_preset(config.model)
-    elif _is_hf_dir(config.init_checkpoint):
-        base, params = load_hf_checkpoint(config.init_checkpoint)
-    else:  # a sif_jax run directory (e.g. workdir/sft from configs/sft.py), restored below onto this mesh
-        base, _, _, _ = run_checkpoint_meta(config.init_checkpoint)
-        from_run = True
+    else:  # HF directory, `sif_jax.export` directory or a run directory (e.g. workdir/sft)
+        from sif_jax.cli import CLIError, load_params, load_tokenizer, read_checkpoint_info
+
+        try:
+            info = read_checkpoint_info(config.init_checkpoint)
+            if not config.tokenizer:  # the tokenizer the checkpoint names or holds
+                data.tokenizer = load_tokenizer("", info, flag="--config.tokenizer")
+        except CLIError as e:
+            raise ValueError(f"config.init_checkpoint={config.init_checkpoint!r}: {e}") from None
+        if info.kind == "hf" and _is_hf_dir(config.init_checkpoint):
+            base, params = load_hf_checkpoint(config.init_checkpoint)
+        elif info.kind == "params":  # python -m sif_jax.export --format=orbax
+            base, params = info.config, load_params(info)
+        else:  # a run directory, restored below onto this mesh
+            base, _, _, _ = run_checkpoint_meta(config.init_checkpoint)
+            from_run = True
     if config.init_checkpoint:
         preset = get_preset(config.model)
         if (base.text, base.vision) != (preset.text, preset.vision):
@@ -211,11 +224,16 @@ def _new_state(params: Any, optimizer: optax.GradientTransformation, seed: int, 
     return jax.jit(build, out_shardings=shardings)(params)
 
 
+def sft_schedule(steps: int, learning_rate: float, warmup_fraction: float) -> optax.Schedule:
+    """Linear warm-up from 0 over max(1, steps * warmup_fraction) steps (at most steps - 1, so at
+    least one cosine step remains), then cosine decay to 0 at `steps`; steps = 1: one cosine step."""
+    warmup = min(max(1, int(steps * warmup_fraction)), steps - 1)
+    return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup, steps)
+
+
 def sft_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW with warm-up + cosine decay over `sft.steps`; the vision tower trains."""
-    steps = config.sft.steps
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.sft.learning_rate, max(1, int(steps * config.sft.warmup_fraction)), steps)
+    """AdamW with warm-up + cosine decay over `sft.steps` (`sft_schedule`); the vision tower trains."""
+    schedule = sft_schedule(config.sft.steps, config.sft.learning_rate, config.sft.warmup_fraction)
     return make_optimizer(schedule, freeze_vision=False)
 
 
@@ -239,7 +257,7 @@ def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
     if ckpt.latest_step() is not None:
         start, state, meta = ckpt.restore(abstract_with_shardings(state))
         data_iter.set_state(meta["data_state"])
-        logging.info("SFT: resumed at step %d", start)
+        _say(f"SFT: resumed from step {start} of {steps} ({ckpt.directory})")
     if start >= steps:
         ckpt.close()
         return state.params
@@ -269,6 +287,11 @@ def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
         logging.warning("SIGTERM: SFT state saved at step %d", done)
         sys.exit(143)
     return state.params
+
+
+def _say(line: str) -> None:
+    if jax.process_index() == 0:
+        tqdm.write(line)
 
 
 def _model_meta(run: Run) -> dict:
@@ -309,7 +332,7 @@ def run_grpo(run: Run, params: Any, *, stop_after: int | None = None) -> tuple[A
         data_iter.set_state(meta["data_state"])
         reward_state = RewardState.from_json(meta["reward_state"])
         rows = meta.get("history", [])
-        logging.info("GRPO: resumed at step %d", start)
+        _say(f"GRPO: resumed from step {start} of {steps} ({ckpt.directory})")
     apply = _make_apply(optimizer, shardings)
     writer = MetricsWriter(run.workdir)
     tok = run.data.tokenizer
@@ -386,6 +409,10 @@ def _run_phases(run_: Run, params: Any, *, stop_after: int | None) -> dict:
     if config.grpo.steps <= 0:
         summary["eval"] = evaluate_heldout(run_, params)
         _write_summary(summary_path, summary)
+        _print_eval("held-out after SFT", summary["eval"])
+        _say(f"SFT checkpoints: {epath.Path(run_.workdir) / 'sft'}; metrics: "
+             f"{epath.Path(run_.workdir) / 'sft_metrics.jsonl'}; summary: {summary_path}\n"
+             f"next: python -m sif_jax.train --config=configs/grpo.py --config.init_checkpoint={run_.workdir}")
         return summary
     if "before" not in summary:
         summary["before"] = evaluate_heldout(run_, params)
@@ -400,6 +427,8 @@ def _run_phases(run_: Run, params: Any, *, stop_after: int | None) -> dict:
     summary["sampler_tokens_per_s"] = float(np.mean([r["sampler_tokens_per_s"] for r in rows])) if rows else None
     _write_summary(summary_path, summary)
     _print_eval("held-out after GRPO", summary["after"])
+    _say(f"checkpoints: {epath.Path(run_.workdir) / 'grpo'}; metrics: {epath.Path(run_.workdir) / 'metrics.jsonl'}; "
+         f"summary: {summary_path}")
     return summary
 
 
@@ -424,6 +453,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--config is required, e.g. --config=configs/grpo.py")
     config = _CONFIG.value
     verbose = FLAGS.verbosity > 0
+    if _VALIDATE_ONLY.value:
+        try:
+            validate_config(config, check_paths=False)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        print("config ok")
+        return
     if not verbose:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:  # config and input errors: one line naming the problem, no traceback (unless -v 1)
@@ -437,5 +474,12 @@ def main(argv: list[str]) -> None:
     _run_phases(run_, params, stop_after=None)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """A config typo (`--config.grpo.grup_size=4`) is one `error:` line naming the closest field."""
+    from sif_jax.cli import parse_config_flags
+
+    return parse_config_flags(argv, "sif_jax.train", verbose_flags=("-v", "--verbosity", "--v"))
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

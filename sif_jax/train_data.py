@@ -1,14 +1,16 @@
-"""The data side of a run: sources, tokenizer and grain iterators chosen by the run config."""
+"""The data side of a run: sources (`data.sources`), prompt, tokenizer and grain iterators chosen by
+the run config. File sources are split into training and held-out records (`sources.split_records`)
+unless `data.eval_source` names the held-out data."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import ml_collections
 
-from sif_jax.data import pipeline
+from sif_jax.data import pipeline, sources
+from sif_jax.data.prompts import get_prompt
 from sif_jax.data.scenes import SceneConfig
 from sif_jax.data.tokenizer import BuiltinTokenizer, HFTokenizer, Tokenizer
 from sif_jax.model.config import ModelConfig
@@ -18,30 +20,85 @@ from sif_jax.model.config import ModelConfig
 TRAIN_SIZE = 1_000_000
 
 
+class _Head:
+    """The first `n` examples of a source."""
+
+    def __init__(self, source: Any, n: int) -> None:
+        self.source, self.n = source, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> Any:
+        if not 0 <= int(index) < self.n:
+            raise IndexError(index)
+        return self.source[index]
+
+
 class TrainData:
     """Builds the train / eval data of a run; iterators are checkpointable (get_state/set_state)."""
 
     def __init__(self, config: ml_collections.ConfigDict) -> None:
         self.config = config
-        self.tokenizer: Tokenizer = HFTokenizer(config.tokenizer) if config.tokenizer else BuiltinTokenizer()
+        # "" = the built-in one, or (train._setup) the one of config.init_checkpoint
+        self.tokenizer: Tokenizer = (HFTokenizer(config.tokenizer) if config.tokenizer not in ("", "builtin")
+                                     else BuiltinTokenizer())
         self.model: ModelConfig | None = None
         self._train_source, self._eval_source = self._sources()
+        if config.sft.steps > 0 and not config.init_checkpoint:
+            self.sft_source()  # no traces to imitate: an error now, not after compiling
 
     def _sources(self) -> tuple[Any, Any]:
+        """(train, held-out) raw-example sources of `config.data.source` (`data.sources`)."""
         data = self.config.data
-        if data.source == "builtin":
+        kind, _ = sources.check_spec(data.source)
+        eval_spec = data.get("eval_source", "")
+        if kind == "builtin":
             scene = SceneConfig(height=data.image_size, width=data.image_size)
-            return (pipeline.BuiltinSource(seed=self.config.seed, size=TRAIN_SIZE, split="train", scene_config=scene),
-                    pipeline.BuiltinSource(seed=self.config.seed, size=max(1, data.eval_examples), split="test",
-                                           scene_config=scene))
-        kind, _, location = data.source.partition(":")
+            train = pipeline.BuiltinSource(seed=self.config.seed, size=TRAIN_SIZE, split="train", scene_config=scene)
+            held = pipeline.BuiltinSource(seed=self.config.seed, size=max(1, data.eval_examples), split="test",
+                                          scene_config=scene)
+        elif kind == "tfds":
+            train = sources.tfds_source(data.source, "train")
+            held = sources.tfds_source(data.source, "test") if data.eval_examples > 0 and not eval_spec else None
+        else:
+            strict = bool(data.get("strict_records", False))
+            records = sources.read_records(data.source, progress=True)
+            good, skipped = sources.usable(records, data.source, strict=strict)
+            sources.report_skipped(data.source, skipped)
+            train_records, held_records = sources.split_records(
+                good, 0 if eval_spec else data.eval_examples, self.config.seed)
+            train = sources.RecordSource(train_records, skipped, with_traces=True)
+            held = sources.RecordSource(held_records)
+        if eval_spec:
+            held = self._eval_from(eval_spec)
+        if held is not None and data.eval_examples > 0 and len(held) > data.eval_examples:
+            held = _Head(held, data.eval_examples)
+        return train, held
+
+    def _eval_from(self, spec: str) -> Any:
+        kind, _ = sources.check_spec(spec, "config.data.eval_source")
+        if kind == "builtin":
+            raise ValueError(f"config.data.eval_source={spec!r}: leave it empty for the built-in task")
         if kind == "tfds":
-            if not os.path.isdir(location):
-                raise ValueError(f"config.data.source={data.source!r}: {location!r} is not a directory")
-            name = "sif_spatial/small"
-            return (pipeline.TfdsSource(name, split="train", data_dir=location),
-                    pipeline.TfdsSource(name, split="test", data_dir=location))
-        raise ValueError(f"config.data.source={data.source!r}: not supported by the trainer yet")
+            return sources.tfds_source(spec, "test", "config.data.eval_source")
+        src = sources.open_records(spec, strict=bool(self.config.data.get("strict_records", False)), progress=True,
+                                   field="config.data.eval_source")
+        sources.report_skipped(spec, src.skipped)
+        return src
+
+    def sft_source(self) -> Any:
+        """The SFT examples: the training source, less records without an assistant trace (GQA, SAYO,
+        VSR and WhatsUp carry none). ValueError when none is left."""
+        src = self._train_source
+        if not isinstance(src, sources.RecordSource):
+            return src
+        with_trace = [r for r in src.records if sources.assistant_trace(r)]
+        if not with_trace:
+            raise ValueError(f"config.sft.steps={self.config.sft.steps}: config.data.source="
+                             f"{self.config.data.source!r} has no assistant traces to imitate (SIF-50K records "
+                             "carry them in 'messages'); set --config.sft.steps=0 to run GRPO only")
+        return sources.RecordSource(with_trace, src.skipped, with_traces=True)
 
     def check_model(self, model: ModelConfig) -> None:
         """The tokenizer must fit the model's vocabulary and special ids."""
@@ -56,7 +113,9 @@ class TrainData:
 
     def _preprocessor(self) -> pipeline.Preprocessor:
         assert self.model is not None, "call check_model first"
-        return pipeline.Preprocessor(self.tokenizer, self.model)
+        prompt = get_prompt(self.config.data.get("prompt", "builtin"))
+        return pipeline.Preprocessor(self.tokenizer, self.model, pipeline.PreprocessConfig(
+            system_prompt=prompt.system, instruction=prompt.instruction, instruction_separator=prompt.separator))
 
     def _dataset(self, source: Any, *, batch_size: int, repeat: int, sft: bool, shuffle: bool,
                  num_epochs: int | None, seed: int) -> Any:
@@ -68,7 +127,7 @@ class TrainData:
         )
 
     def sft_iterator(self, batch_size: int) -> Iterator[dict[str, Any]]:
-        return iter(self._dataset(self._train_source, batch_size=batch_size, repeat=1, sft=True, shuffle=True,
+        return iter(self._dataset(self.sft_source(), batch_size=batch_size, repeat=1, sft=True, shuffle=True,
                                   num_epochs=None, seed=self.config.seed))
 
     def grpo_iterator(self, prompts_per_step: int) -> Iterator[dict[str, Any]]:
@@ -79,7 +138,7 @@ class TrainData:
                                   sft=False, shuffle=True, num_epochs=None, seed=self.config.seed + 1))
 
     def eval_batches(self, batch_size: int = 16) -> Iterator[dict[str, Any]]:
-        if self.config.data.eval_examples <= 0:
+        if self.config.data.eval_examples <= 0 or self._eval_source is None or not len(self._eval_source):
             return iter(())
         return iter(self._dataset(self._eval_source, batch_size=batch_size, repeat=1, sft=False, shuffle=False,
                                   num_epochs=1, seed=0))

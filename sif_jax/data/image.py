@@ -3,7 +3,8 @@
 Decoding: `load_image` is the one loader of every path (CLIs, record readers, TFDS builders,
 pipeline): EXIF orientation applied by default (as HF's `load_image`), transparency composited on
 white (as qwen-vl-utils / vLLM), 16-bit gray scaled by 1/257, CMYK converted — `to_rgb_uint8`.
-`load_depth` decodes depth-map images (8- or 16-bit gray -> float32 [0, 1], never clipped to 8 bits).
+`load_depth` decodes depth-map images (8- or 16-bit gray -> float32 [0, 1], never clipped to 8 bits;
+SIF-50K's Spectral_r pseudo-colour maps as SIFThinker decodes them).
 
 `process_image(image, vision_config)` = HF `Qwen2VLImageProcessor(Pil)` on one RGB image:
 
@@ -25,6 +26,7 @@ Checked against transformers' processors by `tests/data/test_image.py` on a save
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -264,11 +266,61 @@ def load_image(
         raise ValueError(f"image: cannot decode ({e})") from None
 
 
+# SIFThinker's tolerance for "a grey image saved as three equal channels" (`is_grayscale_image`).
+GREY_TOLERANCE = 2
+
+
+@functools.lru_cache(maxsize=1)
+def spectral_r_palette() -> np.ndarray:
+    """uint8 [256, 3]: matplotlib's Spectral_r colours as SIFThinker builds its palette,
+    `(colormap(i / 255)[:3] * 255).astype(uint8)` (truncated, not rounded); entry i is the colour
+    Depth Anything V2's 8-bit map value i is drawn with."""
+    import matplotlib
+
+    return (matplotlib.colormaps["Spectral_r"](np.arange(256))[:, :3] * 255).astype(np.uint8)
+
+
+def decode_spectral_depth(rgb: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """uint8 [H, W, 3] Spectral_r pseudo-colour -> float32 [H, W] depth in [0, 1], 0 = near.
+
+    SIFThinker's `load_depth_from_color` (data_generation/depth_est.py, GRPO qwen_module.py): each
+    pixel becomes the index k of the nearest palette colour (Euclidean in RGB, `spectral_r_palette`;
+    ties to the lower index) and depth = 1 - k / 255. The maps are Depth Anything V2's relative
+    disparity (large = near) min-max scaled to 0..255 and drawn with Spectral_r, so 1 - k/255 puts
+    near at 0 and far at 1.
+    """
+    a = np.asarray(rgb)
+    if a.ndim != 3 or a.shape[-1] < 3:
+        raise ValueError(f"depth image: expected [H, W, 3] colours, got shape {a.shape}")
+    pixels = a[..., :3].reshape(-1, 3).astype(np.int32)
+    palette = spectral_r_palette().astype(np.int32)
+    index = np.empty(len(pixels), np.int32)
+    for start in range(0, len(pixels), chunk):  # [chunk, 256] distances at a time
+        d = ((pixels[start:start + chunk, None, :] - palette[None]) ** 2).sum(-1)
+        index[start:start + chunk] = d.argmin(-1)
+    return (1.0 - index.reshape(a.shape[:2]).astype(np.float32) / 255.0).astype(np.float32)
+
+
+def is_grey(rgb: np.ndarray, tolerance: int = GREY_TOLERANCE) -> bool:
+    """True when every pixel's three channels differ by at most `tolerance` (SIFThinker's test)."""
+    a = np.asarray(rgb).astype(np.int32)
+    return bool(np.abs(a[..., 0] - a[..., 1]).max(initial=0) <= tolerance
+                and np.abs(a[..., 1] - a[..., 2]).max(initial=0) <= tolerance)
+
+
 def load_depth(source: str | os.PathLike | bytes | BinaryIO) -> np.ndarray:
-    """A depth-map image -> float32 [H, W] in [0, 1]: 16-bit gray (I;16*, or I with values in
-    0..65535) / 65535, 8-bit gray / 255; for a multi-channel image its first channel (a palette
-    image is expanded through its palette first). No EXIF transpose, no colour conversion (depth
-    maps are read as stored).
+    """A depth-map image -> float32 [H, W] in [0, 1].
+
+    * 16-bit grey (I;16*, or I with values in 0..65535): value / 65535; 8-bit grey: value / 255
+      (sif_jax's own depth PNGs, `records.save_depth_png`: the stored value is the depth, 0 = near).
+    * Colour (RGB / RGBA / palette): SIF-50K's Spectral_r pseudo-colour maps, decoded as SIFThinker
+      does (`decode_spectral_depth`: nearest palette colour k, depth = 1 - k/255, 0 = near).
+    * Colour whose three channels are equal within `GREY_TOLERANCE` (a grey map saved as RGB, as
+      SIFThinker's depth script writes with `--grayscale`): channel 0 / 255, *not* inverted — what
+      SIFThinker's decoder does. Those maps hold disparity, so here 1 = near, the opposite of the
+      colour maps; SIFThinker keeps this quirk and so do we, to read the same numbers it trained on.
+
+    No EXIF transpose (depth maps are read as stored).
 
     Raises:
       ValueError: float or out-of-range 32-bit samples, another mode, or undecodable data.
@@ -280,12 +332,18 @@ def load_depth(source: str | os.PathLike | bytes | BinaryIO) -> np.ndarray:
             im.load()
             if im.mode in ("P", "PA"):
                 im = im.convert("RGBA")
+            if im.mode in ("LA",):
+                im = im.convert("L")
             mode = im.mode
             a = np.asarray(im)
     except UnidentifiedImageError as e:
         raise ValueError(f"depth image: cannot decode ({e})") from None
     if a.ndim == 3:
-        a = a[..., 0]
+        if a.dtype != np.uint8 or a.shape[-1] < 3:
+            raise ValueError(f"depth image: unsupported mode {mode!r} (expected grey or 8-bit RGB)")
+        if is_grey(a[..., :3]):
+            return (a[..., 0].astype(np.float32) / 255.0).astype(np.float32)
+        return decode_spectral_depth(a[..., :3])
     if mode == "1":
         return a.astype(np.float32)
     if a.dtype == np.uint8:

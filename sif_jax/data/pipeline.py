@@ -10,7 +10,8 @@ Sources (grain `RandomAccessDataSource`s: `__len__` + `__getitem__`) return *raw
 plain dict: `id`, `image` uint8 [H, W, 3], `depth` float32 [H, W] in [0, 1] or None, `problem`,
 `answer`, `choices` (list, empty for short answer), `family`, `relation`, `split`, `boxes`
 float32 [k, 4] normalised, `trace` (the target text, "" if none), `index`, `scene_seed` (None for
-real data).
+real data), and optionally `focus` bool [r, c] (SAYO's focus area on a coarser token grid; the region
+mask then comes from it instead of `boxes`, `regions.focus_region_mask`).
 
 * `BuiltinSource`: example i is a pure function of (seed, split, i): scene seed
   `i + seed * 2**32` (+ `TEST_SEED_OFFSET` for split "test"), then `sample_question` and
@@ -51,7 +52,7 @@ from PIL import Image
 from sif_jax.data.batching import DEFAULT_LENGTH_BUCKETS, collate, collate_sft
 from sif_jax.data.image import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, load_image, process_image
 from sif_jax.data.questions import sample_question
-from sif_jax.data.regions import image_region_mask
+from sif_jax.data.regions import focus_region_mask, image_region_mask
 from sif_jax.data.scenes import SceneConfig, generate_scene
 from sif_jax.data.tokenizer import DEFAULT_SYSTEM_PROMPT, SIF_INSTRUCTION, Tokenizer, chat_prompt
 from sif_jax.data.traces import TraceConfig, build_trace
@@ -173,13 +174,15 @@ class TfdsSource(grain.sources.RandomAccessDataSource):
 
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
-    """Per-example options. `instruction` is appended to the question after a newline (None: not)."""
+    """Per-example options. `instruction` is appended to the question after `instruction_separator`
+    (None: not); `prompts.PROMPTS` holds the wordings a config can choose."""
 
     min_pixels: int = DEFAULT_MIN_PIXELS
     max_pixels: int = DEFAULT_MAX_PIXELS
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     instruction: str | None = SIF_INSTRUCTION
     depth_size: int | None = None  # None: full-resolution float32 (see the module doc)
+    instruction_separator: str = "\n"  # between the question and the instruction (`prompts.Prompt`)
 
 
 def downsample_depth(depth: np.ndarray, size: int | None) -> np.ndarray:
@@ -243,7 +246,7 @@ class Preprocessor:
 
     def question_text(self, problem: str) -> str:
         ins = self.options.instruction
-        return problem if not ins else f"{problem}\n{ins}"
+        return problem if not ins else f"{problem}{self.options.instruction_separator}{ins}"
 
     def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
         """Raises ValueError naming the record (`id`, `index`) for any bad field or image."""
@@ -258,7 +261,11 @@ class Preprocessor:
         grid = img.image_grid_thw[0]
         n_tokens = int(np.prod(grid)) // vision.merge_unit
         boxes = np.asarray(example["boxes"], np.float32).reshape(-1, 4)
-        region = image_region_mask(boxes, grid, vision.cell_size, vision.spatial_merge_size)
+        focus = example.get("focus")
+        if focus is not None:  # SAYO: a token-grid focus area instead of boxes
+            region = focus_region_mask(focus, grid, vision.cell_size, vision.spatial_merge_size)
+        else:
+            region = image_region_mask(boxes, grid, vision.cell_size, vision.spatial_merge_size)
         prompt = chat_prompt(self.tokenizer, self.question_text(example["problem"]), n_tokens, opt.system_prompt)
         target = self.tokenizer.encode(example.get("trace") or "")
         depth = example.get("depth")

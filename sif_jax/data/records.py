@@ -20,6 +20,7 @@ raise on unreadable files (bad JSON) naming the file and line.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -31,6 +32,9 @@ from PIL import Image
 
 BOX_FIELD = "normalized_solution_round.bbox_3d"
 IMAGE_TOKEN = "<image>"
+# meta key under which a reader lists (source field, value, why) problems it found in a row, so
+# validation skips/rejects the record naming the field of the *source* file (e.g. VSR `caption`).
+SOURCE_PROBLEMS = "source_problems"
 
 
 @dataclasses.dataclass
@@ -39,11 +43,13 @@ class SIFRecord:
 
     boxes: the GT boxes (`normalized_solution_round.bbox_3d`), normalised [x1, y1, x2, y2].
     choices: options of a multiple-choice question (None otherwise).
-    source: which reader made it ("sif", "gqa", "vsr", "whatsup", "scenes").
+    focus: SAYO's focus area as a bool [rows, cols] mask of 28 px token cells of the stored image
+      (None for other sources); the region-attention reward's target (see `sayo_focus_mask`).
+    source: which reader made it ("sif", "gqa", "vsr", "whatsup", "sayo", "scenes").
     meta: anything else a reader keeps (GQA question types, VSR relation, ...).
     """
 
-    image: Any
+    image: Any  # a path, or encoded image bytes (SAYO parquet)
     problem: Any
     response: Any
     boxes: Any = dataclasses.field(default_factory=list)
@@ -54,6 +60,7 @@ class SIFRecord:
     source: str = "sif"
     choices: Any = None
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    focus: Any = None
 
     def to_json(self) -> dict[str, Any]:
         """The SIF-50K JSON object (plus `id`, `source`, `choices`, `meta`)."""
@@ -131,7 +138,12 @@ def record_problems(
         errors.setdefault(i, []).append(f"record {i}: field {name!r}{sub} = {shown}: {why}")
 
     for i, r in enumerate(records):
-        if not _nonempty_str(r.image):
+        for name, value, why in (r.meta.get(SOURCE_PROBLEMS) or []) if isinstance(r.meta, dict) else []:
+            err(i, name, value, why)
+        if isinstance(r.image, bytes | bytearray):
+            if not r.image:
+                err(i, "image", r.image, "empty image bytes")
+        elif not _nonempty_str(r.image):
             err(i, "image", r.image, "missing image path")
         elif check_files and not os.path.isfile(r.image):
             err(i, "image", r.image, "image file not found")
@@ -246,6 +258,24 @@ def _resolve(path: Any, root: str | os.PathLike | None) -> Any:
     return os.path.join(os.fspath(root), path)
 
 
+def _resolve_sif(path: Any, root: str | os.PathLike) -> Any:
+    """A SIF-50K path: `root/path` when it exists; else, for paths that climb out of the root
+    (SIFThinker's records say `../data/...`, relative to its GRPO-SIF folder), the first existing of
+    `root/<path without its leading ../ and ./>` and `<root's parent>/path`; else `root/path`
+    (validation then reports the missing file)."""
+    first = _resolve(path, root)
+    if not isinstance(path, str) or not path or os.path.isabs(path) or os.path.exists(first):
+        return first
+    parts = path.replace("\\", "/").split("/")
+    while parts and parts[0] in ("..", "."):
+        parts.pop(0)
+    for candidate in (os.path.join(os.fspath(root), *parts) if parts else None,
+                      os.path.join(os.path.dirname(os.path.abspath(root)), path)):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return first
+
+
 def _load_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         text = f.read()
@@ -268,11 +298,82 @@ def _load_jsonl(path: str | os.PathLike) -> list[Any]:
     return out
 
 
+def iter_json_object(path: str | os.PathLike, *, chunk_chars: int = 1 << 20, desc: str | None = None):
+    """Yields (key, value) of a top-level JSON object one entry at a time, reading `chunk_chars` at a
+    time, so a multi-GB GQA file never sits in memory whole; a tqdm bar shows the bytes read
+    (`desc`, when given). Raises ValueError naming the file for anything but `{"key": value, ...}`."""
+    from tqdm import tqdm
+
+    path = os.fspath(path)
+    decoder = json.JSONDecoder()
+    total = os.path.getsize(path)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=desc is None, leave=False)
+    with open(path, encoding="utf-8") as f, bar:
+        buf, pos, done = "", 0, False
+
+        def fill() -> bool:
+            nonlocal buf, pos, done
+            more = f.read(chunk_chars)
+            bar.update(len(more.encode("utf-8")) if more else 0)
+            buf, pos = buf[pos:] + more, 0
+            done = not more
+            return bool(more)
+
+        def skip_ws() -> None:
+            nonlocal pos
+            while True:
+                while pos < len(buf) and buf[pos] in " \t\r\n":
+                    pos += 1
+                if pos < len(buf) or not fill():
+                    return
+
+        def expect(chars: str) -> str:
+            skip_ws()
+            if pos >= len(buf) or buf[pos] not in chars:
+                got = buf[pos:pos + 20] if pos < len(buf) else "end of file"
+                raise ValueError(f"{path}: expected one of {chars!r} of a JSON object keyed by id, got {got!r}")
+            return buf[pos]
+
+        def value() -> Any:
+            nonlocal pos
+            while True:
+                skip_ws()
+                try:
+                    v, end = decoder.raw_decode(buf, pos)
+                except json.JSONDecodeError as e:
+                    if done or not fill():
+                        raise ValueError(f"{path}: invalid JSON: {e.msg}") from None
+                    continue
+                if end == len(buf) and not done and fill():  # a number may continue in the next chunk
+                    continue
+                pos = end
+                return v
+
+        expect("{")
+        pos += 1
+        if expect('"}') == "}":
+            return
+        while True:
+            key = value()
+            expect(":")
+            pos += 1
+            yield key, value()
+            if expect(",}") == "}":
+                return
+            pos += 1
+
+
 def read_sif_json(
     path: str | os.PathLike, image_root: str | os.PathLike | None = None
 ) -> list[SIFRecord]:
-    """Reads SIF-50K style JSON (a list of objects) or JSONL; relative paths are taken from
-    `image_root` (default: the file's directory)."""
+    """Reads SIF-50K style JSON (a list of objects, as SIFThinker's `produce.py` writes it) or JSONL.
+
+    Relative paths are taken from `image_root` (default: the file's directory); SIFThinker's
+    `../data/...` paths are found as `_resolve_sif` says. Extra fields (`dataset`,
+    `normalized_solution_round.illegal_content`) are kept in `meta` / ignored. Boxes are read as
+    normalised [0, 1] (`normalized_solution_round`); a pixel box fails validation (coordinate
+    outside [0, 1]) instead of being rescaled.
+    """
     path = os.fspath(path)
     root = image_root if image_root is not None else os.path.dirname(os.path.abspath(path))
     rows = _load_jsonl(path) if path.endswith(".jsonl") else _load_json(path)
@@ -286,19 +387,22 @@ def read_sif_json(
         boxes = sol.get("bbox_3d", []) if isinstance(sol, dict) else sol
         images = row.get("images", [])
         if isinstance(images, list):
-            images = [_resolve(p, root) for p in images]
+            images = [_resolve_sif(p, root) for p in images]
+        meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+        if row.get("dataset") is not None:
+            meta = {**meta, "dataset": row.get("dataset")}
         out.append(SIFRecord(
-            image=_resolve(row.get("image"), root),
+            image=_resolve_sif(row.get("image"), root),
             problem=row.get("problem"),
             response=row.get("response"),
             boxes=boxes if boxes is not None else [],
-            depth_image=_resolve(row.get("depth_image"), root),
+            depth_image=_resolve_sif(row.get("depth_image"), root),
             messages=row.get("messages", []),
             images=images,
             id=str(row.get("id", i)),
             source=str(row.get("source", "sif")),
             choices=row.get("choices"),
-            meta=row.get("meta") if isinstance(row.get("meta"), dict) else {},
+            meta=meta,
         ))
     return out
 
@@ -314,16 +418,28 @@ def read_gqa(
     scene_graphs_json: str | os.PathLike,
     image_root: str | os.PathLike,
     image_ext: str = ".jpg",
+    progress: bool = False,
 ) -> list[SIFRecord]:
     """GQA: `{qid: {imageId, question, answer, annotations: {question|answer|fullAnswer:
     {span: objectId}}, ...}}` + scene graphs `{imageId: {width, height, objects: {objectId:
     {name, x, y, w, h, ...}}}}`. Target boxes are the annotated objects (question, answer and
-    full answer, first mention first), normalised by the image size and clipped to [0, 1]."""
-    questions = _load_json(questions_json)
-    graphs = _load_json(scene_graphs_json)
-    for name, value in (("questions", questions), ("scene graphs", graphs)):
-        if not isinstance(value, dict):
-            raise ValueError(f"GQA {name} file: expected a JSON object keyed by id")
+    full answer, first mention first), normalised by the image size and clipped to [0, 1].
+
+    Both files are streamed entry by entry (`iter_json_object`; `progress` shows tqdm bars), and of
+    the scene graphs only the images the questions name are kept. A target object the scene graph
+    lacks (or has no size for) gives no box; its id goes to `meta["missing_objects"]` and
+    `gqa_missing_targets` counts them — never silently dropped.
+    """
+    questions: dict[str, Any] = {}
+    for qid, q in iter_json_object(questions_json, desc="GQA questions" if progress else None):
+        if not isinstance(q, dict):
+            raise ValueError(f"{os.fspath(questions_json)}: question {qid!r} is {type(q).__name__}, expected an object")
+        questions[qid] = q
+    wanted = {str(q.get("imageId", "")) for q in questions.values()}
+    graphs: dict[str, Any] = {}
+    for image_id, graph in iter_json_object(scene_graphs_json, desc="GQA scene graphs" if progress else None):
+        if image_id in wanted:
+            graphs[image_id] = graph if isinstance(graph, dict) else {}
     out = []
     for qid, q in questions.items():
         image_id = str(q.get("imageId", ""))
@@ -356,6 +472,8 @@ def read_gqa(
         meta = {"types": q.get("types", {}), "full_answer": q.get("fullAnswer")}
         if missing:
             meta["missing_objects"] = missing
+            if image_id not in graphs:
+                meta["missing_scene_graph"] = image_id
         out.append(SIFRecord(
             image=image, problem=problem, response=answer, boxes=boxes,
             messages=default_messages(str(problem), str(answer)), images=[image],
@@ -364,45 +482,207 @@ def read_gqa(
     return out
 
 
+def gqa_missing_targets(records: Sequence[SIFRecord]) -> tuple[int, int, list[str]]:
+    """(questions with a target object missing from the scene graph, missing objects in all, the
+    first `SHOWN_IDS` of those question ids)."""
+    hit = [r for r in records if isinstance(r.meta, dict) and r.meta.get("missing_objects")]
+    return len(hit), sum(len(r.meta["missing_objects"]) for r in hit), [r.id for r in hit[:SHOWN_IDS]]
+
+
+VSR_LABELS = {1: "yes", "1": "yes", "true": "yes", "True": "yes",  # True == 1, False == 0
+              0: "no", "0": "no", "false": "no", "False": "no"}
+
+
 def read_vsr(jsonl: str | os.PathLike, image_root: str | os.PathLike) -> list[SIFRecord]:
     """VSR: JSONL lines `{image, caption, label (1 true / 0 false), relation, ...}`; each becomes
-    a yes/no question about the caption. VSR has no boxes."""
+    a yes/no question about the caption. VSR has no boxes. A line without a `caption` string or
+    with another `label` is flagged on that source field (skipped and counted, or an error with
+    strict validation) — never turned into a question about "None"."""
     out = []
     for i, row in enumerate(_load_jsonl(jsonl)):
+        if not isinstance(row, dict):
+            row = {}
         caption = row.get("caption")
         label = row.get("label")
-        # An unknown label gives an empty answer, which validation reports.
-        answer = "yes" if label in (1, "1", "true", "True") else (
-            "no" if label in (0, "0", "false", "False") else ""
-        )
-        problem = f'Is this statement about the image true: "{caption}"? Answer yes or no.'
+        problems = []
+        if not _nonempty_str(caption):
+            problems.append(("caption", caption, "missing caption (the statement the question asks about)"))
+        answer = VSR_LABELS.get(label, "") if isinstance(label, int | str | bool) else ""
+        if not answer:
+            problems.append(("label", label, "expected 1 (true) or 0 (false)"))
+        problem = f'Is this statement about the image true: "{caption}"? Answer yes or no.' if _nonempty_str(
+            caption) else ""
         image = _resolve(row.get("image"), image_root)
+        meta: dict[str, Any] = {"relation": row.get("relation"), "caption": caption}
+        if problems:
+            meta[SOURCE_PROBLEMS] = problems
         out.append(SIFRecord(
             image=image, problem=problem, response=answer, boxes=[],
-            messages=default_messages(problem, answer), images=[image],
-            id=str(row.get("id", i)), source="vsr", choices=["yes", "no"],
-            meta={"relation": row.get("relation"), "caption": caption},
+            messages=default_messages(problem, answer) if not problems else [], images=[image],
+            id=str(row.get("id", i)), source="vsr", choices=["yes", "no"], meta=meta,
         ))
     return out
+
+
+def _whatsup_image(image_id: Any, root: str | os.PathLike) -> str:
+    """COCO-/VG-spatial image ids name files as the WhatsUp loaders do: `val2017/<id, 12 digits>.jpg`
+    (COCO), `vg_images/<id>.jpg` (VG), or `<id>.jpg` directly under the image folder."""
+    name = str(image_id)
+    names = [f"{name}.jpg", f"{name.zfill(12)}.jpg", os.path.join("val2017", f"{name.zfill(12)}.jpg"),
+             os.path.join("vg_images", f"{name}.jpg")]
+    candidates = [os.path.join(os.fspath(root), n) for n in names]
+    return next((c for c in candidates if os.path.exists(c)), candidates[0])
 
 
 def read_whatsup(
     path: str | os.PathLike, image_root: str | os.PathLike, seed: int = 0
 ) -> list[SIFRecord]:
-    """WhatsUp: a JSON list of `{image_path, caption_options}` whose first option is the true
-    caption. Options are shuffled per record (seeded) so the answer's position is no cue."""
+    """WhatsUp, either format of its files:
+
+    * Controlled-A/B: a JSON list of `{image_path, caption_options}` whose first option is the true
+      caption;
+    * COCO-spatial / VG-spatial (`coco_qa_*.json`, `vg_qa_*.json`): a JSON list of
+      `[image_id, true_caption, false_caption, ...]` (image file: `_whatsup_image`).
+
+    Options are shuffled per record (seeded) so the answer's position is no cue. A row with fewer
+    than two non-empty captions is flagged on `caption_options` (skipped and counted, or an error
+    with strict validation); a row of another shape is flagged on `row`.
+    """
+    rows = _load_json(path)
+    if not isinstance(rows, list):
+        raise ValueError(f"{os.fspath(path)}: expected a JSON list of WhatsUp rows, got {type(rows).__name__}")
     out = []
-    for i, row in enumerate(_load_json(path)):
-        options = list(row.get("caption_options") or [])
+    for i, row in enumerate(rows):
+        problems = []
+        if isinstance(row, dict):
+            options = row.get("caption_options")
+            image = _resolve(row.get("image_path"), image_root)
+            field = "caption_options"
+        elif isinstance(row, list | tuple) and row:
+            options = list(row[1:])
+            image = _whatsup_image(row[0], image_root)
+            field = "caption_options"  # [image_id, true, false]: the captions after the id
+        else:
+            options, image, field = None, None, "row"
+            problems.append(("row", row, "expected {image_path, caption_options} or [image_id, true, false]"))
+        if not problems and (not isinstance(options, list | tuple) or len(options) < 2
+                             or not all(_nonempty_str(o) for o in options)):
+            problems.append((field, options, "expected >= 2 non-empty captions, the true one first"))
+        options = [str(o) for o in options] if not problems else []
         answer = options[0] if options else ""
         order = np.random.default_rng([seed, i]).permutation(len(options))
         choices = [options[k] for k in order]
         problem = "Which caption describes the image? Answer with one of: " + "; ".join(choices)
-        image = _resolve(row.get("image_path"), image_root)
+        meta = {SOURCE_PROBLEMS: problems} if problems else {}
         out.append(SIFRecord(
-            image=image, problem=problem, response=answer, boxes=[],
-            messages=default_messages(problem, answer), images=[image],
-            id=str(i), source="whatsup", choices=choices,
+            image=image, problem=problem, response=answer or "-", boxes=[],
+            messages=default_messages(problem, answer) if answer else [], images=[image] if image else [],
+            id=str(i), source="whatsup", choices=choices or None, meta=meta,
+        ))
+    return out
+
+
+# SAYO's grid: 28 px tokens (Qwen2.5/3-VL's 14 px patches merged 2 x 2) on 448 x 448 images = 16 x 16.
+SAYO_CELL = 28
+SAYO_FIELDS = ("id", "type", "question", "answer", "short_answer", "image", "focus_area")
+
+
+def sayo_focus_mask(focus_area: Any, rows: int, cols: int) -> np.ndarray:
+    """SAYO `focus_area` -> bool [rows, cols]: inclusive token-index ranges `[[start, end], ...]`
+    (a bare `[start, end]` or an int is one range) in row-major order on the image's grid of
+    `SAYO_CELL` px tokens. Raises ValueError naming the range for anything outside the grid."""
+    if isinstance(focus_area, int) and not isinstance(focus_area, bool):
+        focus_area = [[focus_area, focus_area]]
+    if (isinstance(focus_area, list | tuple) and len(focus_area) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in focus_area)):
+        focus_area = [focus_area]
+    if not isinstance(focus_area, list | tuple) or not focus_area:
+        raise ValueError(f"expected a non-empty list of inclusive [start, end] token ranges, got {focus_area!r}")
+    mask = np.zeros(rows * cols, bool)
+    for r in focus_area:
+        if isinstance(r, int) and not isinstance(r, bool):
+            r = [r, r]
+        if not (isinstance(r, list | tuple) and len(r) == 2 and all(
+                isinstance(v, int | np.integer) and not isinstance(v, bool) for v in r)):
+            raise ValueError(f"range {r!r}: expected [start, end] token indices")
+        start, end = int(r[0]), int(r[1])
+        if not 0 <= start <= end < rows * cols:
+            raise ValueError(f"range {[start, end]}: outside the {rows} x {cols} grid of {SAYO_CELL} px tokens "
+                             f"(indices 0..{rows * cols - 1})")
+        mask[start:end + 1] = True
+    return mask.reshape(rows, cols)
+
+
+def _sayo_image(value: Any, root: str) -> Any:
+    if isinstance(value, dict):  # HF datasets' Image feature: {"bytes": ..., "path": ...}
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, str) and value:
+        path = _resolve(value, root)
+        if os.path.exists(path):
+            return path
+        try:
+            import base64
+
+            return base64.b64decode(value.split(",", 1)[-1], validate=True)
+        except ValueError:
+            return path
+    return value
+
+
+def read_sayo(path: str | os.PathLike) -> list[SIFRecord]:
+    """SAYO records: parquet (read with pyarrow) or JSON / JSONL with fields `id, type, question,
+    answer, short_answer, image, focus_area`.
+
+    `image`: PNG bytes (parquet; also HF's `{"bytes", "path"}`), a path relative to the file, or
+    base64. `focus_area`: inclusive token-index ranges on the image's grid of `SAYO_CELL` px tokens
+    (16 x 16 for SAYO's 448 x 448 images) -> `SIFRecord.focus` (`sayo_focus_mask`). The answer is
+    `short_answer` when present (what the accuracy check compares), else `answer`. SAYO has no boxes.
+    A row whose `focus_area` is unusable or whose image size is no multiple of `SAYO_CELL` is
+    flagged on that field (skipped and counted, or an error with strict validation).
+    """
+    path = os.fspath(path)
+    root = os.path.dirname(os.path.abspath(path))
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        missing = [f for f in ("question", "image", "focus_area") if f not in table.column_names]
+        if missing:
+            raise ValueError(f"{path}: SAYO parquet lacks column(s) {missing} (has {table.column_names})")
+        rows = table.to_pylist()
+    else:
+        rows = _load_jsonl(path) if path.endswith(".jsonl") else _load_json(path)
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON list of SAYO records, got {type(rows).__name__}")
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            row = {}
+        problems = []
+        image = _sayo_image(row.get("image"), root)
+        focus = None
+        try:
+            with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as im:
+                width, height = im.size
+        except (OSError, TypeError, ValueError, AttributeError):
+            width = height = None  # validation reports the image itself
+        if width is not None:
+            if width % SAYO_CELL or height % SAYO_CELL:
+                problems.append(("image", f"{width}x{height}", f"size is no multiple of SAYO's {SAYO_CELL} px tokens"))
+            else:
+                try:
+                    focus = sayo_focus_mask(row.get("focus_area"), height // SAYO_CELL, width // SAYO_CELL)
+                except ValueError as e:
+                    problems.append(("focus_area", row.get("focus_area"), str(e)))
+        answer = row.get("short_answer") if _nonempty_str(row.get("short_answer")) else row.get("answer")
+        meta: dict[str, Any] = {"type": row.get("type"), "long_answer": row.get("answer"), "family": row.get("type")}
+        if problems:
+            meta[SOURCE_PROBLEMS] = problems
+        out.append(SIFRecord(
+            image=image, problem=row.get("question"), response=answer, boxes=[],
+            messages=[], images=[], id=str(row.get("id", i)), source="sayo", meta=meta, focus=focus,
         ))
     return out
 

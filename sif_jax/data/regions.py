@@ -142,3 +142,29 @@ def batch_region_mask(
                           None if attention_mask is None else attention_mask[b])
         for b in range(ids.shape[0])
     ])
+
+
+def focus_region_mask(
+    focus: np.ndarray, image_grid_thw: Sequence[int], cell_size: int, spatial_merge_size: int
+) -> np.ndarray:
+    """bool [t * R * C]: a focus mask given on a coarser token grid (SAYO's `focus_area`, bool
+    [r, c] on 28 px tokens of the stored image) on this model's merged-token grid (R, C).
+
+    Exact re-mapping: each focus cell covers an (R / r) x (C / c) block of model tokens, which
+    needs R and C to be whole multiples of r and c (the same grid, or the image resized by an
+    integer factor). Raises ValueError naming both grids and `cell_size` otherwise.
+    """
+    focus = np.asarray(focus, bool)
+    if focus.ndim != 2 or 0 in focus.shape:
+        raise ValueError(f"focus mask: expected bool [rows, cols], got shape {focus.shape}")
+    t, rows, cols = merged_grid(image_grid_thw, spatial_merge_size)
+    fr, fc = focus.shape
+    if rows % fr or cols % fc:
+        raise ValueError(
+            f"the focus area is given on a {fr} x {fc} token grid, but the model sees this image as {rows} x {cols} "
+            f"tokens of {cell_size} px, which does not divide into it exactly; keep the image at a size where "
+            f"{rows} x {cols} is a multiple of {fr} x {fc} (e.g. data.max_pixels / min_pixels) or use a model "
+            f"with {cell_size} px tokens on an image of {fr * cell_size} x {fc * cell_size} px"
+        )
+    mask = np.kron(focus, np.ones((rows // fr, cols // fc), bool)).astype(bool)
+    return np.tile(mask.reshape(-1), t)

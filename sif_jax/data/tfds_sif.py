@@ -18,7 +18,8 @@ grain wants) — without TensorFlow. What makes that work on tensorflow-datasets
 Build from the command line::
 
     python -m sif_jax.data.tfds_sif --size=small --data_dir=DIR
-    python -m sif_jax.data.tfds_sif --local=DIR_WITH_sif.json --data_dir=DIR [--strict_records]
+    python -m sif_jax.data.tfds_sif --local=SIF-50K.json --data_dir=DIR [--strict_records]
+    python -m sif_jax.data.tfds_sif --local=DIR_WITH_sif.json --data_dir=DIR
 
 (`sif_local` leaves out invalid records with a warning giving their count and first ids;
 `--strict_records` fails on the first build instead.)
@@ -209,6 +210,8 @@ class SifLocal(_SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "SIF-50K JSON + images from a local directory."}
     strict_records = False  # True: one invalid record fails the build; False: skipped with a warning
+    train_file = "sif.json"  # in manual_dir (`build(local_dir=<file>)` sets another name)
+    test_file = "sif_test.json"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Place sif.json (SIF-50K format: a list of records) and optionally sif_test.json in "
         "manual_dir; relative image paths are taken from manual_dir."
@@ -233,8 +236,8 @@ class SifLocal(_SourceFileCodePath, tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[tuple[str, dict]]]:
         root = os.fspath(dl_manager.manual_dir)
-        splits = {"train": os.path.join(root, "sif.json")}
-        test = os.path.join(root, "sif_test.json")
+        splits = {"train": os.path.join(root, self.train_file)}
+        test = os.path.join(root, self.test_file)
         if os.path.exists(test):
             splits["test"] = test
         return {name: self._generate_examples(path) for name, path in splits.items()}
@@ -277,6 +280,11 @@ def build(
     if local_dir is not None:
         builder: tfds.core.DatasetBuilder = SifLocal(data_dir=os.fspath(data_dir))
         builder.strict_records = strict_records
+        if os.path.isfile(local_dir):  # a SIF-50K file of any name: it is the train split
+            local_dir, builder.train_file = os.path.split(os.path.abspath(local_dir))
+            builder.test_file = os.path.splitext(builder.train_file)[0] + "_test.json"
+        elif not os.path.isfile(os.path.join(local_dir, "sif.json")):
+            raise FileNotFoundError(f"--local={local_dir!r}: give a SIF-50K JSON file, or a directory holding sif.json")
         download_config = tfds.download.DownloadConfig(manual_dir=local_dir)
     else:
         if size not in SIZES:
@@ -291,13 +299,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build the sif_spatial / sif_local datasets.")
     parser.add_argument("--size", default="small", choices=sorted(SIZES))
     parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--local", default=None, help="directory holding sif.json (sif_local)")
+    parser.add_argument("--local", default=None,
+                        help="sif_local: a SIF-50K JSON file (any name; <name>_test.json beside it is the test "
+                             "split) or a directory holding sif.json (and sif_test.json)")
     parser.add_argument("--strict_records", action="store_true",
                         help="sif_local: fail on any invalid record instead of skipping it with a warning")
     args = parser.parse_args(argv)
     builder = build(args.data_dir, args.size, args.local, strict_records=args.strict_records)
     print(f"built {builder.info.full_name} in {builder.data_dir}: "
           + ", ".join(f"{k}={v.num_examples}" for k, v in builder.info.splits.items()))
+    print(f"train on it with --config.data.source=tfds:{args.data_dir}:{builder.info.full_name.rsplit('/', 1)[0]}")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def _vsr(tmp_path, images):
     rows = [{"image": "a.png", "caption": "c0", "label": 1}, {"image": "b.png", "caption": "c1", "label": "maybe"},
             {"image": "a.png", "caption": "c2", "label": 0}]
     (tmp_path / "v.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return f"vsr:{tmp_path / 'v.jsonl'}:{images}", "1", "empty answer"
+    return f"vsr:{tmp_path / 'v.jsonl'}:{images}", "1", "field 'label' = 'maybe'"
 
 
 def _whatsup(tmp_path, images):

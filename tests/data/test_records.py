@@ -181,6 +181,7 @@ def test_vsr_reader(tmp_path):
     assert recs[0].meta["relation"] == "under" and recs[0].choices == ["yes", "no"]
     errors = record_errors(recs)
     assert "record 2: field 'response' = '': empty answer" in errors
+    assert "record 2: field 'label' = 'maybe': expected 1 (true) or 0 (false)" in errors
     assert all(e.startswith("record 2:") for e in errors)
 
 

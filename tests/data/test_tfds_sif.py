@@ -152,3 +152,24 @@ def test_sif_local_skips_bad_records_with_a_warning(tmp_path, scenes, monkeypatc
         [records[0].id, records[2].id])
     assert len(warnings) == 1 and "skipped 1 invalid records (ids: bad-one)" in warnings[0]
     assert "x2 <= x1" in warnings[0]
+
+
+def test_builds_of_any_size_and_file_name_open_through_the_source_registry(tmp_path, scenes):
+    pytest.importorskip("tensorflow_datasets")
+    from sif_jax.data import sources, tfds_sif
+    from sif_jax.data.traces import build_trace
+
+    tiny = tfds_sif.build(tmp_path / "data", "tiny")
+    records = []
+    for sc in scenes[:3]:
+        q = generate_questions(sc, 0, families=("relation",))[0]
+        records.append(record_from_scene(sc, q, build_trace(sc, q, 0), tmp_path / "manual" / "images"))
+    write_sif_json(records, tmp_path / "manual" / "my_records.json")  # any name
+    tfds_sif.build(tmp_path / "local", local_dir=str(tmp_path / "manual" / "my_records.json"))
+    # the path as the builder printed it, the data_dir, or the data_dir plus the build name
+    for spec in (f"tfds:{tiny.data_dir}", f"tfds:{tmp_path / 'data'}", f"tfds:{tmp_path / 'data'}:sif_spatial/tiny"):
+        assert len(sources.tfds_source(spec, "train")) == 32 and len(sources.tfds_source(spec, "test")) == 8
+    local = sources.tfds_source(f"tfds:{tmp_path / 'local'}", "train")
+    assert len(local) == 3 and local[0]["boxes"].shape[1] == 4
+    with pytest.raises(FileNotFoundError, match=r"give a SIF-50K JSON file, or a directory holding sif.json"):
+        tfds_sif.build(tmp_path / "x", local_dir=str(tmp_path))
