@@ -107,3 +107,20 @@ def test_attention_masses_and_hidden(qwen3_loaded, qwen3_io):
     head = np.asarray(aux["hidden"]) @ np.asarray(params["text"]["lm_head"]["kernel"])
     valid = qwen3_io["attention_mask"].astype(bool)
     assert np.abs(head - qwen3_io["logits"])[valid].max() <= 1e-4
+
+
+def test_prepare_inputs_names_what_does_not_match(qwen3_loaded, qwen3_io):
+    import pytest
+
+    config, _ = qwen3_loaded
+    ids, mask, pv, grids = (qwen3_io[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw"))
+    with pytest.raises(ValueError, match="image-pad tokens"):
+        prepare_inputs(config, ids, mask, pv, grids[:1])
+    with pytest.raises(ValueError, match="pixel_values has shape"):
+        prepare_inputs(config, ids, mask, pv[:-4], grids)
+    with pytest.raises(ValueError, match="no pixel_values"):
+        prepare_inputs(config, ids, mask)
+    with pytest.raises(ValueError, match="outside"):
+        prepare_inputs(config, ids + config.text.vocab_size, mask, pv, grids)
+    with pytest.raises(ValueError, match="image_grid_thw"):
+        prepare_inputs(config, ids, mask, pv, grids + [[0, 1, 0], [0, 0, 0]])
