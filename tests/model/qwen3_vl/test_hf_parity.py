@@ -124,3 +124,19 @@ def test_prepare_inputs_names_what_does_not_match(qwen3_loaded, qwen3_io):
         prepare_inputs(config, ids + config.text.vocab_size, mask, pv, grids)
     with pytest.raises(ValueError, match="image_grid_thw"):
         prepare_inputs(config, ids, mask, pv, grids + [[0, 1, 0], [0, 0, 0]])
+
+
+def test_gradients_reach_the_position_table_and_deepstack_mergers(qwen3_loaded, qwen3_io):
+    import jax.numpy as jnp
+
+    config, params = qwen3_loaded
+    inputs = model_inputs(_prepare(config, qwen3_io))
+
+    def loss(p):
+        logits, _ = Qwen3VL(config).apply({"params": p}, **inputs)
+        return jnp.mean(jnp.square(logits))
+
+    grads = jax.grad(loss)(params)["visual"]
+    for name in ("pos_embed", "deepstack_merger_0", "deepstack_merger_1", "merger"):
+        total = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads[name]))
+        assert total > 0, name
