@@ -143,6 +143,26 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh, batch_axes: Mapping[str, i
     return out
 
 
+def sharding_leaves(tree: Any) -> tuple | None:
+    """The shardings of a pytree's leaves as a hashable tuple (a jit static argument), or None
+    when a leaf carries none (a host array). With `constrain_leaves` this pins a traced result, e.g.
+    a gradient, to its parameters' layout: without it XLA may return the gradient replicated on
+    every chip (a whole model's worth per chip under FSDP)."""
+    shardings = tuple(getattr(x, "sharding", None) for x in jax.tree.leaves(tree))
+    return None if any(s is None for s in shardings) else shardings
+
+
+def constrain_leaves(tree: Any, shardings: tuple | None) -> Any:
+    """`jax.lax.with_sharding_constraint` leaf by leaf with `sharding_leaves`' tuple (None: as is)."""
+    if shardings is None:
+        return tree
+    leaves, treedef = jax.tree.flatten(tree)
+    if len(leaves) != len(shardings):
+        raise ValueError(f"{len(shardings)} shardings for a tree of {len(leaves)} leaves")
+    return jax.tree.unflatten(treedef, [jax.lax.with_sharding_constraint(x, s)
+                                        for x, s in zip(leaves, shardings, strict=True)])
+
+
 def to_host(x: Any) -> np.ndarray:
     """A NumPy copy of a (possibly multi-process) array: gathered across processes when part of
     it lives on another host, so every process sees the same global value."""

@@ -301,7 +301,8 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
         batch.pop("region_mask")
         denominator = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
         programs.append(Program("sft_grads", lambda b=batch, d=denominator: sft_grads.lower(
-            params, b, d, config=model), per_chip_bytes(state) - params_bytes))
+            params, b, d, config=model, grad_shardings=parallel.sharding_leaves(params)),
+            per_chip_bytes(state) - params_bytes))
         apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=False))
         programs.append(Program("sft_update", lambda a=apply, s=state: a.lower(s, params)))
 
@@ -355,7 +356,7 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
         accumulator = params_bytes if micro > 1 else 0
         programs.append(Program("grpo_loss_grads", lambda: grpo_lib._loss_grads.lower(
             params, prompt, completion, mask, mask, logp, logp if reference else None, advantages, denominator,
-            config=model, grpo=g), not_params + accumulator))
+            config=model, grpo=g, grad_shardings=parallel.sharding_leaves(params)), not_params + accumulator))
         apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=reference))
         programs.append(Program("grpo_update", lambda: apply.lower(state, params)))
     return programs

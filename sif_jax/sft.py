@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from sif_jax import parallel
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.vlm import Qwen25VL, lm_head_kernel, model_inputs
 from sif_jax.rl.scoring import chunked_token_stats
@@ -36,13 +37,17 @@ def sft_loss_terms(params: Params, batch: dict[str, jax.Array], *, config: Model
     return -jnp.sum(logp * mask), jnp.sum(mask)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "vocab_chunk"))
+@functools.partial(jax.jit, static_argnames=("config", "vocab_chunk", "grad_shardings"))
 def sft_grads(params: Params, batch: dict[str, jax.Array], denominator: jax.Array, *, config: ModelConfig,
-              vocab_chunk: int = 4096) -> tuple[Params, tuple[jax.Array, jax.Array]]:
-    """Gradient of summed NLL / `denominator` (the total target tokens of the whole step)."""
+              vocab_chunk: int = 4096,
+              grad_shardings: tuple | None = None) -> tuple[Params, tuple[jax.Array, jax.Array]]:
+    """Gradient of summed NLL / `denominator` (the total target tokens of the whole step).
+
+    grad_shardings: `parallel.sharding_leaves(params)`; the gradient is laid out like the params.
+    """
     def loss_fn(p):
         num, den = sft_loss_terms(p, batch, config=config, vocab_chunk=vocab_chunk)
         return num / denominator, (num, den)
 
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return grads, aux
+    return parallel.constrain_leaves(grads, grad_shardings), aux

@@ -271,7 +271,8 @@ def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
             batch = _place(next(data_iter), run.mesh)
             batch = {k: batch[k] for k in (*MODEL_INPUTS, "loss_mask") if k in batch}
             denominator = jnp.maximum(jnp.sum(batch["loss_mask"][:, 1:]), 1)
-            grads, (nll, tokens) = sft_grads(state.params, batch, denominator, config=run.model)
+            grads, (nll, tokens) = sft_grads(state.params, batch, denominator, config=run.model,
+                                             grad_shardings=parallel.sharding_leaves(state.params))
             state = apply(state, grads)
             loss = float(nll / tokens)
             bar.set_postfix(loss=f"{loss:.3f}")

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sif_jax import parallel
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.vlm import model_inputs
 from sif_jax.parallel import to_host
@@ -101,12 +102,13 @@ def make_optimizer(learning_rate: float | optax.Schedule, *, weight_decay: float
     return optax.chain(tx, optax.stateless(zero_vision))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "grpo"))
+@functools.partial(jax.jit, static_argnames=("config", "grpo", "grad_shardings"))
 def _loss_grads(params, prompt, completion, completion_mask, loss_mask, old_logp, ref_logp, advantages, denominator,
-                *, config: ModelConfig, grpo: GRPOConfig):
+                *, config: ModelConfig, grpo: GRPOConfig, grad_shardings: tuple | None = None):
     """Gradient of numerator / total denominator for one micro-batch (exact accumulation).
     `completion_mask` is the sequence the policy produced (attention); `loss_mask` the tokens
-    that are trained (`Rollout.loss_mask`)."""
+    that are trained (`Rollout.loss_mask`). grad_shardings: `parallel.sharding_leaves(params)`,
+    so the gradient (and the accumulated sum) is laid out like the params."""
     def loss_fn(p):
         scores = score(p, prompt, completion, completion_mask, config=config,
                        temperature=_score_temperature(grpo), vocab_chunk=grpo.vocab_chunk)
@@ -117,7 +119,7 @@ def _loss_grads(params, prompt, completion, completion_mask, loss_mask, old_logp
         return num / denominator, (num, den, metrics)
 
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return grads, aux
+    return parallel.constrain_leaves(grads, grad_shardings), aux
 
 
 @dataclasses.dataclass
@@ -238,12 +240,13 @@ def policy_update(
     the exact full-batch gradient (numerators over the total denominator)."""
     denominator = jnp.maximum(sum(loss_denominator(r.loss_mask, grpo.reduction) for r in rollouts), 1.0)
     metrics: dict[str, float] = {}
+    grad_shardings = parallel.sharding_leaves(state.params)
     for _ in range(grpo.mu):
         grads_sum, num_sum, parts = None, 0.0, []
         for r in rollouts:
             grads, (num, _, m) = _loss_grads(state.params, r.prompt, r.completion, r.completion_mask, r.loss_mask,
                                              r.old_logp, r.ref_logp, r.advantages, denominator, config=config,
-                                             grpo=grpo)
+                                             grpo=grpo, grad_shardings=grad_shardings)
             grads_sum = grads if grads_sum is None else jax.tree.map(jnp.add, grads_sum, grads)
             num_sum = num_sum + num
             parts.append(m)

@@ -77,6 +77,9 @@ def test_every_program_of_a_grpo_run_compiles_for_v5p_8(mesh):
     # params (reference + Adam moments + counters) is resident
     assert rows["grpo_update"].resident == 0
     assert 0 < rows["score_policy"].resident < rows["grpo_update"].arguments
+    if mesh == (1, 4, 1):  # FSDP: the gradient comes out sharded like the params, not replicated per chip
+        assert rows["grpo_loss_grads"].outputs < rows["grpo_loss_grads"].arguments
+        assert rows["sft_grads"].outputs < rows["sft_grads"].arguments
     # two micro-batches: the gradient accumulator lives on during the loss
     assert rows["grpo_loss_grads"].resident > rows["score_policy"].resident
 

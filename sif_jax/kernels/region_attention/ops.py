@@ -112,8 +112,8 @@ def attention(
         from sif_jax.kernels.region_attention.tpu import region_attention_tpu
 
         if target_platform() != "tpu":
-            _log_once("region_attention: backend 'pallas_tpu' lowered for a non-TPU platform runs "
-                      "in the Pallas interpreter (slow; for tests)")
+            _log_once("region_attention: backend 'pallas_tpu' traced without a TPU target: the kernel is "
+                      "compiled where the program is lowered for a TPU and interpreted elsewhere (slow)")
         compiled = functools.partial(region_attention_tpu, interpret=None)
         interpreted = functools.partial(region_attention_tpu, interpret=True)
         return _sharded(compiled, interpreted, "tpu", q, k, v, **kwargs)
