@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.sft = ml_collections.ConfigDict()
     c.sft.steps = 300  # warm-up steps when init_checkpoint is empty (0 = none)
     c.sft.batch_size = 16
-    c.sft.learning_rate = 3e-3  # from scratch; the released models use 1e-4 (METHODS §1)
+    c.sft.learning_rate = 3e-3  # from scratch; the released models use 1e-4 (METHODS §1.4)
     c.sft.warmup_fraction = 0.1
 
     c.grpo = ml_collections.ConfigDict()

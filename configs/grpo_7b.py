@@ -7,7 +7,7 @@
 
 G=8 samples per prompt, one group (8 rows) per micro-batch, completions of up to 2048 tokens, an
 896 px image (64 x 64 patches = 1024 visual tokens after the 2x2 merge), the frozen KL reference
-(beta 0.04), sampling at temperature 1 (METHODS §4). The run starts from the released checkpoint,
+(beta 0.04), sampling at temperature 1 (METHODS §1.4). The run starts from the released checkpoint,
 so there is no SFT warm-up here. Prompts are ~1024 image + ~150 text tokens: one 1280 bucket.
 """
 
