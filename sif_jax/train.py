@@ -42,7 +42,7 @@ from sif_jax.model.layout import is_stacked, to_layout
 from sif_jax.model.vlm import MODEL_INPUTS, abstract_boxed_params, init_params, param_logical_axes
 from sif_jax.rl.adaptvis import answer_tag_ids
 from sif_jax.rl.grpo import GRPOConfig, TrainState, collect_rollouts, make_optimizer, policy_update
-from sif_jax.rl.rewards import RewardConfig, RewardState
+from sif_jax.rl.rewards import REWARD_NAMES, RewardConfig, RewardState
 from sif_jax.rl.sampler import SamplingConfig
 from sif_jax.run_config import validate_config
 from sif_jax.sft import sft_grads
@@ -286,7 +286,7 @@ def grpo_settings(config: ml_collections.ConfigDict) -> tuple[GRPOConfig, Reward
         mask_truncated_completions=g.mask_truncated_completions,
     )
     r = config.rewards
-    weights = {k: float(r[k]) for k in ("format", "accuracy", "iou", "depth", "region_attention", "sayo_format")}
+    weights = {k: float(r[k]) for k in REWARD_NAMES}
     return grpo, RewardConfig(weights=weights, top_fraction=r.top_fraction)
 
 
