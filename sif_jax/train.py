@@ -283,7 +283,7 @@ def grpo_settings(config: ml_collections.ConfigDict) -> tuple[GRPOConfig, Reward
         reduction=g.reduction, mass_layers=tuple(g.mass_layers),
         sampling=SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                                 top_k=g.top_k),
-        mask_truncated_completions=g.mask_truncated_completions,
+        vocab_chunk=g.vocab_chunk, mask_truncated_completions=g.mask_truncated_completions,
     )
     r = config.rewards
     weights = {k: float(r[k]) for k in REWARD_NAMES}
