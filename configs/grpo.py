@@ -1,18 +1,33 @@
 """GRPO-SIF + SAYO on the built-in spatial task with the tiny model: the default run.
 
     python -m sif_jax.train --config=configs/grpo.py [--config.grpo.steps=100 ...]
+    python -m sif_jax.train --config=configs/grpo.py:phase=sft      # the SFT warm-up only
+    python -m sif_jax.train --config=configs/grpo.py:runlocal       # small settings, a minute or two on a CPU
 
 With no `init_checkpoint` the run first does a short SFT warm-up on built-in traces
 (reverse-expansion-forward-inference), then GRPO with the combined SIFThinker + SAYO rewards,
 and prints held-out accuracy and TAS before and after GRPO. On a 2-core CPU it takes minutes.
 For a released model: --config.model=qwen2_5_vl_7b --config.init_checkpoint=/path/to/hf_dir
-and a larger mesh (see README, "Cloud TPU").
+and a larger mesh (see README, "Cloud TPU"; configs/grpo_7b.py).
+
+Variants (`get_config(arg)`, comma-separated; from Python `configs.grpo.get_config("runlocal")`):
+  phase=grpo   SFT warm-up (unless init_checkpoint) then GRPO (the default)
+  phase=sft    the warm-up only, saved in workdir/sft as a run directory GRPO can start from
+  runlocal     the small settings of the tests and notebooks: 112 px scenes, 8 SFT steps,
+               20 GRPO steps of 4 prompts x 4 samples, completions of up to 24 tokens
 """
 
 import ml_collections
 
+from configs import common
 
-def get_config() -> ml_collections.ConfigDict:
+PHASES = ("grpo", "sft")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, phase="grpo", runlocal=False)
+    if arg.phase not in PHASES:
+        raise ValueError(f"config argument phase={arg.phase!r}: expected one of {PHASES}")
     c = ml_collections.ConfigDict()
     c.model = "tiny"  # preset: tiny | qwen2_5_vl_3b | qwen2_5_vl_7b
     c.init_checkpoint = ""  # HF directory (config.json + safetensors) or a sif_jax run directory
@@ -34,14 +49,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.prompt = "builtin"  # builtin | sifthinker | sayo (sif_jax/data/prompts.py)
     c.data.image_size = 224
     c.data.eval_examples = 64
-    c.data.eval_seed = 10_000_000  # held-out scenes: seeds never used for training
     c.data.length_buckets = (192, 512, 640)  # prompts ~165 tokens; prompt + trace (SFT) ~280-520
     c.data.patch_buckets = (256,)
 
     c.sft = ml_collections.ConfigDict()
     c.sft.steps = 300  # warm-up steps when init_checkpoint is empty (0 = none)
     c.sft.batch_size = 16
-    c.sft.learning_rate = 3e-3  # from scratch; the released models use 1e-4 (METHODS §1)
+    c.sft.learning_rate = 3e-3  # from scratch; the released models use 1e-4 (METHODS §1.4)
     c.sft.warmup_fraction = 0.1
 
     c.grpo = ml_collections.ConfigDict()
@@ -60,6 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.grpo.top_p = 0.9  # SAYO
     c.grpo.top_k = 0
     c.grpo.mass_layers = (-1,)  # SAYO: the last decoder layer, heads averaged
+    c.grpo.vocab_chunk = 4096  # LM-head columns per step of the scoring pass ([rows, tokens, chunk] logits live)
     # Completions that reach max_new_tokens without EOS get no loss (TRL / DAPO overlong filtering).
     # False, as TRL: a cut-off trace still earns its (low) format/accuracy reward, and training on it
     # teaches the policy to finish within the budget; the truncated share is logged as
@@ -89,4 +104,23 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 20
     c.max_checkpoints = 2
     c.log_every = 5
+
+    if arg.runlocal:
+        c.data.image_size = 112  # 4x4 visual tokens
+        c.data.length_buckets = (160, 448)  # prompts ~125 tokens; SFT prompt + trace <= 448
+        c.data.patch_buckets = (64,)
+        c.data.eval_examples = 8
+        c.sft.steps = 8
+        c.sft.batch_size = 8
+        c.grpo.steps = 20
+        c.grpo.prompts_per_step = 4
+        c.grpo.micro_batch_prompts = 4
+        c.grpo.group_size = 4
+        c.grpo.max_new_tokens = 24
+        c.checkpoint_every = 1000  # only the final checkpoint of each phase
+    if arg.phase == "sft":
+        c.workdir = "workdir/sft"
+        c.grpo.steps = 0
+        if not arg.runlocal:
+            c.sft.steps = 600
     return c

@@ -3,18 +3,13 @@
     python -m sif_jax.plan --config=configs/grpo_3b.py --topology=v5litepod-16
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
+from configs import grpo_7b
 
-def get_config() -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("sif_grpo_7b_config",
-                                                  os.path.join(os.path.dirname(__file__), "grpo_7b.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = grpo_7b.get_config(arg)
     c.model = "qwen2_5_vl_3b"
     c.workdir = "workdir/grpo_3b"
     return c

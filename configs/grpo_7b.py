@@ -7,25 +7,18 @@
 
 G=8 samples per prompt, one group (8 rows) per micro-batch, completions of up to 2048 tokens, an
 896 px image (64 x 64 patches = 1024 visual tokens after the 2x2 merge), the frozen KL reference
-(beta 0.04), sampling at temperature 1 (METHODS §4). The run starts from the released checkpoint,
+(beta 0.04), sampling at temperature 1 (METHODS §1.4). The run starts from the released checkpoint,
 so there is no SFT warm-up here. Prompts are ~1024 image + ~150 text tokens: one 1280 bucket.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _grpo_config() -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("sif_grpo_config", os.path.join(os.path.dirname(__file__), "grpo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from configs import grpo
 
 
-def get_config() -> ml_collections.ConfigDict:
-    c = _grpo_config()
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """configs/grpo.py (`arg` chooses its variant, see there) at the 7B recipe's sizes."""
+    c = grpo.get_config(arg)
     c.model = "qwen2_5_vl_7b"
     c.workdir = "workdir/grpo_7b"
     c.data.image_size = 896

@@ -304,11 +304,12 @@ def load_model(path: str, *, model: str = "", tokenizer: str = "", attention_bac
     import jax
 
     from sif_jax.model.config import PRESETS
+    from sif_jax.model.layers import DTYPES
 
     if model and model not in PRESETS:
         raise CLIError(f"{flag_prefix}model={model!r}: unknown model preset; choose one of {sorted(PRESETS)}")
-    if dtype and dtype not in ("float32", "bfloat16", "float16"):
-        raise CLIError(f"{flag_prefix}dtype={dtype!r}: expected float32, bfloat16 or float16")
+    if dtype and dtype not in DTYPES:
+        raise CLIError(f"{flag_prefix}dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
     info = read_checkpoint_info(path, attention_backend=attention_backend, dtype=dtype)
     check_requested_model(info.config, model, path, flag=f"{flag_prefix}model")
     tok = None

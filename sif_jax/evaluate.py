@@ -55,6 +55,7 @@ from sif_jax.rl.types import RolloutBatch
 
 Params = Any
 METRICS = ("accuracy", "tas", "format", "final_iou")
+DECODINGS = ("greedy", "adaptvis")  # config.decoding
 GROUPS = ("family", "relation", "split")
 
 
@@ -309,7 +310,7 @@ def validate_eval_config(c: Any) -> None:
             raise ValueError(f"config.{field}={value!r}: {why}")
 
     need(bool(c.checkpoint), "checkpoint", "required: a run directory, an HF directory or a sif_jax.export directory")
-    need(c.decoding in ("greedy", "adaptvis"), "decoding", "expected greedy or adaptvis")
+    need(c.decoding in DECODINGS, "decoding", f"expected one of {', '.join(DECODINGS)}")
     need(c.alpha_low > 0, "alpha_low", "must be > 0")
     need(c.alpha_high > 0, "alpha_high", "must be > 0")
     need(0 < c.threshold < 1, "threshold", "must lie in (0, 1)")

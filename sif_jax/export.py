@@ -76,11 +76,12 @@ def export(checkpoint: str, fmt: str, out: str, *, dtype: str = "", model: str =
         read_checkpoint_info,
     )
     from sif_jax.data.tokenizer import BuiltinTokenizer
+    from sif_jax.model.layers import DTYPES
 
     if fmt not in ("hf", "orbax"):
         raise CLIError(f"--format={fmt!r}: expected hf or orbax")
-    if dtype and dtype not in ("float32", "bfloat16", "float16"):
-        raise CLIError(f"--dtype={dtype!r}: expected float32, bfloat16 or float16")
+    if dtype and dtype not in DTYPES:
+        raise CLIError(f"--dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
     info = read_checkpoint_info(checkpoint, dtype=dtype)
     check_requested_model(info.config, model, checkpoint)
     tok = load_tokenizer(tokenizer, info)

@@ -19,8 +19,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Logical axis -> mesh axes. Batch-like axes go over data and fsdp; weights' model dimension
-# over fsdp (ZeRO-3 style), their head/mlp/vocab dimension over tensor (Megatron style).
+# Logical axis -> mesh axes. Batch-like axes go over data and fsdp ("batch": the rows of a data
+# batch, `batch_sharding`); weights' model dimension over fsdp (ZeRO-3 style), their
+# head/mlp/vocab dimension over tensor (Megatron style).
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
     ("embed", "fsdp"),
@@ -118,10 +119,12 @@ def logical_shardings(
     return jax.tree.map(one, shapes, logical_axes, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
-def batch_sharding(mesh: Mesh, shape: Sequence[int], batch_axis: int = 0) -> NamedSharding:
-    """Shards `batch_axis` over ('data', 'fsdp') where it divides; everything else replicated."""
+def batch_sharding(mesh: Mesh, shape: Sequence[int], batch_axis: int = 0,
+                   rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> NamedSharding:
+    """Shards `batch_axis` over the mesh axes of the logical "batch" rule (('data', 'fsdp') in
+    `DEFAULT_RULES`) where they divide it; everything else replicated."""
     spec = [None] * len(shape)
-    spec[batch_axis] = ("data", "fsdp")
+    spec[batch_axis] = dict(rules)["batch"]
     return NamedSharding(mesh, _fit_spec(PartitionSpec(*spec), shape, mesh))
 
 

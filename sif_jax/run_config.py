@@ -12,10 +12,13 @@ import ml_collections
 
 from sif_jax.data import sources
 from sif_jax.data.prompts import get_prompt
+from sif_jax.kernels.region_attention.ops import BACKENDS as KERNEL_BACKENDS
 from sif_jax.model.config import PRESETS, REMAT_POLICIES
-from sif_jax.rl.rewards import DEFAULT_WEIGHTS
+from sif_jax.parallel import MESH_AXES
+from sif_jax.rl.loss import REDUCTIONS
+from sif_jax.rl.rewards import REWARD_NAMES
 
-BACKENDS = ("", "reference", "xla", "pallas_tpu", "pallas_gpu")
+BACKENDS = ("", *KERNEL_BACKENDS)  # "" = by platform
 
 
 def _need(ok: bool, field: str, value: Any, why: str) -> None:
@@ -80,19 +83,19 @@ def _check_fields(c: ml_collections.ConfigDict) -> None:
     _need(g.beta >= 0, "grpo.beta", g.beta, "must be >= 0")
     _need(0 <= g.eps_low < 1, "grpo.eps_low", g.eps_low, "must lie in [0, 1)")
     _need(g.eps_high >= 0, "grpo.eps_high", g.eps_high, "must be >= 0")
-    _need(g.reduction in ("sequence_mean", "token_mean"), "grpo.reduction", g.reduction,
-          "expected sequence_mean or token_mean")
+    _need(g.reduction in REDUCTIONS, "grpo.reduction", g.reduction, f"expected one of {', '.join(REDUCTIONS)}")
     _need(g.max_new_tokens >= 1, "grpo.max_new_tokens", g.max_new_tokens, "must be >= 1")
     _need(g.temperature >= 0, "grpo.temperature", g.temperature, "must be >= 0")
     _need(0 < g.top_p <= 1, "grpo.top_p", g.top_p, "must lie in (0, 1]")
     _need(g.top_k >= 0, "grpo.top_k", g.top_k, "must be >= 0")
     _need(isinstance(g.mask_truncated_completions, bool), "grpo.mask_truncated_completions",
           g.mask_truncated_completions, "must be True or False")
+    _need(g.vocab_chunk >= 1, "grpo.vocab_chunk", g.vocab_chunk, "must be >= 1")
     _need(len(g.mass_layers) > 0, "grpo.mass_layers", g.mass_layers, "name at least one decoder layer")
-    for name in DEFAULT_WEIGHTS:
+    for name in REWARD_NAMES:
         _need(name in c.rewards, f"rewards.{name}", None, "missing reward weight")
     _need(0 < c.rewards.top_fraction <= 1, "rewards.top_fraction", c.rewards.top_fraction, "must lie in (0, 1]")
-    for axis in ("data", "fsdp", "tensor"):
+    for axis in MESH_AXES:
         size = c.mesh[axis]
         _need(size == -1 or size >= 1, f"mesh.{axis}", size, "must be -1 or >= 1")
     _need(c.checkpoint_every >= 1, "checkpoint_every", c.checkpoint_every, "must be >= 1")

@@ -42,7 +42,7 @@ from sif_jax.model.layout import is_stacked, to_layout
 from sif_jax.model.vlm import MODEL_INPUTS, abstract_boxed_params, init_params, param_logical_axes
 from sif_jax.rl.adaptvis import answer_tag_ids
 from sif_jax.rl.grpo import GRPOConfig, TrainState, collect_rollouts, make_optimizer, policy_update
-from sif_jax.rl.rewards import RewardConfig, RewardState
+from sif_jax.rl.rewards import REWARD_NAMES, RewardConfig, RewardState
 from sif_jax.rl.sampler import SamplingConfig
 from sif_jax.run_config import validate_config
 from sif_jax.sft import sft_grads
@@ -56,7 +56,7 @@ FLAGS = flags.FLAGS
 # Leading (batch) axis of each array of a collated batch; others are replicated.
 BATCH_AXES = {"input_ids": 0, "attention_mask": 0, "positions": 1, "region_mask": 0, "image_token_index": 0,
               "pixel_values": 0, "patch_positions": 0, "window_segments": 0, "frame_segments": 0,
-              "region_tokens": 0, "visual_tokens": 0, "loss_mask": 0, "rope_deltas": 0}
+              "region_tokens": 0, "visual_tokens": 0, "loss_mask": 0}
 
 
 class MetricsWriter:
@@ -307,10 +307,10 @@ def grpo_settings(config: ml_collections.ConfigDict) -> tuple[GRPOConfig, Reward
         reduction=g.reduction, mass_layers=tuple(g.mass_layers),
         sampling=SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                                 top_k=g.top_k),
-        mask_truncated_completions=g.mask_truncated_completions,
+        vocab_chunk=g.vocab_chunk, mask_truncated_completions=g.mask_truncated_completions,
     )
     r = config.rewards
-    weights = {k: float(r[k]) for k in ("format", "accuracy", "iou", "depth", "region_attention", "sayo_format")}
+    weights = {k: float(r[k]) for k in REWARD_NAMES}
     return grpo, RewardConfig(weights=weights, top_fraction=r.top_fraction)
 
 

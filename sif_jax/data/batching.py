@@ -8,10 +8,11 @@ supervised training) share one layout:
 * `input_ids` / `attention_mask` int32 [R, L], **left**-padded with `pad_id` to the smallest
   length bucket >= the longest row (so the prompt ends at column L-1 in every row, where sampling
   starts);
-* `vlm.prepare_inputs(..., batch_images=True)`: M-RoPE `positions` [3, R, L], `rope_deltas` [R],
-  and the vision arrays in the batched-image layout: `pixel_values` [R, P, 1176] (one image per
-  row, zero-padded to a per-image patch bucket P, padding segment id -1), `patch_positions`
-  [R, P, 2], `window_segments` / `frame_segments` [R, P], `image_token_index` [R, L];
+* `vlm.prepare_inputs(..., batch_images=True)`: M-RoPE `positions` [3, R, L] (its `rope_deltas` is
+  dropped: the KV cache continues from the largest position), and the vision arrays in the
+  batched-image layout: `pixel_values` [R, P, 1176] (one image per row, zero-padded to a
+  per-image patch bucket P, padding segment id -1), `patch_positions` [R, P, 2],
+  `window_segments` / `frame_segments` [R, P], `image_token_index` [R, L];
   `image_grid_thw` int64 [R, 3]. Vision attention then costs R * P^2, not (R * P)^2;
 * `region_mask` bool [R, L]: the image-pad tokens whose cells overlap a target box with positive
   area (`regions.image_region_mask`, cell = `config.vision.cell_size`), at their padded-sequence
@@ -107,6 +108,9 @@ def _assemble(
     batch: dict[str, Any] = prepare_inputs(
         config, input_ids, attention_mask, pixel_values, image_grid_thw, pad_patches_to=pad_to, batch_images=True
     )
+    # Decoding continues M-RoPE from the prompt's largest position (`cache.prefill`), so HF's rope_deltas
+    # are not needed on the device.
+    del batch["rope_deltas"]
     batch["image_grid_thw"] = image_grid_thw.astype(np.int64)
     batch["num_patches"] = np.int32(n_patches)
     region = batch_region_mask(input_ids, config.image_token_id, [[ex["region_cells"]] for _, ex in rows],
@@ -114,7 +118,6 @@ def _assemble(
     batch["region_mask"] = region
     batch["region_tokens"] = region.sum(axis=1).astype(np.int32)
     batch["visual_tokens"] = ((input_ids == config.image_token_id) & (attention_mask > 0)).sum(axis=1).astype(np.int32)
-    batch["prompt_lengths"] = np.asarray([len(ex["prompt_tokens"]) for _, ex in rows], np.int32)
     batch["answers"] = [ex["answer"] for _, ex in rows]
     batch["choices"] = [None if ex.get("choices") is None else list(ex["choices"]) for _, ex in rows]
     batch["target_boxes"] = [np.asarray(ex["target_boxes"], np.float32).reshape(-1, 4) for _, ex in rows]

@@ -1,4 +1,4 @@
-"""Box -> visual-token mask for a merged patch grid, and its place in a padded token row.
+"""Box -> visual-token mask for a merged patch grid, and its place in a padded token row (METHODS §0).
 
 One LLM visual token is one `s x s` pixel cell of the resized image, s = `config.vision.cell_size`
 (patch * merge = 28 for Qwen2.5-VL; never hard-code it). For a box in resized-image pixels

@@ -292,12 +292,14 @@ def _validate(config: ModelConfig) -> None:
         value = getattr(config, name)
         need(0 <= value < t.vocab_size, name, value,
              f"must lie in the vocabulary [0, text.vocab_size={t.vocab_size})")
+    from sif_jax.kernels.region_attention.ops import BACKENDS
+    from sif_jax.model.layers import DTYPES
+
     for name in ("dtype", "param_dtype"):
-        need(getattr(config, name) in ("float32", "bfloat16", "float16"), name,
-             getattr(config, name), "expected float32, bfloat16 or float16")
-    need(config.attention_backend in (None, "reference", "xla", "pallas_tpu", "pallas_gpu"),
+        need(getattr(config, name) in DTYPES, name, getattr(config, name), f"expected one of {', '.join(DTYPES)}")
+    need(config.attention_backend is None or config.attention_backend in BACKENDS,
          "attention_backend", config.attention_backend,
-         "expected None, 'reference', 'xla', 'pallas_tpu' or 'pallas_gpu'")
+         f"expected None, {', '.join(map(repr, BACKENDS))}")
     need(config.remat_policy in REMAT_POLICIES, "remat_policy", config.remat_policy,
          f"expected one of {', '.join(map(repr, REMAT_POLICIES))}")
     need(isinstance(config.scan_layers, bool), "scan_layers", config.scan_layers, "expected True or False")

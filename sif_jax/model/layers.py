@@ -8,6 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sif_jax.model.config import REMAT_POLICIES
+
+# The dtype names a config may use, and their JAX types: the one definition (configs, CLIs import it).
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 ACTIVATIONS = {
@@ -118,8 +121,9 @@ def remat_policy(name: str):
         "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
         "save_attention": jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT, MLP_IN),
     }
+    assert set(policies) == set(REMAT_POLICIES) - {"none"}, "every REMAT_POLICIES name but 'none' has a policy"
     if name not in policies:
-        raise ValueError(f"remat_policy={name!r}: expected one of 'none', {', '.join(map(repr, policies))}")
+        raise ValueError(f"remat_policy={name!r}: expected one of {', '.join(map(repr, REMAT_POLICIES))}")
     return policies[name]
 
 

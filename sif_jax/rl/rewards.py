@@ -39,6 +39,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "region_attention": 1.0,
     "sayo_format": 0.0,
 }
+REWARD_NAMES: tuple[str, ...] = tuple(DEFAULT_WEIGHTS)  # the keys of `RewardConfig.weights` and `REWARDS`
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
@@ -229,6 +230,7 @@ REWARDS: dict[str, RewardFn] = {
     "region_attention": region_attention_batch_reward,
     "sayo_format": sayo_format_reward,
 }
+assert tuple(REWARDS) == REWARD_NAMES, "REWARDS and DEFAULT_WEIGHTS name the same rewards in the same order"
 
 
 def combined_reward(batch: RolloutBatch, state: RewardState, config: RewardConfig) -> RewardResult:

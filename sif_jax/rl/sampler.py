@@ -2,7 +2,7 @@
 
 Params are traced arguments, so one compiled program serves every training step; the loop exits
 early once every row has produced EOS. Rows of a group are contiguous copies of one prompt
-(see `repeat_for_groups`).
+(`batching.collate(..., repeat=G)`).
 
 Completions are text: the vision control ids of the model config (image pad, video pad, vision
 start / end; `vision_control_ids`) get logit -inf before every sampling or argmax step, so the
@@ -19,7 +19,6 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sif_jax.model.cache import decode_step, prefill
 from sif_jax.model.config import ModelConfig
@@ -200,12 +199,3 @@ def generate(
     return Samples(state["tokens"], state["mask"], state["logprobs"], max_prob(first_logits, sampling),
                    state["max_prob"], ~state["done"])
 
-
-def repeat_for_groups(examples: list, group_size: int) -> list:
-    """[e0, e1] -> [e0 x G, e1 x G]: the G samples of a prompt are contiguous rows."""
-    return [e for e in examples for _ in range(group_size)]
-
-
-def completion_lengths(samples: Samples) -> np.ndarray:
-    """int [N]: generated tokens per row (EOS included)."""
-    return np.asarray(jnp.sum(samples.completion_mask, axis=-1))

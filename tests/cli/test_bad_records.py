@@ -3,24 +3,19 @@ named (`data.strict_records` makes them an error); no model needed."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import configs.eval as eval_config
 from sif_jax.data.records import SkippedRecords, usable_records
 from sif_jax.evaluate import make_source
-from tests.cli.conftest import ROOT
 
 
 def _data(source: str, **kw):
-    spec = importlib.util.spec_from_file_location("eval_config", os.path.join(ROOT, "configs", "eval.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config().data
+    c = eval_config.get_config().data
     c.source = source
     for k, v in kw.items():
         c[k] = v

@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import shutil
 
 import numpy as np
 import pytest
 
+import configs.eval as eval_config
 from sif_jax.cli import CLIError
 from sif_jax.data.pipeline import Preprocessor
 from sif_jax.data.tokenizer import BuiltinTokenizer
 from sif_jax.evaluate import make_source
 from sif_jax.model.config import tiny
-from tests.cli.conftest import ROOT
 
 
 def _data(source: str, **kw):
-    spec = importlib.util.spec_from_file_location("eval_config", os.path.join(ROOT, "configs", "eval.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config().data
+    c = eval_config.get_config().data
     c.source = source
     for k, v in kw.items():
         c[k] = v

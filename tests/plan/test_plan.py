@@ -1,6 +1,5 @@
 """The planner: every program of a GRPO run AOT-compiles for a TPU topology from a CPU host."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,6 +15,7 @@ except ImportError:
         raise  # CI installs the [test] extra, which brings libtpu: never skip there
     pytest.skip("libtpu is not installed (pip install 'jax[tpu]')", allow_module_level=True)
 
+from configs import grpo  # noqa: E402
 from sif_jax import plan as plan_lib  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -27,10 +27,7 @@ SMALL = ["--config.attention_backend=xla", "--config.data.image_size=56", "--con
 
 def small_config(mesh=(1, 4, 1)):
     """The tiny preset at the smallest shapes: a 56 px image (4 visual tokens), 64-token prompts."""
-    spec = importlib.util.spec_from_file_location("grpo_config", os.path.join(ROOT, "configs", "grpo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = grpo.get_config()
     c.attention_backend = "pallas_tpu"  # the real Mosaic kernel, as a TPU run picks by default
     c.data.image_size = 56
     c.data.length_buckets = (64,)

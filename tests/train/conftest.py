@@ -1,26 +1,20 @@
 """A tiny, fast run config for the training tests (112 px scenes, short completions)."""
 
-import importlib.util
 import os
 
 import pytest
 
+from configs import grpo
+
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
-def load_grpo_config():
-    spec = importlib.util.spec_from_file_location("grpo_config", os.path.join(ROOT, "configs", "grpo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def tiny_run_config(workdir: str):
-    c = load_grpo_config()
+    """configs/grpo.py:runlocal, smaller still: no SFT or held-out evaluation, 6 GRPO steps of
+    2 prompts x 2 samples of 6 tokens, a checkpoint every step."""
+    c = grpo.get_config("runlocal")
     c.workdir = workdir
-    c.data.image_size = 112
     c.data.length_buckets = (128, 384)
-    c.data.patch_buckets = (64,)
     c.data.eval_examples = 0
     c.sft.steps = 0
     c.grpo.steps = 6

@@ -1,4 +1,4 @@
-"""Dispatch for region attention: picks the backend, checks the arguments, shards the kernels.
+"""Dispatch for region attention (METHODS §5): picks the backend, checks the arguments, shards the kernels.
 
 backend=None picks by the platform being compiled for (`target_platform()`: the default
 device's platform, else `jax.default_backend()`): "tpu" -> "pallas_tpu", "gpu" -> "pallas_gpu",
