@@ -10,7 +10,8 @@ from typing import Any
 
 import ml_collections
 
-from sif_jax.model.config import PRESETS, REMAT_POLICIES
+from sif_jax.model.config import REMAT_POLICIES
+from sif_jax.model.family import presets
 from sif_jax.rl.rewards import DEFAULT_WEIGHTS
 
 BACKENDS = ("", "reference", "xla", "pallas_tpu", "pallas_gpu")
@@ -23,7 +24,8 @@ def _need(ok: bool, field: str, value: Any, why: str) -> None:
 
 def validate_config(c: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad field."""
-    _need(c.model in PRESETS, "model", c.model, f"choose one of {sorted(PRESETS)}")
+    names = presets()
+    _need(c.model in names, "model", c.model, f"choose one of {sorted(names)}")
     _need(c.attention_backend in BACKENDS, "attention_backend", c.attention_backend, f"choose one of {BACKENDS}")
     _need(c.get("remat_policy", "none") in REMAT_POLICIES, "remat_policy", c.get("remat_policy"),
           f"expected one of {REMAT_POLICIES}")
@@ -33,7 +35,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     if c.tokenizer:
         _need(os.path.isfile(c.tokenizer), "tokenizer", c.tokenizer, "is not a file (expected tokenizer.json)")
     else:
-        _need(c.model == "tiny" and not hf_init, "tokenizer", c.tokenizer,
+        _need((c.model == "tiny" or c.model.endswith("_tiny")) and not hf_init, "tokenizer", c.tokenizer,
               "the built-in tokenizer only fits the tiny preset; give the checkpoint's tokenizer.json")
     _need(c.data.source == "builtin" or c.data.source.split(":", 1)[0] in ("tfds", "sif_json"), "data.source",
           c.data.source, "expected builtin, tfds:<dir> or sif_json:<file>")

@@ -42,8 +42,8 @@ class Qwen25VLFamily(BaseFamily):
 
     def tokenizer_ids(self, config: ModelConfig) -> dict[str, int]:
         """Tokenizer attribute -> the id the config expects there."""
-        return {"image_pad_id": config.image_token_id, "vision_start_id": config.vision_start_token_id,
-                "vision_end_id": config.vision_end_token_id, "eos_id": config.eos_token_id}
+        return {"image_pad_id": config.image_token_id, "eos_id": config.eos_token_id,
+                "vision_start_id": config.vision_start_token_id, "vision_end_id": config.vision_end_token_id}
 
     def process_example_image(self, rgb, boxes, config, *, min_pixels, max_pixels) -> ImageInputs:
         from sif_jax.data.image import process_image

@@ -52,8 +52,8 @@ class LlavaFamily(BaseFamily):
         pixels = llava_inputs.process_image(rgb, config)
         cropped = llava_inputs.crop_boxes(boxes, rgb.shape[0], rgb.shape[1], config)
         region = llava_inputs.region_cells(cropped, config)
-        n = config.image_seq_length
-        return ImageInputs({"pixel_values": pixels[None]}, n, region, n)
+        # One [3, S, S] image: no patch padding, so it counts as one row for the patch buckets.
+        return ImageInputs({"pixel_values": pixels[None]}, config.image_seq_length, region, 1)
 
     def chat_prompt(self, tokenizer, question, num_image_tokens, system):
         return llava_inputs.chat_prompt(tokenizer, question, num_image_tokens, system)
@@ -62,7 +62,7 @@ class LlavaFamily(BaseFamily):
         """Every image is [3, S, S]: rows' images stack to [R, 3, S, S]; no patch padding."""
         pixel_values = np.concatenate([np.asarray(ex["pixel_values"], np.float32) for ex in examples])
         batch = llava_inputs.prepare_inputs(config, input_ids, attention_mask, pixel_values)
-        batch["num_patches"] = np.int32(pixel_values.shape[0] * config.image_seq_length)
+        batch["num_patches"] = np.int32(pixel_values.shape[0])
         return batch
 
     def hf_rules(self):
