@@ -254,14 +254,16 @@ def load_params(info: CheckpointInfo) -> Any:
 
 def load_tokenizer(spec: str, info: CheckpointInfo, flag: str = "--tokenizer") -> Any:
     """`spec`: 'builtin', a tokenizer.json (or a directory holding one), or '' = the checkpoint's."""
-    from sif_jax.data.tokenizer import BuiltinTokenizer, HFTokenizer
+    from sif_jax.data.tokenizer import BuiltinTokenizer
 
     def hf(path: str, origin: str) -> Any:
         if os.path.isdir(path):
             path = os.path.join(path, "tokenizer.json")
         if not os.path.isfile(path):
             raise CLIError(f"{origin}: no tokenizer file at {path!r}")
-        return HFTokenizer(path)
+        from sif_jax.model.family import family_of
+
+        return family_of(info.config).load_tokenizer(path)
 
     if spec == "builtin":
         return BuiltinTokenizer()
@@ -281,7 +283,7 @@ def load_tokenizer(spec: str, info: CheckpointInfo, flag: str = "--tokenizer") -
     if saved:
         return hf(saved if os.path.isabs(saved) else os.path.join(info.path, saved), f"{EXPORT_META} 'tokenizer'")
     if os.path.isfile(os.path.join(info.path, "tokenizer.json")):
-        return HFTokenizer(os.path.join(info.path, "tokenizer.json"))
+        return hf(os.path.join(info.path, "tokenizer.json"), "the checkpoint's tokenizer.json")
     raise CLIError(f"{flag} is required for the HF checkpoint {info.path} (it holds no tokenizer.json): give "
                    "path/to/tokenizer.json, or 'builtin' for a model trained with the built-in tokenizer")
 

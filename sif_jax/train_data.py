@@ -10,7 +10,7 @@ import ml_collections
 
 from sif_jax.data import pipeline
 from sif_jax.data.scenes import SceneConfig
-from sif_jax.data.tokenizer import BuiltinTokenizer, HFTokenizer, Tokenizer
+from sif_jax.data.tokenizer import BuiltinTokenizer, Tokenizer
 from sif_jax.model.config import ModelConfig
 
 # Eval examples come from the "test" split (scene seeds offset by pipeline.TEST_SEED_OFFSET), so
@@ -23,9 +23,18 @@ class TrainData:
 
     def __init__(self, config: ml_collections.ConfigDict) -> None:
         self.config = config
-        self.tokenizer: Tokenizer = HFTokenizer(config.tokenizer) if config.tokenizer else BuiltinTokenizer()
+        self.tokenizer: Tokenizer = self._tokenizer(config)
         self.model: ModelConfig | None = None
         self._train_source, self._eval_source = self._sources()
+
+    @staticmethod
+    def _tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
+        """The run's tokenizer.json read by the model family's tokenizer, else the built-in one."""
+        if not config.tokenizer:
+            return BuiltinTokenizer()
+        from sif_jax.model.family import family_of, get_preset
+
+        return family_of(get_preset(config.model)).load_tokenizer(config.tokenizer)
 
     def _sources(self) -> tuple[Any, Any]:
         data = self.config.data

@@ -8,13 +8,15 @@ supervised training) share one layout:
 * `input_ids` / `attention_mask` int32 [R, L], **left**-padded with `pad_id` to the smallest
   length bucket >= the longest row (so the prompt ends at column L-1 in every row, where sampling
   starts);
-* `vlm.prepare_inputs(..., batch_images=True)`: M-RoPE `positions` [3, R, L], `rope_deltas` [R],
+* the model family's `collate_images` (`sif_jax.model.family`). LLaVA: `pixel_values` [R, 3, S, S],
+  1-D `positions` [1, R, L]. Qwen2.5-VL, through `vlm.prepare_inputs(..., batch_images=True)`: M-RoPE
+  `positions` [3, R, L], `rope_deltas` [R],
   and the vision arrays in the batched-image layout: `pixel_values` [R, P, 1176] (one image per
   row, zero-padded to a per-image patch bucket P, padding segment id -1), `patch_positions`
   [R, P, 2], `window_segments` / `frame_segments` [R, P], `image_token_index` [R, L];
   `image_grid_thw` int64 [R, 3]. Vision attention then costs R * P^2, not (R * P)^2;
 * `region_mask` bool [R, L]: the image-pad tokens whose cells overlap a target box with positive
-  area (`regions.image_region_mask`, cell = `config.vision.cell_size`), at their padded-sequence
+  area (the family's `region_cells`; cell = `family.cell_size(config)`), at their padded-sequence
   positions; `region_tokens` / `visual_tokens` int32 [R]: how many tokens are in the region / image;
 * host lists, one item per row: `answers`, `choices` (list or None), `target_boxes` (float32
   [k, 4] normalised), `depth_maps` (float16 [S, S] or None), `prompt_ids`, `metadata` (dicts with

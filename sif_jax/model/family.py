@@ -24,6 +24,8 @@ A family provides (see `ModelFamily` for the exact signatures):
   num_image_tokens, system)` (the chat template's ids), `tokenizer_ids(config)` (tokenizer attribute
   -> the id the config expects), `collate_images(config, input_ids, attention_mask, rows, pad_to)`
   (the rows' per-example image arrays -> the batch's model arrays, through `prepare_inputs`);
+* `load_tokenizer(path)`: the family's tokenizer from a tokenizer.json (the `Tokenizer` protocol of
+  `sif_jax.data.tokenizer`);
 * conversion: `hf_rules()` -> (compiled rules, canonical-name map) for `sif_jax.convert.hf`;
 * `hf_model_types`: the `model_type` values of config.json that belong to the family.
 
@@ -100,6 +102,7 @@ class ModelFamily(Protocol):
                        examples: list[Mapping[str, Any]], pad_to: int) -> dict[str, np.ndarray]: ...
     def chat_prompt(self, tokenizer: Any, question: str, num_image_tokens: int,
                     system: str | None) -> list[int]: ...
+    def load_tokenizer(self, path: str) -> Any: ...
     def hf_rules(self) -> tuple[list, Callable[[str], str]]: ...
 
 

@@ -74,6 +74,12 @@ class Qwen25VLFamily(BaseFamily):
         batch["num_patches"] = np.int32(pixel_values.shape[0])
         return batch
 
+    def load_tokenizer(self, path):
+        """The Qwen tokenizer.json at `path` (`sif_jax.data.tokenizer.HFTokenizer`)."""
+        from sif_jax.data.tokenizer import HFTokenizer
+
+        return HFTokenizer(path)
+
     def hf_rules(self):
         from sif_jax.convert.hf import _COMPILED, canonical_name
 

@@ -65,6 +65,12 @@ class LlavaFamily(BaseFamily):
         batch["num_patches"] = np.int32(pixel_values.shape[0])
         return batch
 
+    def load_tokenizer(self, path):
+        """The LLaMA-2 tokenizer.json at `path` with LLaVA's `<image>` / `<pad>` (`LlavaTokenizer`)."""
+        from sif_jax.model.llava.tokenizer import LlavaTokenizer
+
+        return LlavaTokenizer(path)
+
     def hf_rules(self):
         from sif_jax.model.llava.convert import COMPILED, canonical_name
 

@@ -84,7 +84,8 @@ def chat_prompt(tokenizer: Any, question: str, num_image_tokens: int, system: st
     tokens, so a question cannot add image tokens. Raises ValueError for num_image_tokens < 0."""
     if num_image_tokens < 0:
         raise ValueError(f"chat_prompt: num_image_tokens={num_image_tokens} must be >= 0")
-    head, tail = chat_prompt_text(question, system).split(IMAGE)
+    head = f"{system} {USER}" if system else USER
+    tail = f"\n{question} {ASSISTANT}"
     bos = getattr(tokenizer, "bos_id", None)
     ids = [] if bos is None else [int(bos)]
     return ids + list(tokenizer.encode(head)) + [tokenizer.image_pad_id] * num_image_tokens + list(
