@@ -269,7 +269,6 @@ def run_generate(args: Any) -> dict[str, Any]:
     from sif_jax.cli import CLIError, instruction_text, load_model, read_image
     from sif_jax.data.batching import collate
     from sif_jax.data.format import check_format
-    from sif_jax.data.image import resize_image
     from sif_jax.data.pipeline import PreprocessConfig, Preprocessor
     from sif_jax.rl.adaptvis import (
         AdaptVisConfig,
@@ -357,11 +356,7 @@ def run_generate(args: Any) -> dict[str, Any]:
     if args.heatmap:
         heat, visual_mass = visual_attention_map(loaded.params, batch, tokens, mask, config=config, layers=layers,
                                                  chunk=args.heatmap_chunk)
-        grid_thw = np.asarray(batch["image_grid_thw"])[0]
-        m = config.vision.spatial_merge_size
-        grid = (int(grid_thw[1]) // m, int(grid_thw[2]) // m)
-        ps = config.vision.patch_size
-        shown = resize_image(image, int(grid_thw[1]) * ps, int(grid_thw[2]) * ps)
+        shown, grid = family_of(config).model_view(config, image, batch)
         areas = all_areas(text)
         layer_names = ",".join(str(i % config.text.num_layers) for i in layers)
         caption = (f"attention mass per visual token, decoder layer(s) {layer_names}, mean over heads and the "

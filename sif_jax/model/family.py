@@ -24,6 +24,8 @@ A family provides (see `ModelFamily` for the exact signatures):
   num_image_tokens, system)` (the chat template's ids), `tokenizer_ids(config)` (tokenizer attribute
   -> the id the config expects), `collate_images(config, input_ids, attention_mask, rows, pad_to)`
   (the rows' per-example image arrays -> the batch's model arrays, through `prepare_inputs`);
+* `model_view(config, rgb, one_row_batch)`: the image as the model saw it and its visual-token grid
+  (for heat-maps);
 * `load_tokenizer(path)`: the family's tokenizer from a tokenizer.json (the `Tokenizer` protocol of
   `sif_jax.data.tokenizer`);
 * conversion: `hf_rules()` -> (compiled rules, canonical-name map) for `sif_jax.convert.hf`;
@@ -103,6 +105,8 @@ class ModelFamily(Protocol):
     def chat_prompt(self, tokenizer: Any, question: str, num_image_tokens: int,
                     system: str | None) -> list[int]: ...
     def load_tokenizer(self, path: str) -> Any: ...
+    def model_view(self, config: Config, rgb: np.ndarray,
+                   batch: Mapping[str, Any]) -> tuple[np.ndarray, tuple[int, int]]: ...
     def hf_rules(self) -> tuple[list, Callable[[str], str]]: ...
 
 

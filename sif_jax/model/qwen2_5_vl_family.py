@@ -74,6 +74,16 @@ class Qwen25VLFamily(BaseFamily):
         batch["num_patches"] = np.int32(pixel_values.shape[0])
         return batch
 
+    def model_view(self, config, rgb, batch):
+        """(the image resized as the model saw it, uint8 [H, W, 3]; its visual-token grid (rows, cols)) for a
+        one-row batch."""
+        from sif_jax.data.image import resize_image
+
+        grid_thw = np.asarray(batch["image_grid_thw"])[0]
+        m, ps = config.vision.spatial_merge_size, config.vision.patch_size
+        shown = resize_image(rgb, int(grid_thw[1]) * ps, int(grid_thw[2]) * ps)
+        return shown, (int(grid_thw[1]) // m, int(grid_thw[2]) // m)
+
     def load_tokenizer(self, path):
         """The Qwen tokenizer.json at `path` (`sif_jax.data.tokenizer.HFTokenizer`)."""
         from sif_jax.data.tokenizer import HFTokenizer

@@ -65,6 +65,13 @@ class LlavaFamily(BaseFamily):
         batch["num_patches"] = np.int32(pixel_values.shape[0])
         return batch
 
+    def model_view(self, config, rgb, batch):
+        """(the S x S centre crop the model saw, uint8; the (24, 24) patch grid). ValueError for strategy
+        "full" (its class token is no cell)."""
+        if config.vision_feature_select_strategy != "default":
+            raise ValueError("a heat-map needs vision_feature_select_strategy='default' (one token per cell)")
+        return llava_inputs.model_view(np.asarray(rgb), config), llava_inputs.image_grid(config)
+
     def load_tokenizer(self, path):
         """The LLaMA-2 tokenizer.json at `path` with LLaVA's `<image>` / `<pad>` (`LlavaTokenizer`)."""
         from sif_jax.model.llava.tokenizer import LlavaTokenizer

@@ -47,15 +47,20 @@ def process_image(rgb: np.ndarray, config: LlavaConfig) -> np.ndarray:
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"image must be uint8 [H, W, 3]; got {rgb.dtype} {rgb.shape}")
-    size = config.vision.image_size
-    h, w = resized_size(rgb.shape[0], rgb.shape[1], size)
-    resized = np.asarray(Image.fromarray(rgb).resize((w, h), resample=Image.Resampling.BICUBIC))
-    top, left = crop_offsets(h, w, size)
-    crop = resized[top : top + size, left : left + size]
+    crop = model_view(rgb, config)
     scaled = (crop.astype(np.float64) * (1 / 255)).astype(np.float32)
     mean = np.asarray(config.image_mean, np.float32)
     std = np.asarray(config.image_std, np.float32)
     return ((scaled - mean) / std).transpose(2, 0, 1)
+
+
+def model_view(rgb: np.ndarray, config: LlavaConfig) -> np.ndarray:
+    """uint8 [S, S, 3]: the resized, centre-cropped image `process_image` normalises."""
+    size = config.vision.image_size
+    h, w = resized_size(rgb.shape[0], rgb.shape[1], size)
+    resized = np.asarray(Image.fromarray(np.asarray(rgb, np.uint8)).resize((w, h), resample=Image.Resampling.BICUBIC))
+    top, left = crop_offsets(h, w, size)
+    return resized[top : top + size, left : left + size]
 
 
 def crop_boxes(boxes: np.ndarray, height: int, width: int, config: LlavaConfig) -> np.ndarray:
