@@ -154,7 +154,7 @@ def _restore_args(abstract: Any) -> Any:
 def run_checkpoint_meta(run_dir: str) -> tuple[Any, dict, str, int]:
     """(ModelConfig, meta, phase directory, step) of the newest finished checkpoint of a run,
     without its arrays. Raises FileNotFoundError (no checkpoint) or ValueError (no model config)."""
-    from sif_jax.model.config import ModelConfig
+    from sif_jax.model.family import family_for_hf_config
 
     directory, step = latest_run_checkpoint(run_dir)
     manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
@@ -165,7 +165,7 @@ def run_checkpoint_meta(run_dir: str) -> tuple[Any, dict, str, int]:
         manager.close()
     if "model" not in meta:
         raise ValueError(f"{directory}/{step}: checkpoint metadata has no model config")
-    config = ModelConfig.from_hf_config(meta["model"], dtype=meta.get("dtype", "float32"),
+    config = family_for_hf_config(meta["model"]).from_hf_config(meta["model"], dtype=meta.get("dtype", "float32"),
                                         param_dtype=meta.get("dtype", "float32"))
     return config, meta, directory, step
 

@@ -90,29 +90,31 @@ def run_cli(main: Callable[[], Any], verbose: bool) -> None:
 def describe_config(config: Any) -> str:
     """'tiny (text: 4 layers x 64 hidden, vocab 1024; vision: depth 4 x 32)' — the preset name
     when the architecture is one, else 'a custom model (...)'."""
-    from sif_jax.model.config import PRESETS
+    from sif_jax.model.family import presets
 
-    name = next((n for n, f in PRESETS.items() if same_architecture(f(), config)), None)
+    name = next((n for n, f in presets().items() if same_architecture(f(), config)), None)
     t, v = config.text, config.vision
+    depth = getattr(v, "depth", getattr(v, "num_layers", None))
     shape = (f"text: {t.num_layers} layers x {t.hidden_size} hidden, vocab {t.vocab_size}; "
-             f"vision: depth {v.depth} x {v.hidden_size}")
+             f"vision: depth {depth} x {v.hidden_size}")
     return f"{name} ({shape})" if name else f"a custom model ({shape})"
 
 
 def same_architecture(a: Any, b: Any) -> bool:
     """Same vision tower, decoder and special-token ids (dtype and attention backend aside)."""
     ids = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id", "eos_token_id")
-    return a.vision == b.vision and a.text == b.text and all(getattr(a, k) == getattr(b, k) for k in ids)
+    return (type(a) is type(b) and a.vision == b.vision and a.text == b.text
+            and all(getattr(a, k) == getattr(b, k) for k in ids))
 
 
 def check_requested_model(config: Any, requested: str, checkpoint: str, flag: str = "--model") -> None:
     """Raises CLIError when `requested` (a preset name; "" = anything) is not the checkpoint's model."""
     if not requested:
         return
-    from sif_jax.model.config import PRESETS, get_preset
+    from sif_jax.model.family import get_preset, presets
 
-    if requested not in PRESETS:
-        raise CLIError(f"{flag}={requested!r}: unknown model preset; choose one of {sorted(PRESETS)}")
+    if requested not in presets():
+        raise CLIError(f"{flag}={requested!r}: unknown model preset; choose one of {sorted(presets())}")
     want = get_preset(requested)
     if not same_architecture(want, config):
         raise CLIError(f"checkpoint {checkpoint} holds {describe_config(config)}, but {flag}={requested} asks for "
@@ -181,7 +183,14 @@ class CheckpointInfo:
 
 def read_checkpoint_info(path: str, *, attention_backend: str = "", dtype: str = "") -> CheckpointInfo:
     """Kind, model config and metadata of `path` (no params loaded)."""
-    from sif_jax.model.config import ModelConfig
+    from sif_jax.model.family import family_for_hf_config
+
+    def from_hf_config(hf: dict, **fields: Any) -> Any:
+        try:
+            family = family_for_hf_config(hf)
+        except ValueError as e:
+            raise CLIError(f"checkpoint {path}: {e}") from None
+        return family.from_hf_config(hf, **fields)
 
     kind = checkpoint_kind(path)
     path = os.path.abspath(path)  # orbax wants absolute paths
@@ -193,19 +202,19 @@ def read_checkpoint_info(path: str, *, attention_backend: str = "", dtype: str =
         meta = _read_json(os.path.join(path, EXPORT_META)) if os.path.exists(os.path.join(path, EXPORT_META)) else {}
         if dtype:
             overrides.update(dtype=dtype, param_dtype=dtype)
-        return CheckpointInfo(path, kind, ModelConfig.from_hf_config(hf, **overrides), meta, path)
+        return CheckpointInfo(path, kind, from_hf_config(hf, **overrides), meta, path)
     if kind == "params":
         meta = _read_json(os.path.join(path, EXPORT_META))
         if "model" not in meta:
             raise CLIError(f"{os.path.join(path, EXPORT_META)}: no 'model' config")
         saved = meta.get("dtype", "float32")
-        config = ModelConfig.from_hf_config(meta["model"], dtype=dtype or saved, param_dtype=dtype or saved,
-                                            attention_backend=attention_backend or None)
+        config = from_hf_config(meta["model"], dtype=dtype or saved, param_dtype=dtype or saved,
+                                attention_backend=attention_backend or None)
         return CheckpointInfo(path, kind, config, meta, os.path.join(path, PARAMS_DIR))
     directory, step, meta = _run_meta(path)
     saved = meta.get("dtype", "float32")
-    config = ModelConfig.from_hf_config(meta["model"], dtype=dtype or saved, param_dtype=dtype or saved,
-                                        attention_backend=attention_backend or None)
+    config = from_hf_config(meta["model"], dtype=dtype or saved, param_dtype=dtype or saved,
+                            attention_backend=attention_backend or None)
     return CheckpointInfo(path, kind, config, meta, os.path.join(directory, str(step)), step)
 
 
@@ -245,14 +254,16 @@ def load_params(info: CheckpointInfo) -> Any:
 
 def load_tokenizer(spec: str, info: CheckpointInfo, flag: str = "--tokenizer") -> Any:
     """`spec`: 'builtin', a tokenizer.json (or a directory holding one), or '' = the checkpoint's."""
-    from sif_jax.data.tokenizer import BuiltinTokenizer, HFTokenizer
+    from sif_jax.data.tokenizer import BuiltinTokenizer
 
     def hf(path: str, origin: str) -> Any:
         if os.path.isdir(path):
             path = os.path.join(path, "tokenizer.json")
         if not os.path.isfile(path):
             raise CLIError(f"{origin}: no tokenizer file at {path!r}")
-        return HFTokenizer(path)
+        from sif_jax.model.family import family_of
+
+        return family_of(info.config).load_tokenizer(path)
 
     if spec == "builtin":
         return BuiltinTokenizer()
@@ -272,7 +283,7 @@ def load_tokenizer(spec: str, info: CheckpointInfo, flag: str = "--tokenizer") -
     if saved:
         return hf(saved if os.path.isabs(saved) else os.path.join(info.path, saved), f"{EXPORT_META} 'tokenizer'")
     if os.path.isfile(os.path.join(info.path, "tokenizer.json")):
-        return HFTokenizer(os.path.join(info.path, "tokenizer.json"))
+        return hf(os.path.join(info.path, "tokenizer.json"), "the checkpoint's tokenizer.json")
     raise CLIError(f"{flag} is required for the HF checkpoint {info.path} (it holds no tokenizer.json): give "
                    "path/to/tokenizer.json, or 'builtin' for a model trained with the built-in tokenizer")
 
@@ -282,9 +293,9 @@ def check_tokenizer(tokenizer: Any, config: Any, flag: str = "--tokenizer") -> N
     if tokenizer.vocab_size > config.text.vocab_size:
         raise CLIError(f"{flag}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary has "
                        f"{config.text.vocab_size}; wrong tokenizer for this checkpoint?")
-    for name, want in (("image_pad_id", config.image_token_id), ("eos_id", config.eos_token_id),
-                       ("vision_start_id", config.vision_start_token_id),
-                       ("vision_end_id", config.vision_end_token_id)):
+    from sif_jax.model.family import family_of
+
+    for name, want in family_of(config).tokenizer_ids(config).items():
         if getattr(tokenizer, name) != want:
             raise CLIError(f"{flag}: the tokenizer's {name}={getattr(tokenizer, name)} but the model expects {want}; "
                            "wrong tokenizer for this checkpoint?")
@@ -303,11 +314,11 @@ def load_model(path: str, *, model: str = "", tokenizer: str = "", attention_bac
     """Checkpoint -> (config, params on the default device, tokenizer), with the input checks."""
     import jax
 
-    from sif_jax.model.config import PRESETS
+    from sif_jax.model.family import presets
     from sif_jax.model.layers import DTYPES
 
-    if model and model not in PRESETS:
-        raise CLIError(f"{flag_prefix}model={model!r}: unknown model preset; choose one of {sorted(PRESETS)}")
+    if model and model not in presets():
+        raise CLIError(f"{flag_prefix}model={model!r}: unknown model preset; choose one of {sorted(presets())}")
     if dtype and dtype not in DTYPES:
         raise CLIError(f"{flag_prefix}dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
     info = read_checkpoint_info(path, attention_backend=attention_backend, dtype=dtype)

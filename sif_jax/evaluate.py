@@ -37,7 +37,7 @@ import numpy as np
 
 from sif_jax.data.format import check_format
 from sif_jax.model.config import ModelConfig
-from sif_jax.model.vlm import model_inputs
+from sif_jax.model.family import family_of
 from sif_jax.parallel import to_host
 from sif_jax.rl.adaptvis import (
     AdaptVisConfig,
@@ -126,7 +126,7 @@ def evaluate_batches(
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
     rows: list[dict[str, Any]] = []
     for batch in batches:
-        prompt = model_inputs(batch)
+        prompt = family_of(config).model_inputs(batch)
         alpha = None
         if adaptvis is not None:
             result = generate_adaptvis(params, prompt, jax.random.key(0), config=config, sampling=sampling,

@@ -145,9 +145,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         meta = export(args.checkpoint, args.format, args.out, dtype=args.dtype, model=args.model,
                       tokenizer=args.tokenizer, overwrite=args.overwrite,
                       max_shard_bytes=int(args.max_shard_gb * 2**30))
-        from sif_jax.model.config import ModelConfig
+        from sif_jax.model.family import family_for_hf_config
 
-        config = ModelConfig.from_hf_config(meta["model"])
+        config = family_for_hf_config(meta["model"]).from_hf_config(meta["model"])
         src = meta["source"]
         step = f", step {src['step']}" if src["step"] is not None else ""
         print(f"exported {describe_config(config)} [{meta['dtype']}] from {args.checkpoint} ({src['kind']}{step}) "

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sif_jax.model.config import ModelConfig
-from sif_jax.model.vlm import Qwen25VL, model_inputs
+from sif_jax.model.family import family_of
 from sif_jax.rl.scoring import score_inputs
 
 Params = Any
@@ -54,13 +54,13 @@ Params = Any
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _embed(params: Params, inputs: dict[str, jax.Array], *, config: ModelConfig) -> jax.Array:
-    return Qwen25VL(config).apply(
-        {"params": params}, inputs["input_ids"], inputs.get("pixel_values"), inputs.get("patch_positions"),
-        inputs.get("window_segments"), inputs.get("frame_segments"), inputs.get("image_token_index"),
-        inputs.get("image_mask"), method=Qwen25VL.embed)
+    family = family_of(config)
+    module = family.module(config)
+    images = {k: v for k, v in family.model_inputs(inputs).items() if k not in ("attention_mask", "positions")}
+    return module.apply({"params": params}, **images, method=type(module).embed)
 
 
-def _decoder_masses(module: Qwen25VL, embeddings, positions, kv_valid, visual_mask, region_mask, layers):
+def _decoder_masses(module: Any, embeddings, positions, kv_valid, visual_mask, region_mask, layers):
     _, aux = module.text(embeddings, positions, kv_valid=kv_valid, visual_mask=visual_mask, region_mask=region_mask,
                          mass_layers=layers, return_hidden=True)
     return aux["attention_mass"]
@@ -74,8 +74,9 @@ def _one_hot_masses(params: Params, embeddings: jax.Array, positions: jax.Array,
     Returns region mass [K, L] and visual mass [K, L], averaged over `layers` and heads."""
     k, length = region_masks.shape
     rep = lambda x: jnp.broadcast_to(x, (k, *x.shape[1:]))
-    masses = Qwen25VL(config).apply(
-        {"params": params}, rep(embeddings), jnp.broadcast_to(positions, (3, k, length)), rep(kv_valid),
+    masses = family_of(config).module(config).apply(
+        {"params": params}, rep(embeddings), jnp.broadcast_to(positions, (positions.shape[0], k, length)),
+        rep(kv_valid),
         rep(visual_mask), region_masks, layers, method=_decoder_masses)
     region = jnp.mean(jnp.stack([masses[i]["region"] for i in layers]), axis=(0, 2))
     visual = jnp.mean(jnp.stack([masses[i]["visual"] for i in layers]), axis=(0, 2))
@@ -106,9 +107,9 @@ def visual_attention_map(
     if np.shape(prompt["input_ids"])[0] != 1:
         raise ValueError("visual_attention_map: expects a one-row prompt batch")
     layers = tuple(sorted({int(i) % config.text.num_layers for i in layers}))
-    prompt = model_inputs(prompt)
+    prompt = family_of(config).model_inputs(prompt)
     inputs = score_inputs(prompt, jnp.asarray(completion), jnp.asarray(completion_mask),
-                          image_token_id=config.image_token_id)
+                          image_token_id=config.image_token_id, config=config)
     ids = np.asarray(inputs["input_ids"])
     valid = np.asarray(inputs["attention_mask"]).astype(bool)
     is_visual = np.asarray(inputs["image_mask"]) & valid  # the prompt's image positions only
@@ -268,7 +269,6 @@ def run_generate(args: Any) -> dict[str, Any]:
     from sif_jax.cli import CLIError, instruction_text, load_model, read_image
     from sif_jax.data.batching import collate
     from sif_jax.data.format import check_format
-    from sif_jax.data.image import resize_image
     from sif_jax.data.pipeline import PreprocessConfig, Preprocessor
     from sif_jax.rl.adaptvis import (
         AdaptVisConfig,
@@ -316,10 +316,10 @@ def run_generate(args: Any) -> dict[str, Any]:
     if n_prompt > args.max_prompt_tokens:
         n_question = len(tok.encode(pre.question_text(args.question)))
         raise CLIError(f"the prompt is {n_prompt} tokens (question + instruction {n_question}, image "
-                       f"{int(np.prod(example['image_grid_thw'])) // config.vision.merge_unit}), more than "
+                       f"{len(example['region_cells'])}), more than "
                        f"--max_prompt_tokens={args.max_prompt_tokens}; shorten the question or raise the limit")
     batch = collate([example], config, length_buckets=(n_prompt,), patch_buckets=None)
-    prompt = model_inputs(batch)
+    prompt = family_of(config).model_inputs(batch)
     rng = jax.random.key(args.seed)
     answer_tag = answer_tag_ids(tok, output_format_for_instruction(args.instruction))
     alpha = None
@@ -356,11 +356,7 @@ def run_generate(args: Any) -> dict[str, Any]:
     if args.heatmap:
         heat, visual_mass = visual_attention_map(loaded.params, batch, tokens, mask, config=config, layers=layers,
                                                  chunk=args.heatmap_chunk)
-        grid_thw = np.asarray(batch["image_grid_thw"])[0]
-        m = config.vision.spatial_merge_size
-        grid = (int(grid_thw[1]) // m, int(grid_thw[2]) // m)
-        ps = config.vision.patch_size
-        shown = resize_image(image, int(grid_thw[1]) * ps, int(grid_thw[2]) * ps)
+        shown, grid = family_of(config).model_view(config, image, batch)
         areas = all_areas(text)
         layer_names = ",".join(str(i % config.text.num_layers) for i in layers)
         caption = (f"attention mass per visual token, decoder layer(s) {layer_names}, mean over heads and the "

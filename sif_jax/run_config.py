@@ -13,7 +13,8 @@ import ml_collections
 from sif_jax.data import sources
 from sif_jax.data.prompts import get_prompt
 from sif_jax.kernels.region_attention.ops import BACKENDS as KERNEL_BACKENDS
-from sif_jax.model.config import PRESETS, REMAT_POLICIES
+from sif_jax.model.config import REMAT_POLICIES
+from sif_jax.model.family import presets
 from sif_jax.parallel import MESH_AXES
 from sif_jax.rl.loss import REDUCTIONS
 from sif_jax.rl.rewards import REWARD_NAMES
@@ -33,7 +34,8 @@ def validate_config(c: ml_collections.ConfigDict, check_paths: bool = True, *, c
     run on another: `train --validate_only`); `check_files=False` also leaves out the checkpoint and
     tokenizer rules (a plan needs shapes only, see `sif_jax.plan`).
     """
-    _need(c.model in PRESETS, "model", c.model, f"choose one of {sorted(PRESETS)}")
+    names = presets()
+    _need(c.model in names, "model", c.model, f"choose one of {sorted(names)}")
     _need(c.attention_backend in BACKENDS, "attention_backend", c.attention_backend, f"choose one of {BACKENDS}")
     _need(c.get("remat_policy", "none") in REMAT_POLICIES, "remat_policy", c.get("remat_policy"),
           f"expected one of {REMAT_POLICIES}")
@@ -55,7 +57,7 @@ def _check_files(c: ml_collections.ConfigDict, check_paths: bool) -> None:
         _need(not check_paths or os.path.isfile(c.tokenizer), "tokenizer", c.tokenizer,
               "is not a file (expected tokenizer.json, or 'builtin')")
     elif c.tokenizer == "builtin" or not c.init_checkpoint:
-        _need(c.model == "tiny" and not hf_init, "tokenizer", c.tokenizer,
+        _need((c.model == "tiny" or c.model.endswith("_tiny")) and not hf_init, "tokenizer", c.tokenizer,
               "the built-in tokenizer only fits the tiny preset; give the checkpoint's tokenizer.json")
 
 

@@ -14,31 +14,31 @@ import jax
 import jax.numpy as jnp
 
 from sif_jax import parallel
-from sif_jax.model.config import ModelConfig
-from sif_jax.model.vlm import Qwen25VL, lm_head_kernel, model_inputs
+from sif_jax.model.family import family_of
 from sif_jax.rl.scoring import chunked_token_stats
 
 Params = Any
 
 
-def sft_loss_terms(params: Params, batch: dict[str, jax.Array], *, config: ModelConfig,
+def sft_loss_terms(params: Params, batch: dict[str, jax.Array], *, config: Any,
                    vocab_chunk: int = 4096) -> tuple[jax.Array, jax.Array]:
     """(summed NLL, number of target tokens) for a batch with `loss_mask` bool [B, L].
 
     Position t's hidden state predicts token t + 1, so the target of position t is counted
     when loss_mask[t + 1] is set.
     """
-    _, aux = Qwen25VL(config).apply({"params": params}, **model_inputs(batch), return_hidden=True)
+    family = family_of(config)
+    _, aux = family.module(config).apply({"params": params}, **family.model_inputs(batch), return_hidden=True)
     hidden = aux["hidden"][:, :-1]
     targets = batch["input_ids"][:, 1:]
     mask = batch["loss_mask"][:, 1:].astype(jnp.float32)
-    logp, _ = chunked_token_stats(hidden, lm_head_kernel(params, config), targets, temperature=1.0,
+    logp, _ = chunked_token_stats(hidden, family.lm_head_kernel(params, config), targets, temperature=1.0,
                                   chunk=min(vocab_chunk, config.text.vocab_size))
     return -jnp.sum(logp * mask), jnp.sum(mask)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "vocab_chunk", "grad_shardings"))
-def sft_grads(params: Params, batch: dict[str, jax.Array], denominator: jax.Array, *, config: ModelConfig,
+def sft_grads(params: Params, batch: dict[str, jax.Array], denominator: jax.Array, *, config: Any,
               vocab_chunk: int = 4096,
               grad_shardings: tuple | None = None) -> tuple[Params, tuple[jax.Array, jax.Array]]:
     """Gradient of summed NLL / `denominator` (the total target tokens of the whole step).

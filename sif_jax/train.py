@@ -37,9 +37,9 @@ from sif_jax.checkpoint import (
 )
 from sif_jax.convert.hf import load_hf_checkpoint
 from sif_jax.evaluate import evaluate_batches
-from sif_jax.model.config import ModelConfig, get_preset
+from sif_jax.model.config import ModelConfig
+from sif_jax.model.family import family_of, get_preset
 from sif_jax.model.layout import is_stacked, to_layout
-from sif_jax.model.vlm import MODEL_INPUTS, abstract_boxed_params, init_params, param_logical_axes
 from sif_jax.rl.adaptvis import answer_tag_ids
 from sif_jax.rl.grpo import GRPOConfig, TrainState, collect_rollouts, make_optimizer, policy_update
 from sif_jax.rl.rewards import REWARD_NAMES, RewardConfig, RewardState
@@ -82,6 +82,18 @@ class MetricsWriter:
         else:
             with open(self.path, "a") as f:
                 f.write(line + "\n")
+
+
+def init_params(model: Any, rng: jax.Array) -> Any:
+    return family_of(model).init_params(model, rng)
+
+
+def param_logical_axes(model: Any) -> Any:
+    return family_of(model).param_logical_axes(model)
+
+
+def abstract_boxed_params(model: Any) -> Any:
+    return family_of(model).abstract_boxed_params(model)
 
 
 def _model_config(config: ml_collections.ConfigDict, base: ModelConfig) -> ModelConfig:
@@ -133,11 +145,12 @@ def _setup(config: ml_collections.ConfigDict) -> tuple[Run, Any]:
             from_run = True
     if config.init_checkpoint:
         preset = get_preset(config.model)
-        if (base.text, base.vision) != (preset.text, preset.vision):
+        if type(base) is not type(preset) or (base.text, base.vision) != (preset.text, preset.vision):
+            depth = getattr(base.vision, "depth", getattr(base.vision, "num_layers", None))
             raise ValueError(
                 f"config.init_checkpoint={config.init_checkpoint!r} holds a model of another size than "
                 f"config.model={config.model!r} (text {base.text.num_layers} layers x {base.text.hidden_size}, "
-                f"vision {base.vision.depth} x {base.vision.hidden_size}); set config.model to its preset"
+                f"vision {depth} x {base.vision.hidden_size}); set config.model to its preset"
             )
     run_ = layout(config, base, data=data)
     model, mesh = run_.model, run_.mesh
@@ -269,7 +282,7 @@ def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
         for step in bar:
             t0 = time.perf_counter()
             batch = _place(next(data_iter), run.mesh)
-            batch = {k: batch[k] for k in (*MODEL_INPUTS, "loss_mask") if k in batch}
+            batch = {**family_of(run.model).model_inputs(batch), "loss_mask": batch["loss_mask"]}
             denominator = jnp.maximum(jnp.sum(batch["loss_mask"][:, 1:]), 1)
             grads, (nll, tokens) = sft_grads(state.params, batch, denominator, config=run.model,
                                              grad_shardings=parallel.sharding_leaves(state.params))

@@ -12,7 +12,7 @@ import ml_collections
 from sif_jax.data import pipeline, sources
 from sif_jax.data.prompts import get_prompt
 from sif_jax.data.scenes import SceneConfig
-from sif_jax.data.tokenizer import BuiltinTokenizer, HFTokenizer, Tokenizer
+from sif_jax.data.tokenizer import BuiltinTokenizer, Tokenizer
 from sif_jax.model.config import ModelConfig
 
 # Eval examples come from the "test" split (scene seeds offset by pipeline.TEST_SEED_OFFSET), so
@@ -40,13 +40,21 @@ class TrainData:
 
     def __init__(self, config: ml_collections.ConfigDict) -> None:
         self.config = config
-        # "" = the built-in one, or (train._setup) the one of config.init_checkpoint
-        self.tokenizer: Tokenizer = (HFTokenizer(config.tokenizer) if config.tokenizer not in ("", "builtin")
-                                     else BuiltinTokenizer())
+        self.tokenizer: Tokenizer = self._tokenizer(config)
         self.model: ModelConfig | None = None
         self._train_source, self._eval_source = self._sources()
         if config.sft.steps > 0 and not config.init_checkpoint:
             self.sft_source()  # no traces to imitate: an error now, not after compiling
+
+    @staticmethod
+    def _tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
+        """The run's tokenizer.json read by the model family's tokenizer, else ("" or "builtin"; with
+        `train._setup` taking the one of config.init_checkpoint for "") the built-in one."""
+        if config.tokenizer in ("", "builtin"):
+            return BuiltinTokenizer()
+        from sif_jax.model.family import family_of, get_preset
+
+        return family_of(get_preset(config.model)).load_tokenizer(config.tokenizer)
 
     def _sources(self) -> tuple[Any, Any]:
         """(train, held-out) raw-example sources of `config.data.source` (`data.sources`)."""

@@ -1,4 +1,8 @@
-"""Hugging Face Qwen2.5-VL safetensors <-> sif_jax params.
+"""Hugging Face safetensors <-> sif_jax params, for every model family (rules here: Qwen2.5-VL's).
+
+A family gives its tensor rules (`Rule`: HF name template <-> param path template plus the
+reshape/transpose each way) and a canonical-name map through `ModelFamily.hf_rules()`; the loader
+and saver below are shared. The Qwen2.5-VL rules follow.
 
 `load_hf_checkpoint(path)` reads `config.json` and `*.safetensors` (single file or sharded with
 `model.safetensors.index.json`) from a local directory, tensor by tensor. Both key layouts are
@@ -170,21 +174,27 @@ def canonical_name(name: str) -> str:
     return name
 
 
-def param_path(name: str) -> tuple[Rule, str] | None:
-    """(rule, param path) of an HF tensor name, or None if the name is not ours."""
-    canonical = canonical_name(name)
-    for hf_regex, _, rule in _COMPILED:
-        match = hf_regex.match(canonical)
+def param_path(name: str, compiled: list | None = None,
+               canonical: Callable[[str], str] = canonical_name) -> tuple[Rule, str] | None:
+    """(rule, param path) of an HF tensor name under `compiled` rules (default: Qwen2.5-VL's), or
+    None if the name is not the model's."""
+    name = canonical(name)
+    for hf_regex, _, rule in (_COMPILED if compiled is None else compiled):
+        match = hf_regex.match(name)
         if match:
             return rule, rule.path.format(*match.groups())
     return None
 
 
-def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    from sif_jax.model.vlm import init_params  # local: avoids a cycle at import time
+def compile_rules(rules: list[Rule]) -> list[tuple[re.Pattern, re.Pattern, Rule]]:
+    return [(rule.hf_regex, rule.path_regex, rule) for rule in rules]
+
+
+def _expected_shapes(config: Any) -> dict[str, tuple[int, ...]]:
+    from sif_jax.model.family import family_of  # local: avoids a cycle at import time
 
     per_layer = config.replace(scan_layers=False)
-    shapes = jax.eval_shape(lambda: init_params(per_layer, jax.random.key(0)))
+    shapes = jax.eval_shape(lambda: family_of(config).init_params(per_layer, jax.random.key(0)))
     flat = {}
     for keys, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
         flat["/".join(k.key for k in keys)] = tuple(leaf.shape)
@@ -224,40 +234,59 @@ def read_hf_config(path: str | os.PathLike) -> dict:
         return json.load(f)
 
 
-def load_hf_checkpoint(
-    path: str | os.PathLike, *, dtype: str | None = None, **config_overrides: Any
-) -> tuple[ModelConfig, Params]:
-    """Reads a local HF Qwen2.5-VL checkpoint directory.
-
-    Args:
-      path: a directory with config.json and *.safetensors (sharded or not).
-      dtype: "float32" | "bfloat16" | "float16" for the params (and compute); None keeps the
-        checkpoint's `torch_dtype` (float32 if absent).
-      config_overrides: fields of ModelConfig to set (e.g. attention_backend, scan_layers).
-
-    Returns:
-      (config, params) with params as NumPy arrays in the param layout of `Qwen25VL` for that
-      config (stacked [layers, ...] per-layer tensors when `scan_layers=True`).
-    """
-    path = os.fspath(path)
-    hf_config = read_hf_config(path)
+def checkpoint_dtype(hf_config: dict, dtype: str | None) -> str:
+    """`dtype`, or the checkpoint's `torch_dtype` / `dtype` (float32 if absent); ValueError if unknown."""
     dtype = dtype or {"bfloat16": "bfloat16", "float16": "float16"}.get(
         str(hf_config.get("torch_dtype") or hf_config.get("dtype")), "float32"
     )
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}; expected one of {sorted(DTYPES)}")
-    config = ModelConfig.from_hf_config(hf_config, dtype=dtype, param_dtype=dtype,
-                                        **config_overrides)
+    return dtype
+
+
+def load_hf_checkpoint(
+    path: str | os.PathLike, *, dtype: str | None = None, **config_overrides: Any
+) -> tuple[Any, Params]:
+    """Reads a local HF checkpoint directory of any registered model family (`sif_jax.model.family`;
+    the family comes from config.json's `model_type`).
+
+    Args:
+      path: a directory with config.json and *.safetensors (sharded or not).
+      dtype: "float32" | "bfloat16" | "float16" for the params (and compute); None keeps the
+        checkpoint's `torch_dtype` (float32 if absent).
+      config_overrides: fields of the family's config to set (e.g. attention_backend, scan_layers).
+
+    Returns:
+      (config, params) with params as NumPy arrays in the param layout of the family's module for
+      that config (stacked [layers, ...] per-layer tensors when `scan_layers=True`).
+    """
+    from sif_jax.model.family import family_for_hf_config
+
+    path = os.fspath(path)
+    hf_config = read_hf_config(path)
+    dtype = checkpoint_dtype(hf_config, dtype)
+    family = family_for_hf_config(hf_config)
+    config = family.from_hf_config(hf_config, dtype=dtype, param_dtype=dtype, **config_overrides)
+    compiled, canonical = family.hf_rules()
+    params = load_params(path, config, compiled, canonical, family.display_name)
+    if config.scan_layers:
+        params = stack_layers(params, config)
+    return config, params
+
+
+def load_params(path: str, config: Any, compiled: list, canonical: Callable[[str], str], what: str) -> Params:
+    """Per-layer params from the safetensors under `path` by the rules `compiled`; every tensor is
+    checked (unknown, duplicate, mis-shaped or missing: ValueError naming it)."""
     expected = _expected_shapes(config)
-    target = np.dtype(DTYPES[dtype])
+    target = np.dtype(DTYPES[config.param_dtype])
     params: Params = {}
     seen: dict[str, str] = {}
     for file in _files(path):
         st = SafetensorsFile(file)
         for name in st.keys():
-            found = param_path(name)
+            found = param_path(name, compiled, canonical)
             if found is None:
-                raise ValueError(f"{file}: tensor {name!r} is not part of a Qwen2.5-VL model")
+                raise ValueError(f"{file}: tensor {name!r} is not part of a {what} model")
             rule, ppath = found
             if ppath == "text/lm_head/kernel" and config.text.tie_word_embeddings:
                 continue  # some tied checkpoints also store lm_head; the embedding is used
@@ -276,21 +305,22 @@ def load_hf_checkpoint(
     missing = sorted(set(expected) - set(seen))
     if missing:
         raise ValueError(f"{path}: missing tensors for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    if config.scan_layers:
-        params = stack_layers(params, config)
-    return config, params
+    return params
 
 
-def hf_tensors(config: ModelConfig, params: Params) -> Iterator[tuple[str, np.ndarray]]:
-    """(released-layout HF name, array) for every param; `params` in either layout (stacked
-    layers are split into one tensor per layer)."""
+def hf_tensors(config: Any, params: Params) -> Iterator[tuple[str, np.ndarray]]:
+    """(HF name, array) for every param (the layout `save_hf_checkpoint` writes); `params` in either
+    layout (stacked layers are split into one tensor per layer)."""
+    from sif_jax.model.family import family_of
+
+    compiled, _ = family_of(config).hf_rules()
     params = to_layout(params, config.replace(scan_layers=False))
     flat = {
         "/".join(k.key for k in keys): leaf
         for keys, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
     }
     for ppath, leaf in flat.items():
-        for _, path_regex, rule in _COMPILED:
+        for _, path_regex, rule in compiled:
             match = path_regex.match(ppath)
             if match:
                 yield rule.hf.format(*match.groups()), np.asarray(rule.to_hf(np.asarray(leaf), config))
@@ -300,7 +330,7 @@ def hf_tensors(config: ModelConfig, params: Params) -> Iterator[tuple[str, np.nd
 
 
 def save_hf_checkpoint(
-    config: ModelConfig,
+    config: Any,
     params: Params,
     path: str | os.PathLike,
     *,

@@ -8,14 +8,15 @@ supervised training) share one layout:
 * `input_ids` / `attention_mask` int32 [R, L], **left**-padded with `pad_id` to the smallest
   length bucket >= the longest row (so the prompt ends at column L-1 in every row, where sampling
   starts);
-* `vlm.prepare_inputs(..., batch_images=True)`: M-RoPE `positions` [3, R, L] (its `rope_deltas` is
-  dropped: the KV cache continues from the largest position), and the vision arrays in the
-  batched-image layout: `pixel_values` [R, P, 1176] (one image per row, zero-padded to a
-  per-image patch bucket P, padding segment id -1), `patch_positions` [R, P, 2],
-  `window_segments` / `frame_segments` [R, P], `image_token_index` [R, L];
+* the model family's `collate_images` (`sif_jax.model.family`). LLaVA: `pixel_values` [R, 3, S, S],
+  1-D `positions` [1, R, L]. Qwen2.5-VL, through `vlm.prepare_inputs(..., batch_images=True)`: M-RoPE
+  `positions` [3, R, L] (no `rope_deltas`: the KV cache continues from the largest position),
+  and the vision arrays in the batched-image layout: `pixel_values` [R, P, 1176] (one image per
+  row, zero-padded to a per-image patch bucket P, padding segment id -1), `patch_positions`
+  [R, P, 2], `window_segments` / `frame_segments` [R, P], `image_token_index` [R, L];
   `image_grid_thw` int64 [R, 3]. Vision attention then costs R * P^2, not (R * P)^2;
 * `region_mask` bool [R, L]: the image-pad tokens whose cells overlap a target box with positive
-  area (`regions.image_region_mask`, cell = `config.vision.cell_size`), at their padded-sequence
+  area (the family's `region_cells`; cell = `family.cell_size(config)`), at their padded-sequence
   positions; `region_tokens` / `visual_tokens` int32 [R]: how many tokens are in the region / image;
 * host lists, one item per row: `answers`, `choices` (list or None), `target_boxes` (float32
   [k, 4] normalised), `depth_maps` (float16 [S, S] or None), `prompt_ids`, `metadata` (dicts with
@@ -34,7 +35,7 @@ import numpy as np
 
 from sif_jax.data.regions import batch_region_mask
 from sif_jax.model.config import ModelConfig
-from sif_jax.model.vlm import prepare_inputs
+from sif_jax.model.family import family_of
 
 DEFAULT_LENGTH_BUCKETS: tuple[int, ...] = (64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 
@@ -92,27 +93,16 @@ def _assemble(
         input_ids[r, length - len(seq):] = seq
         attention_mask[r, length - len(seq):] = 1
     for i, ex in enumerate(examples):
-        n = int(np.prod(np.asarray(ex["image_grid_thw"]).reshape(-1, 3), axis=-1).max())
+        n = _image_patches(ex)
         if patch_buckets is not None and n > max(patch_buckets):
             raise ValueError(
                 f"collate: example {i} ({_name(ex)}): its image has {n} patches, more than the largest patch "
                 f"bucket {max(patch_buckets)} (buckets {tuple(patch_buckets)}); lower max_pixels or add a bucket"
             )
-    pixel_values = np.concatenate([ex["pixel_values"] for _, ex in rows])
-    image_grid_thw = np.concatenate([np.asarray(ex["image_grid_thw"]).reshape(-1, 3) for _, ex in rows])
-    n_patches = pixel_values.shape[0]
-    per_image = int(np.prod(image_grid_thw, axis=-1).max())
+    per_image = max(_image_patches(ex) for _, ex in rows)
     pad_to = pick_bucket(per_image, patch_buckets, "patches of one image")
-    if pad_to % config.vision.merge_unit:
-        raise ValueError(f"collate: patch bucket {pad_to} is not a multiple of merge_unit={config.vision.merge_unit}")
-    batch: dict[str, Any] = prepare_inputs(
-        config, input_ids, attention_mask, pixel_values, image_grid_thw, pad_patches_to=pad_to, batch_images=True
-    )
-    # Decoding continues M-RoPE from the prompt's largest position (`cache.prefill`), so HF's rope_deltas
-    # are not needed on the device.
-    del batch["rope_deltas"]
-    batch["image_grid_thw"] = image_grid_thw.astype(np.int64)
-    batch["num_patches"] = np.int32(n_patches)
+    batch: dict[str, Any] = family_of(config).collate_images(
+        config, input_ids, attention_mask, [ex for _, ex in rows], pad_to)
     region = batch_region_mask(input_ids, config.image_token_id, [[ex["region_cells"]] for _, ex in rows],
                                attention_mask)
     batch["region_mask"] = region
@@ -126,6 +116,13 @@ def _assemble(
     batch["metadata"] = [dict(ex.get("metadata", {})) for _, ex in rows]
     batch["group_size"] = repeat
     return batch
+
+
+def _image_patches(ex: Example) -> int:
+    """Rows of the example's vision input (`image_patches` from the preprocessor; else its Qwen grid)."""
+    if "image_patches" in ex:
+        return int(ex["image_patches"])
+    return int(np.prod(np.asarray(ex["image_grid_thw"]).reshape(-1, 3), axis=-1).max())
 
 
 def collate(

@@ -50,13 +50,13 @@ import numpy as np
 from PIL import Image
 
 from sif_jax.data.batching import DEFAULT_LENGTH_BUCKETS, collate, collate_sft
-from sif_jax.data.image import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, load_image, process_image
+from sif_jax.data.image import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, load_image
 from sif_jax.data.questions import sample_question
-from sif_jax.data.regions import focus_region_mask, image_region_mask
 from sif_jax.data.scenes import SceneConfig, generate_scene
-from sif_jax.data.tokenizer import DEFAULT_SYSTEM_PROMPT, SIF_INSTRUCTION, Tokenizer, chat_prompt
+from sif_jax.data.tokenizer import DEFAULT_SYSTEM_PROMPT, SIF_INSTRUCTION, Tokenizer
 from sif_jax.data.traces import TraceConfig, build_trace
 from sif_jax.model.config import ModelConfig
+from sif_jax.model.family import family_of
 
 __all__ = [
     "BuiltinSource", "TfdsSource", "PreprocessConfig", "Preprocessor", "make_dataset", "collate", "collate_sft",
@@ -216,11 +216,11 @@ def preprocess_within_bucket(
     `max_patches` patches (the largest patch bucket): lower max_pixels
     (<= max_patches * patch_size**2 bounds every image, see `max_patches_per_image`) or add a bucket."""
     out = preprocessor(example)
-    n = int(np.prod(np.asarray(out["image_grid_thw"]).reshape(-1, 3), axis=-1).max())
+    n = int(out["image_patches"])
     if n > max_patches:
         raise ValueError(
             f"record {record_name(example)}: its image has {n} patches (image_grid_thw "
-            f"{np.asarray(out['image_grid_thw']).tolist()}), "
+            f"{np.asarray(out.get('image_grid_thw')).tolist()}), "
             f"more than the largest patch bucket {max_patches}; lower max_pixels (at most "
             f"{max_patches * preprocessor.config.vision.patch_size ** 2} keeps every image within it) or add a bucket"
         )
@@ -234,9 +234,8 @@ class Preprocessor:
         self.tokenizer = tokenizer
         self.config = config
         self.options = options or PreprocessConfig()
-        ids = {"image_pad_id": config.image_token_id, "vision_start_id": config.vision_start_token_id,
-               "vision_end_id": config.vision_end_token_id, "eos_id": config.eos_token_id}
-        for name, want in ids.items():
+        self.family = family_of(config)
+        for name, want in self.family.tokenizer_ids(config).items():
             if getattr(tokenizer, name) != want:
                 raise ValueError(f"Preprocessor: tokenizer.{name}={getattr(tokenizer, name)} but the model config "
                                  f"expects {want}")
@@ -256,26 +255,22 @@ class Preprocessor:
             raise ValueError(f"record {record_name(example)}: {type(e).__name__}: {e}") from e
 
     def _process(self, example: dict[str, Any]) -> dict[str, Any]:
-        opt, vision = self.options, self.config.vision
-        img = process_image(load_image(example["image"]), vision, opt.min_pixels, opt.max_pixels)
-        grid = img.image_grid_thw[0]
-        n_tokens = int(np.prod(grid)) // vision.merge_unit
+        opt = self.options
         boxes = np.asarray(example["boxes"], np.float32).reshape(-1, 4)
-        focus = example.get("focus")
-        if focus is not None:  # SAYO: a token-grid focus area instead of boxes
-            region = focus_region_mask(focus, grid, vision.cell_size, vision.spatial_merge_size)
-        else:
-            region = image_region_mask(boxes, grid, vision.cell_size, vision.spatial_merge_size)
-        prompt = chat_prompt(self.tokenizer, self.question_text(example["problem"]), n_tokens, opt.system_prompt)
+        img = self.family.process_example_image(load_image(example["image"]), boxes, self.config,
+                                                min_pixels=opt.min_pixels, max_pixels=opt.max_pixels,
+                                                focus=example.get("focus"))
+        prompt = self.family.chat_prompt(self.tokenizer, self.question_text(example["problem"]), img.num_tokens,
+                                         opt.system_prompt)
         target = self.tokenizer.encode(example.get("trace") or "")
         depth = example.get("depth")
         choices = list(example.get("choices") or [])
         return {
             "prompt_tokens": np.asarray(prompt, np.int32),
             "target_tokens": np.asarray(target, np.int32),
-            "pixel_values": img.pixel_values,
-            "image_grid_thw": img.image_grid_thw,
-            "region_cells": region,
+            **img.arrays,
+            "image_patches": img.num_patches,
+            "region_cells": img.region_cells,
             "answer": example["answer"],
             "choices": choices or None,
             "target_boxes": boxes,

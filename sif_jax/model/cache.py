@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from sif_jax.model.config import ModelConfig
+from sif_jax.model.family import family_of
 from sif_jax.model.layers import DTYPES
-from sif_jax.model.vlm import Qwen25VL, model_inputs
 
 Params = Any
 
@@ -28,7 +28,8 @@ class KVCache:
     keys, values: [layers, B, S, kv_heads, head_dim] in the compute dtype.
     valid: bool [B, S] slots holding a real token. visual: bool [B, S] slots holding an image
     token (the keys AdaptVis scales and the masses count). length: int32 [] slots written.
-    next_position: int32 [B] M-RoPE position of the next token of each row (all three axes).
+    next_position: int32 [B] position of the next token of each row (on every axis of the family's
+    positions: the three M-RoPE axes, or the one 1-D axis).
     """
 
     keys: jax.Array
@@ -62,7 +63,8 @@ def prefill(
     """Runs the prompt batch and fills a cache of `max_length` slots.
 
     Args:
-      inputs: the dict from `vlm.prepare_inputs` (input_ids, attention_mask, positions, images).
+      config: any family's config (`sif_jax.model.family`).
+      inputs: the dict from the family's `prepare_inputs` (input_ids, attention_mask, positions, images).
       max_length: cache slots S >= prompt length + tokens to generate (static).
 
     Returns:
@@ -71,8 +73,9 @@ def prefill(
     prompt_len = inputs["input_ids"].shape[1]
     if max_length < prompt_len:
         raise ValueError(f"max_length={max_length} is shorter than the prompt ({prompt_len} tokens)")
-    logits, aux = Qwen25VL(config).apply(
-        {"params": params}, **model_inputs(inputs), region_mask=region_mask,
+    family = family_of(config)
+    logits, aux = family.module(config).apply(
+        {"params": params}, **family.model_inputs(inputs), region_mask=region_mask,
         visual_scale=visual_scale, return_attention_mass=return_attention_mass, return_kv=True,
     )
     keys, values = aux.pop("kv")
@@ -117,13 +120,15 @@ def decode_step(
       (logits float32 [B, vocab], updated cache, aux with the attention masses [B, heads, 1]).
     """
     batch = tokens.shape[0]
-    positions = jnp.broadcast_to(cache.next_position[None, :, None], (3, batch, 1))
+    family = family_of(config)
+    positions = jnp.broadcast_to(cache.next_position[None, :, None], (family.position_axes, batch, 1))
     slot = jax.nn.one_hot(cache.length, cache.max_length, dtype=bool)[None, :]
     valid = cache.valid | slot
-    logits, aux = Qwen25VL(config).apply(
+    model = family.module(config)
+    logits, aux = model.apply(
         {"params": params}, tokens[:, None].astype(jnp.int32), positions, (cache.keys, cache.values),
         cache.length, valid, cache.visual, region_mask=region_mask, visual_scale=visual_scale,
-        return_attention_mass=return_attention_mass, method=Qwen25VL.decode_step,
+        return_attention_mass=return_attention_mass, method=type(model).decode_step,
     )
     keys, values = aux.pop("kv")
     new_cache = cache.replace(

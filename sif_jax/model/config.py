@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 # The Qwen special-token ids of the released checkpoints.
 QWEN_IMAGE_TOKEN_ID = 151655
@@ -105,7 +105,11 @@ class ModelConfig:
     (`jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims`), "save_attention" keeps the
     attention output and the MLP input (named with `jax.ad_checkpoint.checkpoint_name`).
     Neither changes the numbers the model computes.
+
+    `family` names the model family (`sif_jax.model.family`) that runs this config.
     """
+
+    family: ClassVar[str] = "qwen2_5_vl"
 
     vision: VisionConfig = VisionConfig()
     text: TextConfig = TextConfig()

@@ -1,4 +1,8 @@
-"""The Qwen2 decoder: GQA with q/k/v bias, SwiGLU, RMSNorm, M-RoPE.
+"""The Qwen2 / LLaMA decoder: GQA, SwiGLU, RMSNorm, M-RoPE (Qwen2) or 1-D RoPE (LLaMA).
+
+The text config decides the variant: q/k/v projections carry a bias unless it sets
+`attention_bias=False` (LLaMA), and the rotary follows the positions' leading axis
+(`rope_cos_sin`: [3, B, L] M-RoPE, [1, B, L] 1-D RoPE).
 
 Every layer calls `sif_jax.kernels.region_attention.attention`; the layers listed in
 `mass_layers` also return how much attention each query paid to the region / visual keys.
@@ -45,6 +49,20 @@ def mrope_cos_sin(positions: jax.Array, config: TextConfig) -> tuple[jax.Array, 
     return jnp.cos(emb), jnp.sin(emb)
 
 
+def rope_cos_sin(positions: jax.Array, config) -> tuple[jax.Array, jax.Array]:
+    """cos, sin [B, L, head_dim] float32 for positions int [3, B, L] (M-RoPE, `mrope_cos_sin`) or
+    [1, B, L] (1-D RoPE as HF's LlamaRotaryEmbedding: angle p * theta^(-2i/d), halves repeated).
+
+    Raises ValueError for another leading axis."""
+    if positions.shape[0] == 3:
+        return mrope_cos_sin(positions, config)
+    if positions.shape[0] != 1:
+        raise ValueError(f"positions must be [3, B, L] (M-RoPE) or [1, B, L] (1-D RoPE); got {positions.shape}")
+    freqs = positions[0].astype(jnp.float32)[..., None] * inverse_frequencies(config.head_dim, config.rope_theta)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
 class DecoderLayer(nn.Module):
     """One decoder layer. `want_mass` / `want_kv` ask for this layer's masses / keys and values;
     `scanned` returns `(x, (kv, masses))` as `nn.scan` needs instead of `(x, kv, masses)`."""
@@ -87,13 +105,14 @@ class DecoderLayer(nn.Module):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         want_mass = self.want_mass
+        bias = getattr(c, "attention_bias", True)
         h = RMSNorm(c.rms_norm_eps, self.param_dtype, name="input_norm")(x)
         q = dense((c.num_heads, c.head_dim), ("embed", "heads", "head_dim"), name="q_proj",
-                  use_bias=True, **kw)(h)
+                  use_bias=bias, **kw)(h)
         k = dense((c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), name="k_proj",
-                  use_bias=True, **kw)(h)
+                  use_bias=bias, **kw)(h)
         v = dense((c.num_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), name="v_proj",
-                  use_bias=True, **kw)(h)
+                  use_bias=bias, **kw)(h)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache_kv is None:
             keys, values, causal = k, v, True
@@ -172,7 +191,7 @@ class Decoder(nn.Module):
         return_kv: bool = False,
         return_hidden: bool = False,
     ) -> tuple[jax.Array | None, dict]:
-        """embeddings [B, L, hidden], positions int [3, B, L] -> (logits [B, L, vocab] f32, aux).
+        """embeddings [B, L, hidden], positions int [3 or 1, B, L] -> (logits [B, L, vocab] f32, aux).
 
         With `return_hidden` the LM head is skipped: logits is None and aux["hidden"] holds the
         final-normed hidden states [B, L, hidden] (callers chunk the vocabulary themselves).
@@ -187,7 +206,7 @@ class Decoder(nn.Module):
         for i in mass_layers:
             if not 0 <= i < c.num_layers:
                 raise ValueError(f"return_attention_mass: layer {i} not in [0, {c.num_layers})")
-        cos, sin = mrope_cos_sin(positions, c)
+        cos, sin = rope_cos_sin(positions, c)
         want_kv = return_kv or cache_kv is not None
         layer_args = (cos, sin, kv_valid, visual_mask, visual_scale, region_mask)
         kw = dict(config=c, attention_backend=self.attention_backend, dtype=DTYPES[self.dtype],

@@ -24,7 +24,7 @@ import optax
 
 from sif_jax import parallel
 from sif_jax.model.config import ModelConfig
-from sif_jax.model.vlm import model_inputs
+from sif_jax.model.family import family_of
 from sif_jax.parallel import to_host
 from sif_jax.rl.advantage import group_advantages
 from sif_jax.rl.loss import grpo_loss_terms, loss_denominator, mask_truncated
@@ -78,9 +78,14 @@ def _score_temperature(grpo: GRPOConfig) -> float:
     return grpo.sampling.temperature if grpo.sampling.temperature > 0 else 1.0
 
 
-def prompt_arrays(batch: dict[str, Any]) -> dict[str, jax.Array]:
-    """The model-input arrays of a collated batch (host lists and extras dropped)."""
-    return model_inputs(batch)
+def prompt_arrays(batch: dict[str, Any], config: Any = None) -> dict[str, jax.Array]:
+    """The model-input arrays of a collated batch (host lists and extras dropped), those of
+    `config`'s family (None: Qwen2.5-VL's)."""
+    if config is None:
+        from sif_jax.model.vlm import model_inputs
+
+        return model_inputs(batch)
+    return family_of(config).model_inputs(batch)
 
 
 def make_optimizer(learning_rate: float | optax.Schedule, *, weight_decay: float = 0.0,
@@ -172,7 +177,7 @@ def collect_rollouts(
     sample_time, generated = 0.0, 0
     layers = grpo.layers(config)
     for i, batch in enumerate(micro_batches):
-        prompt = prompt_arrays(batch)
+        prompt = prompt_arrays(batch, config)
         t0 = time.perf_counter()
         samples = generate(state.params, prompt, jax.random.fold_in(rng, i), config=config, sampling=grpo.sampling,
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id)

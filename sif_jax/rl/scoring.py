@@ -16,8 +16,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from sif_jax.model.config import ModelConfig
-from sif_jax.model.vlm import Qwen25VL, lm_head_kernel, model_inputs
+from sif_jax.model.family import family_of
 
 Params = Any
 
@@ -83,7 +82,8 @@ def prompt_image_mask(prompt: dict[str, jax.Array], image_token_id: int) -> jax.
 
 
 def score_inputs(
-    prompt: dict[str, jax.Array], completion: jax.Array, completion_mask: jax.Array, *, image_token_id: int
+    prompt: dict[str, jax.Array], completion: jax.Array, completion_mask: jax.Array, *, image_token_id: int,
+    config: Any = None,
 ) -> dict[str, jax.Array]:
     """Prompt batch + completions -> model inputs over [N, L + T].
 
@@ -91,8 +91,14 @@ def score_inputs(
     positions (`prompt_image_mask`) extended with False, so a completion token is text whatever its
     id (an image-pad id the policy sampled is embedded as a token, is no visual key and takes no
     vision feature, exactly as in the KV-cache decode). Completion positions continue each row's
-    M-RoPE positions from max(prompt positions) + 1 (`cache.KVCache.next_position`).
+    positions (every axis: [3, N, L] M-RoPE or [1, N, L] 1-D) from max(prompt positions) + 1
+    (`cache.KVCache.next_position`). `config` picks the model arrays of `prompt` (its family's
+    `model_inputs`); None keeps Qwen2.5-VL's.
     """
+    if config is None:
+        from sif_jax.model.vlm import model_inputs
+    else:
+        model_inputs = family_of(config).model_inputs
     n, steps = completion.shape
     next_position = jnp.max(prompt["positions"], axis=(0, 2)) + 1
     completion_positions = next_position[:, None] + jnp.arange(steps)[None, :]
@@ -106,8 +112,9 @@ def score_inputs(
         inputs["image_token_index"] = jnp.concatenate(
             [prompt["image_token_index"], jnp.zeros((n, steps), prompt["image_token_index"].dtype)], axis=1)
     inputs["positions"] = jnp.concatenate(
-        [prompt["positions"], jnp.broadcast_to(completion_positions[None], (3, n, steps)).astype(
-            prompt["positions"].dtype)], axis=2)
+        [prompt["positions"], jnp.broadcast_to(
+            completion_positions[None], (prompt["positions"].shape[0], n, steps)).astype(prompt["positions"].dtype)],
+        axis=2)
     return inputs
 
 
@@ -119,7 +126,7 @@ def score(
     completion_mask: jax.Array,
     region_mask: jax.Array | None = None,
     *,
-    config: ModelConfig,
+    config: Any,
     mass_layers: Sequence[int] = (),
     temperature: float = 1.0,
     vocab_chunk: int = 4096,
@@ -127,7 +134,8 @@ def score(
     """Teacher-forced pass; differentiable in `params` through `logprobs`.
 
     Args:
-      prompt: left-padded prompt batch [N, L] from `vlm.prepare_inputs`.
+      prompt: left-padded prompt batch [N, L] from the family's `prepare_inputs`.
+      config: any family's config (`sif_jax.model.family`).
       completion: int [N, T]; completion_mask: bool [N, T].
       region_mask: bool [N, L] prompt keys inside the target region (None: no masses).
       mass_layers: decoder layers whose masses are averaged (with the heads).
@@ -141,18 +149,19 @@ def score(
     """
     prompt_len = prompt["input_ids"].shape[1]
     steps = completion.shape[1]
-    inputs = score_inputs(prompt, completion, completion_mask, image_token_id=config.image_token_id)
+    inputs = score_inputs(prompt, completion, completion_mask, image_token_id=config.image_token_id, config=config)
+    family = family_of(config)
     full_region = None
     want_mass = region_mask is not None and len(mass_layers) > 0
     if want_mass:
         full_region = jnp.concatenate([region_mask, jnp.zeros_like(completion_mask, bool)], axis=1)
-    _, aux = Qwen25VL(config).apply(
+    _, aux = family.module(config).apply(
         {"params": params}, **inputs, region_mask=full_region,
         return_attention_mass=tuple(mass_layers) if want_mass else (), return_hidden=True,
     )
     hidden = aux["hidden"][:, prompt_len - 1 : prompt_len - 1 + steps]
     logprobs, entropies = chunked_token_stats(
-        hidden, lm_head_kernel(params, config), completion, temperature=temperature,
+        hidden, family.lm_head_kernel(params, config), completion, temperature=temperature,
         chunk=min(vocab_chunk, config.text.vocab_size),
     )
     mask = completion_mask.astype(jnp.float32)
