@@ -20,7 +20,8 @@ BASH = shutil.which("bash") or "/bin/bash"
 V5P8 = ["--name", "sif-v5p", "--zone", "us-east5-a", "--accelerator-type", "v5p-8", "--spot",
         "--workdir", "gs://my-bucket/sif/run1"]
 OVERRIDES = ["--config.grpo.steps=200", "--config.mesh.fsdp=4"]
-TRICKY = "--config.data.length_buckets=(192, 512) it's \"odd\""
+# A valid override (launch validates overrides locally) whose quoting must survive the remote shell.
+TRICKY = "--config.init_checkpoint=gs://bucket/run it's \"odd\""
 
 FAKE_GCLOUD = """#!/usr/bin/env bash
 # Records its argv (one shell-quoted line per call) and fails when asked to.
