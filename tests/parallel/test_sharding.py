@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.conftest import PATIENT_COLLECTIVES
+
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
@@ -22,7 +24,7 @@ def _env(**extra):
 def _sharded_loss(mesh: str, backend: str = "reference") -> dict:
     # One process per mesh: XLA's CPU all-reduce aborts when one process runs programs on
     # several meshes over the same simulated devices.
-    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = _env(XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {PATIENT_COLLECTIVES}", JAX_PLATFORMS="cpu")
     script = os.path.join(os.path.dirname(__file__), "sharded_loss.py")
     out = subprocess.run([sys.executable, script, mesh, f"--backend={backend}"],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests.conftest import PATIENT_COLLECTIVES
+
 from .conftest import ROOT
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "topology_checkpoint.py")
@@ -17,7 +19,7 @@ def _run(mode: str, out: str, mesh: str, devices: int) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {PATIENT_COLLECTIVES}"
     result = subprocess.run([sys.executable, SCRIPT, mode, out, mesh], env=env, cwd=ROOT, capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
