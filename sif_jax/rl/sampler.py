@@ -30,12 +30,19 @@ NEG_INF = -1e30
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-    """temperature 0 = greedy; top_k 0 = off; top_p 1 = off."""
+    """temperature 0 = greedy; top_k 0 = off; top_p 1 = off.
+
+    candidates: top-p (with or without top-k) runs on the `candidates` largest logits of each row
+      (`jax.lax.top_k`) instead of sorting the whole vocabulary; the result is the full sort's
+      whenever the kept set fits inside them (`candidate_logits`), and a step where some row's
+      does not fit falls back to the full sort for the whole batch. 0 = always the full sort.
+    """
 
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    candidates: int = 256
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -46,6 +53,8 @@ class SamplingConfig:
             raise ValueError(f"SamplingConfig.top_p={self.top_p}: must lie in (0, 1]")
         if self.top_k < 0:
             raise ValueError(f"SamplingConfig.top_k={self.top_k}: must be >= 0")
+        if self.candidates < 0:
+            raise ValueError(f"SamplingConfig.candidates={self.candidates}: must be >= 0")
 
 
 @flax.struct.dataclass
@@ -111,8 +120,52 @@ def process_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
     return logits
 
 
-def sample_token(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
-    """(token int32 [N], its log-probability float32 [N]) from raw logits [N, V]."""
+def candidate_logits(logits: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Temperature, top-k and top-p on the C largest logits of each row, without a vocabulary sort.
+
+    C = max(sampling.candidates, top_k + 1), at most V. The probabilities of the nucleus rule are
+    those of the whole (temperature-scaled, top-k-masked) vocabulary: exp(z - max) / sum over V
+    (an O(V) reduction, no sort), accumulated in descending order as in `process_logits`.
+
+    Args:
+      logits: [N, V] raw logits (banned ids at -inf).
+
+    Returns:
+      (processed float32 [N, C]: the candidates' logits as `process_logits` gives them, -1e30 where
+      dropped; ids int32 [N, C] their vocabulary ids, descending by logit, ties by lower id as the
+      full stable sort; fits bool [N]: the kept set lies inside the candidates, so `processed`
+      scattered to ids, -1e30 elsewhere, equals `process_logits(logits)`; where False the caller
+      must use the full sort). A row fits when its last candidate is dropped: by top-k (its logit
+      is below the k-th largest, so no tie reaches past the candidates) or by top-p (the mass
+      before it already reaches top_p, and the mass only grows further down).
+    """
+    z = logits.astype(jnp.float32)
+    if sampling.temperature > 0:
+        z = z / sampling.temperature
+    vocab = z.shape[-1]
+    count = min(max(sampling.candidates, sampling.top_k + 1), vocab)
+    values, ids = jax.lax.top_k(z, count)
+    keep = jnp.ones(values.shape, bool)
+    fits = jnp.zeros(values.shape[:1], bool)
+    topk_active = 0 < sampling.top_k < vocab
+    if topk_active:
+        kth = values[:, sampling.top_k - 1 : sampling.top_k]
+        keep = values >= kth
+        fits = fits | (values[:, -1] < kth[:, 0])
+    if sampling.top_p < 1.0:
+        top = values[:, :1]
+        kept_z = jnp.where(z >= kth, z, -jnp.inf) if topk_active else z
+        total = jnp.sum(jnp.exp(kept_z - top), axis=-1, keepdims=True)
+        probs = jnp.where(keep, jnp.exp(values - top), 0.0) / total
+        nucleus = (jnp.cumsum(probs, axis=-1) - probs) < sampling.top_p
+        keep = keep & nucleus
+        fits = fits | ~nucleus[:, -1]
+    if count == vocab:
+        fits = jnp.ones_like(fits)
+    return jnp.where(keep, values, NEG_INF), ids.astype(jnp.int32), fits
+
+
+def _sample_full(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
     processed = process_logits(logits, sampling)
     logp = jax.nn.log_softmax(processed, axis=-1)
     if sampling.temperature == 0:
@@ -120,6 +173,32 @@ def sample_token(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) ->
     else:
         token = jax.random.categorical(rng, processed, axis=-1)
     return token.astype(jnp.int32), jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+
+
+def _sample_candidates(processed: jax.Array, ids: jax.Array, rng: jax.Array,
+                       sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+    logp = jax.nn.log_softmax(processed, axis=-1)
+    if sampling.temperature == 0:
+        pick = jnp.zeros(ids.shape[:1], jnp.int32)  # the largest logit, lowest id among ties, as argmax
+    else:
+        pick = jax.random.categorical(rng, processed, axis=-1)
+    token = jnp.take_along_axis(ids, pick[:, None], axis=-1)[:, 0]
+    return token.astype(jnp.int32), jnp.take_along_axis(logp, pick[:, None], axis=-1)[:, 0]
+
+
+def sample_token(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+    """(token int32 [N], its log-probability float32 [N]) from raw logits [N, V].
+
+    With top-p < 1 and `sampling.candidates` > 0 the draw runs on the candidate set
+    (`candidate_logits`); if any row's kept set does not fit, the whole batch takes the full sort
+    (`lax.cond`). Both give the distribution of `process_logits`; a given key draws different
+    tokens on the two paths (categorical over [N, C] vs [N, V]). Greedy is exact on both.
+    """
+    if sampling.top_p >= 1.0 or sampling.candidates == 0:
+        return _sample_full(logits, rng, sampling)
+    processed, ids, fits = candidate_logits(logits, sampling)
+    return jax.lax.cond(jnp.all(fits), lambda: _sample_candidates(processed, ids, rng, sampling),
+                        lambda: _sample_full(logits, rng, sampling))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "sampling", "eos_token_id", "pad_token_id"))
