@@ -65,6 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
     # teaches the policy to finish within the budget; the truncated share is logged as
     # truncated_fraction. Turn it on when max_new_tokens cuts off traces that would have been right.
     c.grpo.mask_truncated_completions = False
+    # The G rows of a prompt share its vision tower, prefill and scoring activations (rl/groups.py).
+    c.grpo.share_prompts = True
 
     c.rewards = ml_collections.ConfigDict()
     c.rewards.format = 1.0

@@ -307,6 +307,7 @@ def grpo_settings(config: ml_collections.ConfigDict) -> tuple[GRPOConfig, Reward
         sampling=SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                                 top_k=g.top_k),
         mask_truncated_completions=g.mask_truncated_completions,
+        share_prompts=bool(g.get("share_prompts", True)),
     )
     r = config.rewards
     weights = {k: float(r[k]) for k in ("format", "accuracy", "iou", "depth", "region_attention", "sayo_format")}

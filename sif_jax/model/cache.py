@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.layers import DTYPES
-from sif_jax.model.vlm import Qwen25VL, model_inputs
+from sif_jax.model.vlm import Qwen25VL, lm_head_kernel, model_inputs
 
 Params = Any
 
@@ -58,12 +58,14 @@ def prefill(
     region_mask: jax.Array | None = None,
     visual_scale: jax.Array | None = None,
     return_attention_mass: Sequence[int] = (),
+    last_logits_only: bool = False,
 ) -> tuple[jax.Array, KVCache, dict]:
     """Runs the prompt batch and fills a cache of `max_length` slots.
 
     Args:
       inputs: the dict from `vlm.prepare_inputs` (input_ids, attention_mask, positions, images).
       max_length: cache slots S >= prompt length + tokens to generate (static).
+      last_logits_only: run the LM head on the last position only (logits [B, 1, vocab]).
 
     Returns:
       (logits float32 [B, L, vocab], cache, aux of the forward pass).
@@ -74,7 +76,11 @@ def prefill(
     logits, aux = Qwen25VL(config).apply(
         {"params": params}, **model_inputs(inputs), region_mask=region_mask,
         visual_scale=visual_scale, return_attention_mass=return_attention_mass, return_kv=True,
+        return_hidden=last_logits_only,
     )
+    if last_logits_only:
+        last = aux.pop("hidden")[:, -1:]
+        logits = jnp.einsum("ble,ev->blv", last, lm_head_kernel(params, config).astype(last.dtype)).astype(jnp.float32)
     keys, values = aux.pop("kv")
     dtype = DTYPES[config.dtype]
     cache = KVCache(

@@ -23,6 +23,7 @@ import numpy as np
 
 from sif_jax.model.cache import decode_step, prefill
 from sif_jax.model.config import ModelConfig
+from sif_jax.rl.groups import repeat_cache, repeat_rows, unique_prompts
 
 Params = Any
 NEG_INF = -1e30
@@ -201,7 +202,7 @@ def sample_token(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) ->
                         lambda: _sample_full(logits, rng, sampling))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "sampling", "eos_token_id", "pad_token_id"))
+@functools.partial(jax.jit, static_argnames=("config", "sampling", "eos_token_id", "pad_token_id", "group_size"))
 def generate(
     params: Params,
     inputs: dict[str, jax.Array],
@@ -213,6 +214,7 @@ def generate(
     pad_token_id: int,
     visual_scale: jax.Array | None = None,
     scale_step: jax.Array | None = None,
+    group_size: int = 1,
 ) -> Samples:
     """Samples up to `sampling.max_new_tokens` tokens per row (never a `vision_control_ids` id).
 
@@ -227,9 +229,17 @@ def generate(
       scale_step: int [N] which completion token's producing row is scaled: 0 = the prompt's last
         row in the prefill pass (the paper's choice), k > 0 = the decode step fed token k - 1.
         None = 0 for every row.
+      group_size: G > 1 declares rows [g * G, (g + 1) * G) copies of one prompt (`groups`): the
+        vision tower and the prefill run once per prompt (`groups.unique_prompts`, batched-image
+        layout or text only) and the prompt's cache is copied to its G rows; the samples equal
+        those of group_size=1 for the same key. Not with `visual_scale`.
 
     Returns:
       `Samples`; `truncated` marks rows that used all max_new_tokens without emitting EOS.
+
+    Raises:
+      ValueError: `visual_scale` with group_size > 1 (a per-row alpha changes the prompt's cache),
+        or the conditions of `groups.unique_prompts`.
     """
     steps = sampling.max_new_tokens
     banned = vision_control_ids(config)
@@ -240,8 +250,14 @@ def generate(
         scale_step = jnp.zeros((batch,), jnp.int32) if scale_step is None else jnp.asarray(scale_step, jnp.int32)
         first_alpha = jnp.where(scale_step == 0, visual_scale, 1.0)
         scale_rows = jnp.ones((batch, prompt_len), jnp.float32).at[:, -1].set(first_alpha)
-    logits, cache, _ = prefill(params, config, inputs, prompt_len + steps, visual_scale=scale_rows)
-    first_logits = ban_tokens(logits[:, -1], banned)
+    if group_size > 1:
+        if visual_scale is not None:
+            raise ValueError(f"generate: visual_scale needs group_size=1 (got {group_size})")
+        inputs = unique_prompts(inputs, group_size, config)
+    logits, cache, _ = prefill(params, config, inputs, prompt_len + steps, visual_scale=scale_rows,
+                               last_logits_only=True)
+    cache = repeat_cache(cache, group_size)
+    first_logits = ban_tokens(repeat_rows(logits[:, -1], group_size), banned)
     state = dict(
         step=jnp.zeros((), jnp.int32),
         cache=cache,
