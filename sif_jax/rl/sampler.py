@@ -33,7 +33,7 @@ NEG_INF = -1e30
 class SamplingConfig:
     """temperature 0 = greedy; top_k 0 = off; top_p 1 = off.
 
-    candidates: top-p (with or without top-k) runs on the `candidates` largest logits of each row
+    candidates: top-p and top-k run on the `candidates` (at least top_k + 1) largest logits of each row
       (`jax.lax.top_k`) instead of sorting the whole vocabulary; the result is the full sort's
       whenever the kept set fits inside them (`candidate_logits`), and a step where some row's
       does not fit falls back to the full sort for the whole batch. 0 = always the full sort.
@@ -125,8 +125,9 @@ def candidate_logits(logits: jax.Array, sampling: SamplingConfig) -> tuple[jax.A
     """Temperature, top-k and top-p on the C largest logits of each row, without a vocabulary sort.
 
     C = max(sampling.candidates, top_k + 1), at most V. The probabilities of the nucleus rule are
-    those of the whole (temperature-scaled, top-k-masked) vocabulary: exp(z - max) / sum over V
-    (an O(V) reduction, no sort), accumulated in descending order as in `process_logits`.
+    those of the whole (temperature-scaled, top-k-masked) vocabulary: exp(z - max) / the sum over
+    the kept tokens (with top-k, the kept candidates; without, an O(V) reduction, no sort),
+    accumulated in descending order as in `process_logits`.
 
     Args:
       logits: [N, V] raw logits (banned ids at -inf).
@@ -136,9 +137,10 @@ def candidate_logits(logits: jax.Array, sampling: SamplingConfig) -> tuple[jax.A
       dropped; ids int32 [N, C] their vocabulary ids, descending by logit, ties by lower id as the
       full stable sort; fits bool [N]: the kept set lies inside the candidates, so `processed`
       scattered to ids, -1e30 elsewhere, equals `process_logits(logits)`; where False the caller
-      must use the full sort). A row fits when its last candidate is dropped: by top-k (its logit
-      is below the k-th largest, so no tie reaches past the candidates) or by top-p (the mass
-      before it already reaches top_p, and the mass only grows further down).
+      must use the full sort). With top-k a row fits when its last candidate's logit is below the
+      k-th largest (no tie reaches past the candidates; top-p then only drops candidates); without,
+      when top-p drops its last candidate (the mass before it already reaches top_p, and the mass
+      only grows further down).
     """
     z = logits.astype(jnp.float32)
     if sampling.temperature > 0:
@@ -147,20 +149,27 @@ def candidate_logits(logits: jax.Array, sampling: SamplingConfig) -> tuple[jax.A
     count = min(max(sampling.candidates, sampling.top_k + 1), vocab)
     values, ids = jax.lax.top_k(z, count)
     keep = jnp.ones(values.shape, bool)
-    fits = jnp.zeros(values.shape[:1], bool)
-    topk_active = 0 < sampling.top_k < vocab
-    if topk_active:
-        kth = values[:, sampling.top_k - 1 : sampling.top_k]
+    if 0 < sampling.top_k < vocab:
+        # Every kept token is a candidate iff the last candidate is below the k-th largest logit.
+        # (Reductions rather than slices of `values`: a slice of top_k's output makes XLA:CPU
+        # lower it as a full sort.)
+        first_k = jnp.arange(count) < sampling.top_k
+        kth = jnp.min(jnp.where(first_k, values, jnp.inf), axis=-1, keepdims=True)
         keep = values >= kth
-        fits = fits | (values[:, -1] < kth[:, 0])
+        fits = jnp.min(values, axis=-1) < kth[:, 0]
+        top = jnp.max(values, axis=-1, keepdims=True)
+        total = jnp.sum(jnp.where(keep, jnp.exp(values - top), 0.0), axis=-1, keepdims=True)
+    else:
+        fits = jnp.zeros(values.shape[:1], bool)
+        # max and sum over the vocabulary, independent of top_k's output (XLA:CPU then keeps its fast TopK)
+        top = jnp.max(z, axis=-1, keepdims=True)
+        total = jnp.sum(jnp.exp(z - top), axis=-1, keepdims=True)
     if sampling.top_p < 1.0:
-        top = values[:, :1]
-        kept_z = jnp.where(z >= kth, z, -jnp.inf) if topk_active else z
-        total = jnp.sum(jnp.exp(kept_z - top), axis=-1, keepdims=True)
         probs = jnp.where(keep, jnp.exp(values - top), 0.0) / total
         nucleus = (jnp.cumsum(probs, axis=-1) - probs) < sampling.top_p
         keep = keep & nucleus
-        fits = fits | ~nucleus[:, -1]
+        if not 0 < sampling.top_k < vocab:
+            fits = ~nucleus[:, -1]
     if count == vocab:
         fits = jnp.ones_like(fits)
     return jnp.where(keep, values, NEG_INF), ids.astype(jnp.int32), fits
@@ -190,12 +199,12 @@ def _sample_candidates(processed: jax.Array, ids: jax.Array, rng: jax.Array,
 def sample_token(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
     """(token int32 [N], its log-probability float32 [N]) from raw logits [N, V].
 
-    With top-p < 1 and `sampling.candidates` > 0 the draw runs on the candidate set
+    With top-p < 1 or top-k on, and `sampling.candidates` > 0, the draw runs on the candidate set
     (`candidate_logits`); if any row's kept set does not fit, the whole batch takes the full sort
     (`lax.cond`). Both give the distribution of `process_logits`; a given key draws different
     tokens on the two paths (categorical over [N, C] vs [N, V]). Greedy is exact on both.
     """
-    if sampling.top_p >= 1.0 or sampling.candidates == 0:
+    if (sampling.top_p >= 1.0 and not 0 < sampling.top_k < logits.shape[-1]) or sampling.candidates == 0:
         return _sample_full(logits, rng, sampling)
     processed, ids, fits = candidate_logits(logits, sampling)
     return jax.lax.cond(jnp.all(fits), lambda: _sample_candidates(processed, ids, rng, sampling),

@@ -27,7 +27,8 @@ def test_candidates_equal_the_full_sort_whenever_they_fit(seed):
     fitted = 0
     for _ in range(8):
         sampling = SamplingConfig(temperature=float(rng.choice([0.0, 0.3, 0.7, 1.0, 1.5])),
-                                  top_p=float(rng.uniform(0.05, 0.99)), top_k=int(rng.choice([0, 0, 5, 50, 300])),
+                                  top_p=float(rng.choice([rng.uniform(0.05, 0.99), 1.0])),
+                                  top_k=int(rng.choice([0, 0, 5, 50, 300])),
                                   candidates=int(rng.choice([64, 256])))
         logits = random_logits(rng, 16, float(rng.choice([1.0, 3.0, 8.0])))
         if rng.random() < 0.3:  # coarse values: many ties, as bf16 logits have
