@@ -59,6 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.grpo.temperature = 0.7  # 1.0 in both papers; the tiny model's traces break at 1.0
     c.grpo.top_p = 0.9  # SAYO
     c.grpo.top_k = 0
+    # top-k / top-p on the 256 largest logits (exact when the kept set fits; else a full sort); 0 = always sort
+    c.grpo.sampling_candidates = 256
     c.grpo.mass_layers = (-1,)  # SAYO: the last decoder layer, heads averaged
     # Completions that reach max_new_tokens without EOS get no loss (TRL / DAPO overlong filtering).
     # False, as TRL: a cut-off trace still earns its (low) format/accuracy reward, and training on it

@@ -2,7 +2,9 @@
 
 Params are traced arguments, so one compiled program serves every training step; the loop exits
 early once every row has produced EOS. Rows of a group are contiguous copies of one prompt
-(see `repeat_for_groups`).
+(see `repeat_for_groups`); with `group_size=G` the vision tower and the prefill run once per
+prompt and its KV cache is copied to the G rows (`groups`). Top-k / top-p sample from a
+`lax.top_k` candidate set (`candidate_logits`), not a sort of the vocabulary.
 
 Completions are text: the vision control ids of the model config (image pad, video pad, vision
 start / end; `vision_control_ids`) get logit -inf before every sampling or argmax step, so the
