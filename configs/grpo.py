@@ -73,6 +73,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.grpo.temperature = 0.7  # 1.0 in both papers; the tiny model's traces break at 1.0
     c.grpo.top_p = 0.9  # SAYO
     c.grpo.top_k = 0
+    # top-k / top-p on the 256 largest logits (exact when the kept set fits; else a full sort); 0 = always sort
+    c.grpo.sampling_candidates = 256
     c.grpo.mass_layers = (-1,)  # SAYO: the last decoder layer, heads averaged
     c.grpo.vocab_chunk = 4096  # LM-head columns per step of the scoring pass ([rows, tokens, chunk] logits live)
     # Completions that reach max_new_tokens without EOS get no loss (TRL / DAPO overlong filtering).
@@ -80,6 +82,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # teaches the policy to finish within the budget; the truncated share is logged as
     # truncated_fraction. Turn it on when max_new_tokens cuts off traces that would have been right.
     c.grpo.mask_truncated_completions = False
+    # The G rows of a prompt share its vision tower, prefill and scoring activations (rl/groups.py).
+    c.grpo.share_prompts = True
 
     c.rewards = ml_collections.ConfigDict()
     c.rewards.format = 1.0

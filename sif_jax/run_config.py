@@ -93,6 +93,10 @@ def _check_fields(c: ml_collections.ConfigDict) -> None:
     _need(isinstance(g.mask_truncated_completions, bool), "grpo.mask_truncated_completions",
           g.mask_truncated_completions, "must be True or False")
     _need(g.vocab_chunk >= 1, "grpo.vocab_chunk", g.vocab_chunk, "must be >= 1")
+    _need(isinstance(g.get("share_prompts", True), bool), "grpo.share_prompts", g.get("share_prompts"),
+          "must be True or False")
+    _need(g.get("sampling_candidates", 256) >= 0, "grpo.sampling_candidates", g.get("sampling_candidates"),
+          "must be >= 0 (0 = always sort the vocabulary)")
     _need(len(g.mass_layers) > 0, "grpo.mass_layers", g.mass_layers, "name at least one decoder layer")
     for name in REWARD_NAMES:
         _need(name in c.rewards, f"rewards.{name}", None, "missing reward weight")

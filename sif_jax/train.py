@@ -319,8 +319,9 @@ def grpo_settings(config: ml_collections.ConfigDict) -> tuple[GRPOConfig, Reward
         group_size=g.group_size, mu=g.mu, beta=g.beta, eps_low=g.eps_low, eps_high=g.eps_high,
         reduction=g.reduction, mass_layers=tuple(g.mass_layers),
         sampling=SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                                top_k=g.top_k),
+                                top_k=g.top_k, candidates=int(g.get("sampling_candidates", 256))),
         vocab_chunk=g.vocab_chunk, mask_truncated_completions=g.mask_truncated_completions,
+        share_prompts=g.get("share_prompts", True),
     )
     r = config.rewards
     weights = {k: float(r[k]) for k in REWARD_NAMES}

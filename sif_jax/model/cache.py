@@ -59,6 +59,7 @@ def prefill(
     region_mask: jax.Array | None = None,
     visual_scale: jax.Array | None = None,
     return_attention_mass: Sequence[int] = (),
+    last_logits_only: bool = False,
 ) -> tuple[jax.Array, KVCache, dict]:
     """Runs the prompt batch and fills a cache of `max_length` slots.
 
@@ -66,6 +67,7 @@ def prefill(
       config: any family's config (`sif_jax.model.family`).
       inputs: the dict from the family's `prepare_inputs` (input_ids, attention_mask, positions, images).
       max_length: cache slots S >= prompt length + tokens to generate (static).
+      last_logits_only: run the LM head on the last position only (logits [B, 1, vocab]).
 
     Returns:
       (logits float32 [B, L, vocab], cache, aux of the forward pass).
@@ -77,7 +79,12 @@ def prefill(
     logits, aux = family.module(config).apply(
         {"params": params}, **family.model_inputs(inputs), region_mask=region_mask,
         visual_scale=visual_scale, return_attention_mass=return_attention_mass, return_kv=True,
+        return_hidden=last_logits_only,
     )
+    if last_logits_only:
+        last = aux.pop("hidden")[:, -1:]
+        head = family.lm_head_kernel(params, config).astype(last.dtype)
+        logits = jnp.einsum("ble,ev->blv", last, head).astype(jnp.float32)
     keys, values = aux.pop("kv")
     dtype = DTYPES[config.dtype]
     cache = KVCache(

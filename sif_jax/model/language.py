@@ -65,7 +65,8 @@ def rope_cos_sin(positions: jax.Array, config) -> tuple[jax.Array, jax.Array]:
 
 class DecoderLayer(nn.Module):
     """One decoder layer. `want_mass` / `want_kv` ask for this layer's masses / keys and values;
-    `scanned` returns `(x, (kv, masses))` as `nn.scan` needs instead of `(x, kv, masses)`."""
+    `scanned` returns `(x, (kv, masses))` as `nn.scan` needs instead of `(x, kv, masses)`;
+    `prefix` reads `cache_kv` as a shared prefix's keys/values (see `__call__`)."""
 
     config: TextConfig
     attention_backend: str | None = None
@@ -74,6 +75,7 @@ class DecoderLayer(nn.Module):
     want_mass: bool = False
     want_kv: bool = False
     scanned: bool = False
+    prefix: bool = False
 
     @nn.compact
     def __call__(
@@ -96,6 +98,10 @@ class DecoderLayer(nn.Module):
           visual_mask, region_mask: bool [B, Lk] or None; visual_scale: [B, L] or None.
           cache_kv: (keys, values) [B, S, kv_heads, head_dim] for a decode step; the new
             key/value is written at `cache_index` and attention runs over the whole cache.
+            With `prefix` they are a prefix's keys/values [B, P, kv_heads, head_dim] instead: the
+            L queries attend causally to [prefix, own keys] (Lk = P + L, bottom-right aligned, so
+            query i sees the prefix and own keys 0..i), and kv_valid / visual_mask /
+            region_mask cover those P + L keys.
 
         Returns:
           (x [B, L, hidden], kv, masses): kv = (keys, values) this layer produced or the updated
@@ -116,6 +122,10 @@ class DecoderLayer(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache_kv is None:
             keys, values, causal = k, v, True
+        elif self.prefix:
+            keys = jnp.concatenate([cache_kv[0].astype(k.dtype), k], axis=1)
+            values = jnp.concatenate([cache_kv[1].astype(v.dtype), v], axis=1)
+            causal = True
         else:
             # Decode: write this step's key/value into its slot, attend over every valid slot.
             keys = jax.lax.dynamic_update_slice_in_dim(cache_kv[0], k.astype(cache_kv[0].dtype),
@@ -137,7 +147,7 @@ class DecoderLayer(nn.Module):
         x = x + GatedMLP(c.intermediate_size, c.hidden_act, False, ("embed", "mlp"), name="mlp",
                          **kw)(h)
         masses = (result.region_mass, result.visual_mass) if want_mass else None
-        kv = (keys, values) if (self.want_kv or cache_kv is not None) else None
+        kv = (keys, values) if (self.want_kv or (cache_kv is not None and not self.prefix)) else None
         if self.scanned:
             return x, (kv, masses)
         return x, kv, masses
@@ -190,8 +200,14 @@ class Decoder(nn.Module):
         cache_index: jax.Array | None = None,
         return_kv: bool = False,
         return_hidden: bool = False,
+        prefix_kv: tuple[jax.Array, jax.Array] | None = None,
     ) -> tuple[jax.Array | None, dict]:
         """embeddings [B, L, hidden], positions int [3 or 1, B, L] -> (logits [B, L, vocab] f32, aux).
+
+        `prefix_kv` = (keys, values) [layers, B, P, kv_heads, head_dim] of a prefix these L tokens
+        continue (e.g. a prompt's aux["kv"], one copy per row): every layer's queries attend to the
+        prefix's keys and their own, causally (`DecoderLayer`); kv_valid, visual_mask and
+        region_mask are then [B, P + L]. Not together with `cache_kv`.
 
         With `return_hidden` the LM head is skipped: logits is None and aux["hidden"] holds the
         final-normed hidden states [B, L, hidden] (callers chunk the vocabulary themselves).
@@ -206,11 +222,15 @@ class Decoder(nn.Module):
         for i in mass_layers:
             if not 0 <= i < c.num_layers:
                 raise ValueError(f"return_attention_mass: layer {i} not in [0, {c.num_layers})")
+        if prefix_kv is not None:
+            if cache_kv is not None:
+                raise ValueError("prefix_kv and cache_kv are exclusive")
+            cache_kv = prefix_kv
         cos, sin = rope_cos_sin(positions, c)
-        want_kv = return_kv or cache_kv is not None
+        want_kv = return_kv or (cache_kv is not None and prefix_kv is None)
         layer_args = (cos, sin, kv_valid, visual_mask, visual_scale, region_mask)
         kw = dict(config=c, attention_backend=self.attention_backend, dtype=DTYPES[self.dtype],
-                  param_dtype=DTYPES[self.param_dtype], want_kv=want_kv)
+                  param_dtype=DTYPES[self.param_dtype], want_kv=want_kv, prefix=prefix_kv is not None)
         if self.scan_layers:
             # One body for every layer: masses are computed in each step when any layer asks
             # for them and the requested ones are picked from the stacked [layers, ...] output.

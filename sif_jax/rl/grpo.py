@@ -27,6 +27,7 @@ from sif_jax.model.config import ModelConfig
 from sif_jax.model.family import family_of
 from sif_jax.parallel import to_host
 from sif_jax.rl.advantage import group_advantages
+from sif_jax.rl.groups import check_groups
 from sif_jax.rl.loss import grpo_loss_terms, loss_denominator, mask_truncated
 from sif_jax.rl.rewards import RewardConfig, RewardResult, RewardState, combined_reward
 from sif_jax.rl.sampler import SamplingConfig, generate
@@ -54,6 +55,11 @@ class GRPOConfig:
     mask_truncated_completions: completions that reach `sampling.max_new_tokens` without EOS get
       a zero loss mask (`loss.mask_truncated`): they are rewarded (and shape the group's
       advantages) but contribute no loss or gradient. Off by default, as in TRL.
+    share_prompts: the G rows of a prompt share its work: the vision tower and the prefill run
+      once per prompt in the sampler, and the prompt's activations once per prompt in the policy,
+      reference and loss+grad passes (`sampler.generate` / `scoring.score` with group_size=G). The
+      batch must be text-only or in the batched-image layout (`data.batching.collate`). The
+      results equal the unshared passes' up to float rounding.
     """
 
     group_size: int = 8
@@ -66,6 +72,12 @@ class GRPOConfig:
     mass_layers: tuple[int, ...] = (-1,)
     vocab_chunk: int = 4096
     mask_truncated_completions: bool = False
+    share_prompts: bool = True
+
+    @property
+    def prompt_group(self) -> int:
+        """Rows per prompt the sampler and scoring passes share prompt work over (1 = none)."""
+        return self.group_size if self.share_prompts else 1
 
     def layers(self, config: ModelConfig) -> tuple[int, ...]:
         """Mass layers with negative indices resolved (-1 = the last decoder layer)."""
@@ -116,7 +128,8 @@ def _loss_grads(params, prompt, completion, completion_mask, loss_mask, old_logp
     so the gradient (and the accumulated sum) is laid out like the params."""
     def loss_fn(p):
         scores = score(p, prompt, completion, completion_mask, config=config,
-                       temperature=_score_temperature(grpo), vocab_chunk=grpo.vocab_chunk)
+                       temperature=_score_temperature(grpo), vocab_chunk=grpo.vocab_chunk,
+                       group_size=grpo.prompt_group)
         num, den, metrics = grpo_loss_terms(
             scores.logprobs, old_logp, ref_logp, advantages, loss_mask,
             eps_low=grpo.eps_low, eps_high=grpo.eps_high, beta=grpo.beta, reduction=grpo.reduction,
@@ -178,9 +191,10 @@ def collect_rollouts(
     layers = grpo.layers(config)
     for i, batch in enumerate(micro_batches):
         prompt = prompt_arrays(batch, config)
+        check_groups(batch["input_ids"], grpo.prompt_group)
         t0 = time.perf_counter()
         samples = generate(state.params, prompt, jax.random.fold_in(rng, i), config=config, sampling=grpo.sampling,
-                           eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+                           eos_token_id=eos_token_id, pad_token_id=pad_token_id, group_size=grpo.prompt_group)
         tokens = to_host(samples.tokens)
         sample_time += time.perf_counter() - t0
         mask = to_host(samples.completion_mask)
@@ -188,11 +202,12 @@ def collect_rollouts(
         generated += int(mask.sum())
         policy = score(state.params, prompt, samples.tokens, samples.completion_mask, batch["region_mask"],
                        config=config, mass_layers=layers, temperature=_score_temperature(grpo),
-                       vocab_chunk=grpo.vocab_chunk)
+                       vocab_chunk=grpo.vocab_chunk, group_size=grpo.prompt_group)
         ref_logp = None
         if grpo.beta != 0:
             ref_logp = score(state.ref_params, prompt, samples.tokens, samples.completion_mask, config=config,
-                             temperature=_score_temperature(grpo), vocab_chunk=grpo.vocab_chunk).logprobs
+                             temperature=_score_temperature(grpo), vocab_chunk=grpo.vocab_chunk,
+                             group_size=grpo.prompt_group).logprobs
         texts = [decode(tokens[r][mask[r]].tolist()) for r in range(tokens.shape[0])]
         # Rewards read host copies (gathered across processes), so every process computes the same.
         batches.append(RolloutBatch(

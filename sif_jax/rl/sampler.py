@@ -2,7 +2,9 @@
 
 Params are traced arguments, so one compiled program serves every training step; the loop exits
 early once every row has produced EOS. Rows of a group are contiguous copies of one prompt
-(`batching.collate(..., repeat=G)`).
+(`batching.collate(..., repeat=G)`); with `group_size=G` the vision tower and the prefill run once per
+prompt and its KV cache is copied to the G rows (`groups`). Top-k / top-p sample from a
+`lax.top_k` candidate set (`candidate_logits`), not a sort of the vocabulary.
 
 Completions are text: the vision control ids of the model config (image pad, video pad, vision
 start / end; `vision_control_ids`) get logit -inf before every sampling or argmax step, so the
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 
 from sif_jax.model.cache import decode_step, prefill
 from sif_jax.model.config import ModelConfig
+from sif_jax.rl.groups import repeat_cache, repeat_rows, shares_prompts, unique_prompts
 
 Params = Any
 NEG_INF = -1e30
@@ -29,12 +32,19 @@ NEG_INF = -1e30
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-    """temperature 0 = greedy; top_k 0 = off; top_p 1 = off."""
+    """temperature 0 = greedy; top_k 0 = off; top_p 1 = off.
+
+    candidates: top-p and top-k run on the `candidates` (at least top_k + 1) largest logits of each row
+      (`jax.lax.top_k`) instead of sorting the whole vocabulary; the result is the full sort's
+      whenever the kept set fits inside them (`candidate_logits`), and a step where some row's
+      does not fit falls back to the full sort for the whole batch. 0 = always the full sort.
+    """
 
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    candidates: int = 256
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -45,6 +55,8 @@ class SamplingConfig:
             raise ValueError(f"SamplingConfig.top_p={self.top_p}: must lie in (0, 1]")
         if self.top_k < 0:
             raise ValueError(f"SamplingConfig.top_k={self.top_k}: must be >= 0")
+        if self.candidates < 0:
+            raise ValueError(f"SamplingConfig.candidates={self.candidates}: must be >= 0")
 
 
 @flax.struct.dataclass
@@ -110,8 +122,61 @@ def process_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
     return logits
 
 
-def sample_token(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
-    """(token int32 [N], its log-probability float32 [N]) from raw logits [N, V]."""
+def candidate_logits(logits: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Temperature, top-k and top-p on the C largest logits of each row, without a vocabulary sort.
+
+    C = max(sampling.candidates, top_k + 1), at most V. The probabilities of the nucleus rule are
+    those of the whole (temperature-scaled, top-k-masked) vocabulary: exp(z - max) / the sum over
+    the kept tokens (with top-k, the kept candidates; without, an O(V) reduction, no sort),
+    accumulated in descending order as in `process_logits`.
+
+    Args:
+      logits: [N, V] raw logits (banned ids at -inf).
+
+    Returns:
+      (processed float32 [N, C]: the candidates' logits as `process_logits` gives them, -1e30 where
+      dropped; ids int32 [N, C] their vocabulary ids, descending by logit, ties by lower id as the
+      full stable sort; fits bool [N]: the kept set lies inside the candidates, so `processed`
+      scattered to ids, -1e30 elsewhere, equals `process_logits(logits)`; where False the caller
+      must use the full sort). With top-k a row fits when its last candidate's logit is below the
+      k-th largest (no tie reaches past the candidates; top-p then only drops candidates); without,
+      when top-p drops its last candidate (the mass before it already reaches top_p, and the mass
+      only grows further down).
+    """
+    z = logits.astype(jnp.float32)
+    if sampling.temperature > 0:
+        z = z / sampling.temperature
+    vocab = z.shape[-1]
+    count = min(max(sampling.candidates, sampling.top_k + 1), vocab)
+    values, ids = jax.lax.top_k(z, count)
+    keep = jnp.ones(values.shape, bool)
+    if 0 < sampling.top_k < vocab:
+        # Every kept token is a candidate iff the last candidate is below the k-th largest logit.
+        # (Reductions rather than slices of `values`: a slice of top_k's output makes XLA:CPU
+        # lower it as a full sort.)
+        first_k = jnp.arange(count) < sampling.top_k
+        kth = jnp.min(jnp.where(first_k, values, jnp.inf), axis=-1, keepdims=True)
+        keep = values >= kth
+        fits = jnp.min(values, axis=-1) < kth[:, 0]
+        top = jnp.max(values, axis=-1, keepdims=True)
+        total = jnp.sum(jnp.where(keep, jnp.exp(values - top), 0.0), axis=-1, keepdims=True)
+    else:
+        fits = jnp.zeros(values.shape[:1], bool)
+        # max and sum over the vocabulary, independent of top_k's output (XLA:CPU then keeps its fast TopK)
+        top = jnp.max(z, axis=-1, keepdims=True)
+        total = jnp.sum(jnp.exp(z - top), axis=-1, keepdims=True)
+    if sampling.top_p < 1.0:
+        probs = jnp.where(keep, jnp.exp(values - top), 0.0) / total
+        nucleus = (jnp.cumsum(probs, axis=-1) - probs) < sampling.top_p
+        keep = keep & nucleus
+        if not 0 < sampling.top_k < vocab:
+            fits = ~nucleus[:, -1]
+    if count == vocab:
+        fits = jnp.ones_like(fits)
+    return jnp.where(keep, values, NEG_INF), ids.astype(jnp.int32), fits
+
+
+def _sample_full(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
     processed = process_logits(logits, sampling)
     logp = jax.nn.log_softmax(processed, axis=-1)
     if sampling.temperature == 0:
@@ -121,7 +186,33 @@ def sample_token(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) ->
     return token.astype(jnp.int32), jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
 
-@functools.partial(jax.jit, static_argnames=("config", "sampling", "eos_token_id", "pad_token_id"))
+def _sample_candidates(processed: jax.Array, ids: jax.Array, rng: jax.Array,
+                       sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+    logp = jax.nn.log_softmax(processed, axis=-1)
+    if sampling.temperature == 0:
+        pick = jnp.zeros(ids.shape[:1], jnp.int32)  # the largest logit, lowest id among ties, as argmax
+    else:
+        pick = jax.random.categorical(rng, processed, axis=-1)
+    token = jnp.take_along_axis(ids, pick[:, None], axis=-1)[:, 0]
+    return token.astype(jnp.int32), jnp.take_along_axis(logp, pick[:, None], axis=-1)[:, 0]
+
+
+def sample_token(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+    """(token int32 [N], its log-probability float32 [N]) from raw logits [N, V].
+
+    With top-p < 1 or top-k on, and `sampling.candidates` > 0, the draw runs on the candidate set
+    (`candidate_logits`); if any row's kept set does not fit, the whole batch takes the full sort
+    (`lax.cond`). Both give the distribution of `process_logits`; a given key draws different
+    tokens on the two paths (categorical over [N, C] vs [N, V]). Greedy is exact on both.
+    """
+    if (sampling.top_p >= 1.0 and not 0 < sampling.top_k < logits.shape[-1]) or sampling.candidates == 0:
+        return _sample_full(logits, rng, sampling)
+    processed, ids, fits = candidate_logits(logits, sampling)
+    return jax.lax.cond(jnp.all(fits), lambda: _sample_candidates(processed, ids, rng, sampling),
+                        lambda: _sample_full(logits, rng, sampling))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "sampling", "eos_token_id", "pad_token_id", "group_size"))
 def generate(
     params: Params,
     inputs: dict[str, jax.Array],
@@ -133,6 +224,7 @@ def generate(
     pad_token_id: int,
     visual_scale: jax.Array | None = None,
     scale_step: jax.Array | None = None,
+    group_size: int = 1,
 ) -> Samples:
     """Samples up to `sampling.max_new_tokens` tokens per row (never a `vision_control_ids` id).
 
@@ -147,9 +239,17 @@ def generate(
       scale_step: int [N] which completion token's producing row is scaled: 0 = the prompt's last
         row in the prefill pass (the paper's choice), k > 0 = the decode step fed token k - 1.
         None = 0 for every row.
+      group_size: G > 1 declares rows [g * G, (g + 1) * G) copies of one prompt (`groups`): the
+        vision tower and the prefill run once per prompt (`groups.unique_prompts`, batched-image
+        layout or text only) and the prompt's cache is copied to its G rows; the samples equal
+        those of group_size=1 for the same key. Not with `visual_scale`.
 
     Returns:
       `Samples`; `truncated` marks rows that used all max_new_tokens without emitting EOS.
+
+    Raises:
+      ValueError: `visual_scale` with group_size > 1 (a per-row alpha changes the prompt's cache),
+        or the conditions of `groups.unique_prompts`.
     """
     steps = sampling.max_new_tokens
     banned = vision_control_ids(config)
@@ -160,8 +260,16 @@ def generate(
         scale_step = jnp.zeros((batch,), jnp.int32) if scale_step is None else jnp.asarray(scale_step, jnp.int32)
         first_alpha = jnp.where(scale_step == 0, visual_scale, 1.0)
         scale_rows = jnp.ones((batch, prompt_len), jnp.float32).at[:, -1].set(first_alpha)
-    logits, cache, _ = prefill(params, config, inputs, prompt_len + steps, visual_scale=scale_rows)
-    first_logits = ban_tokens(logits[:, -1], banned)
+    if group_size > 1 and visual_scale is not None:
+        raise ValueError(f"generate: visual_scale needs group_size=1 (got {group_size})")
+    if not shares_prompts(config):
+        group_size = 1  # this family prefills every row (same samples, G times the prompt work)
+    if group_size > 1:
+        inputs = unique_prompts(inputs, group_size, config)
+    logits, cache, _ = prefill(params, config, inputs, prompt_len + steps, visual_scale=scale_rows,
+                               last_logits_only=True)
+    cache = repeat_cache(cache, group_size)
+    first_logits = ban_tokens(repeat_rows(logits[:, -1], group_size), banned)
     state = dict(
         step=jnp.zeros((), jnp.int32),
         cache=cache,

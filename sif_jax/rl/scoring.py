@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from sif_jax.model.family import family_of
+from sif_jax.model.vlm import Qwen25VL
+from sif_jax.rl.groups import repeat_rows, shares_prompts, unique_prompts
 
 Params = Any
 
@@ -118,7 +120,7 @@ def score_inputs(
     return inputs
 
 
-@functools.partial(jax.jit, static_argnames=("config", "mass_layers", "temperature", "vocab_chunk"))
+@functools.partial(jax.jit, static_argnames=("config", "mass_layers", "temperature", "vocab_chunk", "group_size"))
 def score(
     params: Params,
     prompt: dict[str, jax.Array],
@@ -130,6 +132,7 @@ def score(
     mass_layers: Sequence[int] = (),
     temperature: float = 1.0,
     vocab_chunk: int = 4096,
+    group_size: int = 1,
 ) -> Scores:
     """Teacher-forced pass; differentiable in `params` through `logprobs`.
 
@@ -140,6 +143,11 @@ def score(
       region_mask: bool [N, L] prompt keys inside the target region (None: no masses).
       mass_layers: decoder layers whose masses are averaged (with the heads).
       temperature: log-probs and entropies are of the temperature-scaled distribution.
+      group_size: G > 1 declares rows [g * G, (g + 1) * G) copies of one prompt: the prompt runs
+        once per group (`shared_prefix_hidden`; Qwen2.5-VL, other families run every row) and its
+        G completions attend to its keys/values;
+        the result (and its gradient, which sums the G completions' through the prompt) equals
+        group_size=1 up to float rounding.
 
     Token t's entropy and log-prob come from the hidden state before it (position L + t - 1);
     its attention masses from its own query row (position L + t). Image positions are the
@@ -149,17 +157,23 @@ def score(
     """
     prompt_len = prompt["input_ids"].shape[1]
     steps = completion.shape[1]
-    inputs = score_inputs(prompt, completion, completion_mask, image_token_id=config.image_token_id, config=config)
     family = family_of(config)
     full_region = None
     want_mass = region_mask is not None and len(mass_layers) > 0
     if want_mass:
         full_region = jnp.concatenate([region_mask, jnp.zeros_like(completion_mask, bool)], axis=1)
-    _, aux = family.module(config).apply(
-        {"params": params}, **inputs, region_mask=full_region,
-        return_attention_mass=tuple(mass_layers) if want_mass else (), return_hidden=True,
-    )
-    hidden = aux["hidden"][:, prompt_len - 1 : prompt_len - 1 + steps]
+    layers = tuple(mass_layers) if want_mass else ()
+    if group_size > 1 and shares_prompts(config):  # the shared-prefix pass (other families: unshared)
+        hidden, aux = shared_prefix_hidden(params, prompt, completion, completion_mask, full_region, config=config,
+                                           mass_layers=layers, group_size=group_size)
+        prompt_len = 0  # masses below are already the completion rows'
+    else:
+        inputs = score_inputs(prompt, completion, completion_mask, image_token_id=config.image_token_id,
+                              config=config)
+        _, aux = family.module(config).apply(
+            {"params": params}, **inputs, region_mask=full_region, return_attention_mass=layers, return_hidden=True,
+        )
+        hidden = aux["hidden"][:, prompt_len - 1 : prompt_len - 1 + steps]
     logprobs, entropies = chunked_token_stats(
         hidden, family.lm_head_kernel(params, config), completion, temperature=temperature,
         chunk=min(vocab_chunk, config.text.vocab_size),
@@ -174,3 +188,45 @@ def score(
         region_mass = region_mass[:, prompt_len:] * mask
         visual_mass = visual_mass[:, prompt_len:] * mask
     return Scores(logprobs * mask, entropies * mask, region_mass, visual_mass)
+
+
+def shared_prefix_hidden(
+    params: Params,
+    prompt: dict[str, jax.Array],
+    completion: jax.Array,
+    completion_mask: jax.Array,
+    region_mask: jax.Array | None,
+    *,
+    config: Any,
+    mass_layers: tuple[int, ...],
+    group_size: int,
+) -> tuple[jax.Array, dict]:
+    """The hidden states that predict each completion token, with each prompt run once for its G rows.
+
+    The P = N / G unique prompts (`groups.unique_prompts`) run with their keys/values returned;
+    those are copied to the G rows of each group and the completions run after them
+    (`Qwen25VL.extend`): completion query t attends to its prompt's keys and completion keys
+    0..t, with the validity, visual and region masks of `score_inputs`' [N, L + T] layout.
+
+    Args:
+      prompt: [N, L] prompt batch, G copies per prompt. completion: int [N, T]; completion_mask
+        bool [N, T]. region_mask: bool [N, L + T] or None.
+
+    Returns:
+      (hidden [N, T, hidden]: position L - 1 + t of the full forward for token t, aux of the
+      completion pass, whose masses are [N, heads, T] over the completion's own query rows).
+    """
+    unique = unique_prompts(prompt, group_size, config)
+    _, prompt_aux = Qwen25VL(config).apply({"params": params}, **unique, return_kv=True, return_hidden=True)
+    keys, values = prompt_aux["kv"]
+    prefix_kv = (repeat_rows(keys, group_size, 1), repeat_rows(values, group_size, 1))
+    last = repeat_rows(prompt_aux["hidden"][:, -1:], group_size)
+    inputs = score_inputs(prompt, completion, completion_mask, image_token_id=config.image_token_id)
+    prompt_len = prompt["input_ids"].shape[1]
+    _, aux = Qwen25VL(config).apply(
+        {"params": params}, completion.astype(jnp.int32), inputs["positions"][:, :, prompt_len:], prefix_kv,
+        inputs["attention_mask"].astype(bool), inputs["image_mask"], region_mask=region_mask,
+        return_attention_mass=mass_layers, return_hidden=True, method=Qwen25VL.extend,
+    )
+    hidden = jnp.concatenate([last.astype(aux["hidden"].dtype), aux["hidden"][:, :-1]], axis=1)
+    return hidden, aux

@@ -75,3 +75,24 @@ def test_config_field_is_validated_and_reaches_grpo_settings():
     d["grpo"]["mask_truncated_completions"] = "yes"  # e.g. a hand-written config dict
     with pytest.raises(ValueError, match=r"config.grpo.mask_truncated_completions='yes': must be True or False"):
         validate_config(ml_collections.ConfigDict(d))
+
+
+def test_shared_prompts_and_candidates_are_validated_and_reach_grpo_settings():
+    from configs.grpo import get_config
+    from sif_jax.run_config import validate_config
+    from sif_jax.train import grpo_settings
+
+    c = get_config()
+    grpo = grpo_settings(c)[0]
+    assert grpo.share_prompts is True and grpo.prompt_group == c.grpo.group_size
+    assert grpo.sampling.candidates == c.grpo.sampling_candidates == 256
+    c.grpo.share_prompts = False
+    c.grpo.sampling_candidates = 0
+    grpo = grpo_settings(c)[0]
+    assert grpo.prompt_group == 1 and grpo.sampling.candidates == 0
+    for key, value, message in (("share_prompts", "yes", "must be True or False"),
+                                ("sampling_candidates", -1, "must be >= 0")):
+        d = get_config().to_dict()
+        d["grpo"][key] = value
+        with pytest.raises(ValueError, match=rf"config.grpo.{key}={value!r}: {message}"):
+            validate_config(ml_collections.ConfigDict(d))

@@ -68,6 +68,7 @@ def _micro_batch(config, prompt):
 def test_rollouts_carry_the_flag_the_metric_and_the_loss_mask(setup, mask_truncated):
     config, params, prompt, _, eos = setup
     grpo = GRPOConfig(group_size=2, beta=0.0, sampling=SamplingConfig(max_new_tokens=STEPS, temperature=0.0),
+                      share_prompts=False,  # two different prompts, flat image layout
                       mass_layers=(-1,), vocab_chunk=64, mask_truncated_completions=mask_truncated)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, ref_params=None, opt_state=None,
                        rng=jax.random.key_data(jax.random.key(0)))

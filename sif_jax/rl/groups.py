@@ -1,0 +1,111 @@
+"""GRPO groups: the G rows of a prompt are copies, so their prompt work is done once.
+
+A GRPO batch holds each prompt G times contiguously (rows [g * G, (g + 1) * G) are prompt g, see
+`data.batching.collate(repeat=G)`). `unique_prompts` takes one row per group (the vision tower and
+the prompt pass then run on P = N / G rows); `repeat_rows` / `repeat_cache` broadcast a per-prompt
+result back to the N rows (`jnp.repeat`, which materialises the G copies; under `jax.grad` its
+transpose sums the G rows' gradients into the prompt's).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sif_jax.model.cache import KVCache
+from sif_jax.model.config import ModelConfig
+from sif_jax.model.vlm import model_inputs
+
+ROW_KEYS = ("input_ids", "attention_mask", "image_token_index", "image_mask")
+IMAGE_KEYS = ("pixel_values", "patch_positions", "window_segments", "frame_segments")
+
+
+def check_groups(input_ids: Any, group_size: int) -> None:
+    """Raises ValueError unless the rows of `input_ids` [N, L] form groups of `group_size` equal rows.
+
+    Only host (NumPy) arrays are checked; device arrays pass unchecked.
+    """
+    n = np.shape(input_ids)[0]
+    if group_size < 1 or n % group_size:
+        raise ValueError(f"group_size={group_size} does not divide the batch of {n} rows")
+    if isinstance(input_ids, np.ndarray) and group_size > 1:
+        groups = input_ids.reshape(n // group_size, group_size, -1)
+        bad = np.flatnonzero(~(groups == groups[:, :1]).all(axis=(1, 2)))
+        if bad.size:
+            raise ValueError(f"group_size={group_size}: rows of group {int(bad[0])} (rows "
+                             f"{int(bad[0]) * group_size}..{int(bad[0] + 1) * group_size - 1}) hold different prompts")
+
+
+def shares_prompts(config: Any) -> bool:
+    """Whether `config`'s family runs a group's prompt once (`unique_prompts`, the shared-prefix
+    scoring pass). Qwen2.5-VL does; other families run every row (the same result, G times the
+    prompt work)."""
+    from sif_jax.model.family import family_of
+
+    return family_of(config).name == "qwen2_5_vl"
+
+
+def unique_prompts(prompt: dict[str, Any], group_size: int, config: ModelConfig) -> dict[str, jax.Array]:
+    """The model inputs of one row per group: [N, L] rows -> [N / G, L].
+
+    Args:
+      prompt: a prompt batch of N rows, G copies per prompt, text-only or in the batched-image
+        layout of `vlm.prepare_inputs(batch_images=True)` (pixel_values [images, patches, 1176],
+        the same number k of images per row, row r's images at [r * k, (r + 1) * k), and
+        `image_token_index` [N, L]).
+
+    Returns:
+      `vlm.model_inputs` of rows 0, G, 2G, ...: their images only (so the vision tower runs once
+      per prompt) and `image_token_index` renumbered to the kept images' features.
+
+    Raises:
+      ValueError: G does not divide N, host rows of a group differ (`check_groups`), the flat
+        image layout (no per-row images to select), or images not a multiple of the rows.
+    """
+    inputs = model_inputs(prompt)
+    n = np.shape(inputs["input_ids"])[0]
+    check_groups(inputs["input_ids"], group_size)
+    if group_size == 1:
+        return inputs
+    out = {k: v[::group_size] for k, v in inputs.items() if k in ROW_KEYS}
+    out["positions"] = inputs["positions"][:, ::group_size]
+    if "pixel_values" not in inputs:
+        return out
+    pixels = inputs["pixel_values"]
+    if np.ndim(pixels) != 3 or "image_token_index" not in inputs:
+        raise ValueError("unique_prompts needs the batched-image layout (prepare_inputs(batch_images=True)); "
+                         f"got pixel_values of shape {np.shape(pixels)} without per-row images")
+    if np.shape(pixels)[0] % n:
+        raise ValueError(f"unique_prompts: {np.shape(pixels)[0]} images do not split evenly over {n} rows")
+    per_row = np.shape(pixels)[0] // n
+    for k in IMAGE_KEYS:
+        if k in inputs:
+            v = inputs[k]
+            v = v.reshape(n, per_row, *v.shape[1:])[::group_size]
+            out[k] = v.reshape(-1, *v.shape[2:])
+    features_per_image = np.shape(pixels)[1] // config.vision.merge_unit
+    # Row g * G's images start at feature (g * G) * k * F; kept, they start at g * k * F.
+    groups = np.arange(n // group_size)
+    shift = jnp.asarray((groups * group_size - groups) * per_row * features_per_image, jnp.int32)
+    index = out["image_token_index"]
+    out["image_token_index"] = jnp.maximum(index - shift[:, None].astype(index.dtype), 0)
+    return out
+
+
+def repeat_rows(x: jax.Array, group_size: int, axis: int = 0) -> jax.Array:
+    """Each row of `x` along `axis` repeated `group_size` times contiguously ([P, ...] -> [P * G, ...])."""
+    return x if group_size == 1 else jnp.repeat(x, group_size, axis=axis)
+
+
+def repeat_cache(cache: KVCache, group_size: int) -> KVCache:
+    """A prefilled cache of P prompts -> N = P * G rows (keys/values copied G times)."""
+    if group_size == 1:
+        return cache
+    return cache.replace(
+        keys=repeat_rows(cache.keys, group_size, 1), values=repeat_rows(cache.values, group_size, 1),
+        valid=repeat_rows(cache.valid, group_size), visual=repeat_rows(cache.visual, group_size),
+        next_position=repeat_rows(cache.next_position, group_size),
+    )

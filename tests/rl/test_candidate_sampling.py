@@ -1,0 +1,100 @@
+"""Top-k / top-p on a candidate set vs the full-vocabulary sort (`process_logits`)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sif_jax.rl.sampler import NEG_INF, SamplingConfig, ban_tokens, candidate_logits, process_logits, sample_token
+
+VOCAB = 2000
+
+
+def scatter(processed, ids, vocab):
+    """[N, C] candidate logits at their ids -> [N, V], -1e30 elsewhere."""
+    full = jnp.full((processed.shape[0], vocab), NEG_INF, jnp.float32)
+    return full.at[jnp.arange(processed.shape[0])[:, None], ids].set(processed)
+
+
+def random_logits(rng, rows, scale):
+    logits = rng.standard_normal((rows, VOCAB)).astype(np.float32) * scale
+    return jnp.asarray(logits)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_candidates_equal_the_full_sort_whenever_they_fit(seed):
+    rng = np.random.default_rng(seed)
+    fitted = 0
+    for _ in range(8):
+        sampling = SamplingConfig(temperature=float(rng.choice([0.0, 0.3, 0.7, 1.0, 1.5])),
+                                  top_p=float(rng.choice([rng.uniform(0.05, 0.99), 1.0])),
+                                  top_k=int(rng.choice([0, 0, 5, 50, 300])),
+                                  candidates=int(rng.choice([64, 256])))
+        logits = random_logits(rng, 16, float(rng.choice([1.0, 3.0, 8.0])))
+        if rng.random() < 0.3:  # coarse values: many ties, as bf16 logits have
+            logits = jnp.round(logits * 2) / 2
+        processed, ids, fits = candidate_logits(logits, sampling)
+        reference = process_logits(logits, sampling)
+        got = scatter(processed, ids, VOCAB)
+        fits = np.asarray(fits)
+        fitted += int(fits.sum())
+        keep_ref, keep_got = np.asarray(reference) > -1e29, np.asarray(got) > -1e29
+        np.testing.assert_array_equal(keep_got[fits], keep_ref[fits])
+        np.testing.assert_allclose(np.asarray(jax.nn.log_softmax(got))[fits & keep_ref.any(1)][keep_ref[fits]],
+                                   np.asarray(jax.nn.log_softmax(reference))[fits][keep_ref[fits]], atol=1e-5)
+    assert fitted > 0
+
+
+def test_a_nucleus_wider_than_the_candidates_does_not_fit_and_falls_back_to_the_full_sort():
+    rng = np.random.default_rng(0)
+    logits = random_logits(rng, 4, 0.1)  # nearly flat: the 0.95-nucleus holds ~1900 of 2000 tokens
+    sampling = SamplingConfig(temperature=1.0, top_p=0.95, candidates=64)
+    _, _, fits = candidate_logits(logits, sampling)
+    assert not np.asarray(fits).any()
+    full = SamplingConfig(temperature=1.0, top_p=0.95, candidates=0)
+    for i in range(5):
+        key = jax.random.key(i)
+        tok, logp = sample_token(logits, key, sampling)
+        tok_ref, logp_ref = sample_token(logits, key, full)
+        np.testing.assert_array_equal(tok, tok_ref)  # the same draw: the full-sort branch ran
+        np.testing.assert_allclose(logp, logp_ref, rtol=1e-6)
+
+
+def test_top_k_ties_past_the_candidates_do_not_fit():
+    logits = jnp.zeros((2, VOCAB)).at[:, :3].set(5.0)  # 1997 tokens tied at the 4th place
+    _, _, fits = candidate_logits(logits, SamplingConfig(top_k=4, top_p=0.999, candidates=64))
+    assert not np.asarray(fits).any()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_sampled_tokens_follow_the_full_sort_distribution(temperature):
+    rng = np.random.default_rng(3)
+    logits = random_logits(rng, 1, 3.0)
+    sampling = SamplingConfig(temperature=temperature, top_p=0.8, candidates=128)
+    assert bool(candidate_logits(logits, sampling)[2][0])
+    keys = jax.random.split(jax.random.key(1), 4000)
+    tokens, logps = jax.vmap(lambda k: sample_token(logits, k, sampling))(keys)
+    reference = jax.nn.log_softmax(process_logits(logits, sampling))[0]
+    np.testing.assert_allclose(logps[:, 0], reference[tokens[:, 0]], atol=1e-5)
+    if temperature == 0:
+        assert (np.asarray(tokens) == int(jnp.argmax(logits[0]))).all()
+        return
+    counts = np.bincount(np.asarray(tokens[:, 0]), minlength=VOCAB) / len(keys)
+    probs = np.exp(np.asarray(reference))
+    assert counts[probs == 0].sum() == 0
+    assert np.abs(counts - probs).max() < 0.03
+
+
+def test_banned_ids_are_never_candidates_that_get_drawn():
+    rng = np.random.default_rng(4)
+    logits = random_logits(rng, 8, 1.0).at[:, 7].set(50.0)
+    banned = ban_tokens(logits, (7,))
+    sampling = SamplingConfig(temperature=1.0, top_p=0.9, candidates=64)
+    for i in range(20):
+        tok, _ = sample_token(banned, jax.random.key(i), sampling)
+        assert (np.asarray(tok) != 7).all()
+
+
+def test_candidates_must_be_non_negative():
+    with pytest.raises(ValueError, match="candidates=-1"):
+        SamplingConfig(candidates=-1)
