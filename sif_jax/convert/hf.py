@@ -180,6 +180,16 @@ def param_path(name: str) -> tuple[Rule, str] | None:
     return None
 
 
+def hf_name(path: str) -> str | None:
+    """The released-layout HF tensor name of a per-layer param path, e.g.
+    'text/layers_0/q_proj/kernel' -> 'model.layers.0.self_attn.q_proj.weight'; None if not ours."""
+    for _, path_regex, rule in _COMPILED:
+        match = path_regex.match(path)
+        if match:
+            return rule.hf.format(*match.groups())
+    return None
+
+
 def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     from sif_jax.model.vlm import init_params  # local: avoids a cycle at import time
 
