@@ -1,9 +1,9 @@
 """PEFT LoRA adapter directories <-> sif_jax adapters (`sif_jax.lora`).
 
 A directory holds `adapter_config.json` (peft_type LORA, r, lora_alpha, lora_dropout,
-target_modules) and `adapter_model.safetensors` with, per adapted Linear `<module>` (its Hugging
-Face tensor name in the released Qwen2.5-VL layout without `.weight`, e.g.
-`model.layers.0.self_attn.q_proj`):
+target_modules) and `adapter_model.safetensors` with, per adapted Linear `<module>` (its module
+name in transformers' `Qwen2_5_VLForConditionalGeneration`, >= 4.52 / 5.x, e.g.
+`model.language_model.layers.0.self_attn.q_proj`, `model.visual.blocks.0.attn.qkv`):
 
     base_model.model.<module>.lora_A.weight  float32 [r, in]    = A.reshape(in, r).T
     base_model.model.<module>.lora_B.weight  float32 [out, r]   = B.reshape(r, out).T
@@ -12,8 +12,10 @@ Face tensor name in the released Qwen2.5-VL layout without `.weight`, e.g.
 torch Linear weight [out, in] (`convert.hf` transposes/reshapes kernels the same way). Stacked
 (`scan_layers`) adapters are written one tensor per layer. `peft.PeftModel.from_pretrained(base,
 dir)` loads such a directory onto the HF base (tests/lora/make_peft_fixture.py checks the logits),
-and `load_peft_adapter` reads it back (also one trained elsewhere, in either transformers layout)
-to continue training.
+and `load_peft_adapter` reads it back (also one trained elsewhere, with the module names of either
+transformers layout: the older `model.layers.*` / `visual.*` too) to continue training. PEFT
+matches keys to the in-memory module names, so writing the released checkpoint names
+(`model.layers.0...`) would load nothing onto a transformers 5 model.
 """
 
 from __future__ import annotations
@@ -41,10 +43,16 @@ def _per_layer(path: str, i: int) -> str:
 
 
 def _module(path: str) -> str:
+    """The transformers module name of an adapted kernel's per-layer path."""
     name = hf_name(path)
     if name is None or not name.endswith(".weight"):
         raise ValueError(f"LoRA adapter {path!r} has no Hugging Face Linear counterpart")
-    return name[: -len(".weight")]
+    name = name[: -len(".weight")]
+    if name.startswith("visual."):
+        return "model." + name
+    if name.startswith("model."):
+        return "model.language_model." + name[len("model."):]
+    return name  # lm_head
 
 
 def peft_tensors(adapters: Any) -> list[tuple[str, np.ndarray]]:
@@ -63,17 +71,8 @@ def peft_tensors(adapters: Any) -> list[tuple[str, np.ndarray]]:
 
 
 def _target_regex(modules: list[str]) -> str:
-    """A `target_modules` regex (PEFT full-matches it against module names) naming exactly these
-    modules in both transformers layouts (released `model.layers.*` and newer
-    `model.language_model.layers.*` / `model.visual.*`)."""
-    names = set()
-    for m in modules:
-        names.add(m)
-        if m.startswith("model."):
-            names.add("model.language_model." + m[len("model."):])
-        elif m.startswith("visual."):
-            names.add("model." + m)
-    return "(?:" + "|".join(re.escape(n) for n in sorted(names)) + ")"
+    """A `target_modules` regex (PEFT full-matches it against module names) naming exactly these."""
+    return "(?:" + "|".join(re.escape(n) for n in sorted(modules)) + ")"
 
 
 def save_peft_adapter(adapters: Any, lora: LoraConfig, out: str, *, base_model: str = "",
