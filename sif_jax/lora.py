@@ -13,6 +13,13 @@ the model code is unchanged and W_eff is a transient; the gradient reaches A and
 merge: dL/dA = s * dL/dW_eff @ B^T and dL/dB = s * A^T @ dL/dW_eff (s = alpha / r). The base is
 never updated and never copied: with adapters off (`adapters=None`) it is the KL reference.
 
+Why not qwix's LoRA (`qwix.LoraProvider` / `apply_lora_to_model`, which Tunix uses): it works by
+intercepting `dot_general` inside a wrapped Linen model and creates `<param>_lora_a/_lora_b` inside
+the model's own param tree. Every caller here builds the model from its config (`Qwen25VL(config)`
+in scoring, sampler, KV cache, SFT, evaluation), so the wrapped model would have to be threaded
+through all of them, and the param tree (HF conversion, sharding rules, optimizer, checkpoints)
+would change shape. The functional merge below keeps the model and its callers unchanged.
+
 Adapters are a nested dict that mirrors the params' paths down to the kernel, whose entry is
 `{"a": A, "b": B}`, e.g. `adapters["text"]["layers_0"]["q_proj"]["kernel"]["a"]`.
 
