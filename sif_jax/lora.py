@@ -51,6 +51,8 @@ DEFAULT_TARGETS: tuple[str, ...] = (
     r"^text/layers(_\d+)?/(q_proj|k_proj|v_proj|o_proj|mlp/(gate_proj|up_proj|down_proj))/kernel$",
 )
 
+# Logical name of the adapters' rank axis (see `AdapterSpec.factor_axes`).
+RANK_AXIS = "lora_rank"
 # Kernels whose module contracts two input dims (`axis=(-2, -1)`: heads x head_dim); others one.
 _TWO_INPUT_DIMS = ("o_proj", "proj")
 # Kernels that are not a torch Linear in Hugging Face (a Conv3d), so no PEFT Linear adapter.
@@ -109,10 +111,14 @@ class AdapterSpec:
         return (*self.lead_shape, *self.in_shape, rank), (*self.lead_shape, rank, *self.out_shape)
 
     def factor_axes(self) -> tuple[PartitionSpec, PartitionSpec]:
-        """Logical axes: A follows the kernel's input axes, B its output axes; r is replicated."""
+        """Logical axes: A follows the kernel's input axes, B its output axes, and the rank axis is
+        `RANK_AXIS` ('fsdp' in `parallel.DEFAULT_RULES`; flax gives a mesh axis to the first
+        logical axis that asks for it, so r only takes 'fsdp' where the factor's kernel axes left
+        it unused, e.g. B of q_proj [r, heads, head_dim], which would otherwise be whole on
+        every FSDP chip)."""
         lead, n_in = self.axes[:self.n_lead], self.axes[self.n_lead:self.n_lead + self.n_in]
         out = self.axes[self.n_lead + self.n_in:]
-        return PartitionSpec(*lead, *n_in, None), PartitionSpec(*lead, None, *out)
+        return PartitionSpec(*lead, *n_in, RANK_AXIS), PartitionSpec(*lead, RANK_AXIS, *out)
 
 
 def _path_str(keys: Sequence[Any]) -> str:

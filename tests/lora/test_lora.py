@@ -4,6 +4,7 @@ adapters' gradient against the full model's gradient projected onto the low-rank
 import importlib.util
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +16,7 @@ from sif_jax.convert.hf import load_hf_checkpoint
 from sif_jax.model.config import get_preset
 from sif_jax.model.layout import to_layout
 from sif_jax.model.vlm import abstract_boxed_params, init_params, prepare_inputs
+from sif_jax.parallel import DEFAULT_RULES
 from sif_jax.rl.grpo import GRPOConfig, TrainState, _loss_grads, reference_params
 from sif_jax.rl.sampler import SamplingConfig
 from sif_jax.run_config import validate_config
@@ -70,16 +72,29 @@ def test_default_targets_are_every_language_linear_and_nothing_else(scan):
 def test_adapters_follow_the_logical_axes_of_their_kernel():
     specs = lora_lib.adapter_specs(abstract_boxed_params(get_preset("tiny")), lora_lib.LoraConfig(rank=4, alpha=8.0))
     axes = lora_lib.adapter_logical_axes(specs)
-    assert axes["text"]["layers_0"]["q_proj"]["kernel"] == {"a": PartitionSpec("embed", None),
-                                                           "b": PartitionSpec(None, "heads", "head_dim")}
-    assert axes["text"]["layers_0"]["o_proj"]["kernel"] == {"a": PartitionSpec("heads", "head_dim", None),
-                                                           "b": PartitionSpec(None, "embed")}
-    assert axes["text"]["layers_1"]["mlp"]["down_proj"]["kernel"] == {"a": PartitionSpec("mlp", None),
-                                                                     "b": PartitionSpec(None, "embed")}
+    r = lora_lib.RANK_AXIS
+    assert axes["text"]["layers_0"]["q_proj"]["kernel"] == {"a": PartitionSpec("embed", r),
+                                                           "b": PartitionSpec(r, "heads", "head_dim")}
+    assert axes["text"]["layers_0"]["o_proj"]["kernel"] == {"a": PartitionSpec("heads", "head_dim", r),
+                                                           "b": PartitionSpec(r, "embed")}
+    assert axes["text"]["layers_1"]["mlp"]["down_proj"]["kernel"] == {"a": PartitionSpec("mlp", r),
+                                                                     "b": PartitionSpec(r, "embed")}
     scanned = lora_lib.adapter_specs(abstract_boxed_params(get_preset("tiny").replace(scan_layers=True)),
                                      lora_lib.LoraConfig(rank=4, alpha=8.0))
-    assert scanned["text/layers/mlp/up_proj/kernel"].factor_axes() == (PartitionSpec("layers", "embed", None),
-                                                                       PartitionSpec("layers", None, "mlp"))
+    assert scanned["text/layers/mlp/up_proj/kernel"].factor_axes() == (PartitionSpec("layers", "embed", r),
+                                                                       PartitionSpec("layers", r, "mlp"))
+
+
+def test_every_factor_is_split_over_fsdp_once():
+    """On an FSDP x tensor mesh each factor holds 'fsdp' exactly once: through the kernel axis it
+    shares with its kernel when that axis is on fsdp, else through the rank axis."""
+    specs = lora_lib.adapter_specs(abstract_boxed_params(get_preset("qwen2_5_vl_7b")),
+                                   lora_lib.LoraConfig(rank=64, alpha=128.0))
+    for spec in specs.values():
+        for logical in spec.factor_axes():
+            mesh_axes = nn.logical_to_mesh_axes(tuple(logical), DEFAULT_RULES)
+            flat = [a for axes in mesh_axes if axes for a in ((axes,) if isinstance(axes, str) else axes)]
+            assert flat.count("fsdp") == 1, (spec.path, logical, mesh_axes)
 
 
 def test_bad_targets_are_named():
