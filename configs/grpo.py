@@ -85,6 +85,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The G rows of a prompt share its vision tower, prefill and scoring activations (rl/groups.py).
     c.grpo.share_prompts = True
 
+    # LoRA (sif_jax.lora): rank 0 = full fine-tuning. With rank r the SFT and GRPO phases train
+    # adapters W + (alpha / r) A @ B over a frozen base (the KL reference is the base with the
+    # adapters off); each phase's result is merged before the next. SIFThinker: SFT r=8, GRPO
+    # r=64 alpha=128 dropout=0.05; SAYO: r=16 alpha=32.
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0
+    c.lora.alpha = 16.0
+    c.lora.dropout = 0.0
+    # Regexes over param paths ('text/layers_0/q_proj/kernel'); default: every linear layer of the
+    # language model (q/k/v/o, gate/up/down), not the vision tower, embeddings or LM head.
+    c.lora.targets = (r"^text/layers(_\d+)?/(q_proj|k_proj|v_proj|o_proj|mlp/(gate_proj|up_proj|down_proj))/kernel$",)
+    c.lora.init_adapter = ""  # a PEFT adapter directory to start from (same r and alpha)
+
     c.rewards = ml_collections.ConfigDict()
     c.rewards.format = 1.0
     c.rewards.accuracy = 1.0

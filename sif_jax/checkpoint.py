@@ -181,23 +181,61 @@ def load_run_params(run_dir: str, sharding: Sharding = None) -> tuple[Any, Any, 
     params' metadata tree and returns such a pytree (for trees whose layout, e.g. stacked layers,
     only the checkpoint knows). The saving run's device count and mesh do not matter. The model
     config comes from the checkpoint's metadata, so a checkpoint of another model size loads with
-    its own shapes.
+    its own shapes. A LoRA run's checkpoint (`meta["lora"]`) holds the adapters and the frozen
+    base: the params returned are the base with the adapters merged in (W + alpha/r A @ B).
     """
     config, meta, directory, step = run_checkpoint_meta(run_dir)
+    lora = meta.get("lora")
+    restored = _restore_state_items(directory, step, sharding, lora_phase=lora is not None)
+    if lora is None:
+        return config, restored["params"], meta
+    from sif_jax.lora import merge
+
+    scale = float(lora["alpha"]) / int(lora["rank"])
+    params = jax.jit(lambda base, adapters: merge(base, adapters, scale))(restored["base"], restored["params"])
+    return config, params, meta
+
+
+def load_run_adapters(run_dir: str) -> tuple[Any, Any, dict]:
+    """(ModelConfig, adapters, meta) of the newest finished checkpoint of a LoRA run
+    (`meta["lora"]` holds rank, alpha, dropout, targets and the base it belongs to), on this
+    process's first local device. Raises ValueError for a checkpoint of full fine-tuning."""
+    config, meta, directory, step = run_checkpoint_meta(run_dir)
+    if "lora" not in meta:
+        raise ValueError(f"{directory}/{step}: not a LoRA run (no adapters; export it as hf or orbax)")
+    restored = _restore_state_items(directory, step, None, lora_phase=True, adapters_only=True)
+    return config, restored["params"], meta
+
+
+def _restore_state_items(directory: str, step: int, sharding: Sharding, *, lora_phase: bool,
+                         adapters_only: bool = False) -> dict:
+    """The state's `params` (and under LoRA its frozen `base`, which `sharding` then places;
+    the small adapters are replicated over the same devices)."""
     manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
                                     item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                                                    "meta": ocp.JsonCheckpointHandler()},
                                     options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    where = f"{directory}/{step}"
     try:
         saved = manager.item_metadata(step)["state"]
         if saved is None or "params" not in saved:
-            raise ValueError(f"{directory}/{step}: the checkpoint's state has no params")
-        abstract = _abstract_targets(saved["params"], sharding, f"{directory}/{step}")
+            raise ValueError(f"{where}: the checkpoint's state has no params")
+        if lora_phase and not adapters_only and saved.get("base") is None:
+            raise ValueError(f"{where}: a LoRA checkpoint without its base params")
+        targets = {}
+        if lora_phase and not adapters_only:
+            targets["base"] = _abstract_targets(saved["base"], sharding, where)
+            first = jax.tree.leaves(targets["base"])[0].sharding
+            rep = (jax.sharding.NamedSharding(first.mesh, jax.sharding.PartitionSpec())
+                   if isinstance(first, jax.sharding.NamedSharding) else first)
+            targets["params"] = _abstract_targets(saved["params"], rep, where)
+        else:
+            targets["params"] = _abstract_targets(saved["params"], None if adapters_only else sharding, where)
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            {"params": abstract}, restore_args={"params": _restore_args(abstract)}, partial_restore=True)))
+            targets, restore_args={k: _restore_args(v) for k, v in targets.items()}, partial_restore=True)))
     finally:
         manager.close()
-    return config, restored["state"]["params"], meta
+    return restored["state"]
 
 
 def load_params_dir(path: str, sharding: Sharding = None) -> Any:

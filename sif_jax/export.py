@@ -2,13 +2,18 @@
 
     python -m sif_jax.export --checkpoint=workdir/grpo --format=hf --out=exported/hf
     python -m sif_jax.export --checkpoint=workdir/grpo --format=orbax --out=exported/params
+    python -m sif_jax.export --checkpoint=workdir/grpo --format=peft --out=exported/adapter   # LoRA runs
 
 --format=hf     config.json + model.safetensors (sharded with an index above 5 GB) in the
                 released Qwen2.5-VL layout (`convert.hf.save_hf_checkpoint`), which
                 `Qwen2_5_VLForConditionalGeneration.from_pretrained` and `load_hf_checkpoint` read.
 --format=orbax  `params/` (an orbax StandardCheckpointer pytree: params only, no optimizer or
                 reference copy) for JAX inference.
-Both also write `sif_jax.json` (model config, dtype, tokenizer, source checkpoint and step) and,
+--format=peft   a LoRA run's adapters as a PEFT directory (`adapter_config.json` +
+                `adapter_model.safetensors`, `sif_jax.lora_peft`) that
+                `peft.PeftModel.from_pretrained(<HF base>, out)` loads and `--config.lora.init_adapter`
+                continues training from. (hf and orbax export a LoRA run merged: W + alpha/r A @ B.)
+All three also write `sif_jax.json` (model config, dtype, tokenizer, source checkpoint and step) and,
 when the model uses a Hugging Face tokenizer, a copy of its `tokenizer.json`; a model trained with
 the built-in tokenizer is marked `"tokenizer": "builtin"`. Every sif_jax command line takes the
 exported directory as `--checkpoint` and finds the tokenizer there.
@@ -33,7 +38,7 @@ def _parser():
 
     p = ArgumentParser(prog="python -m sif_jax.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run directory, HF directory or sif_jax.export directory")
-    p.add_argument("--format", required=True, choices=("hf", "orbax"))
+    p.add_argument("--format", required=True, choices=("hf", "orbax", "peft"))
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--dtype", default="", help="float32 | bfloat16 | float16 (default: as saved)")
     p.add_argument("--model", default="", help="preset the checkpoint must be (tiny, qwen2_5_vl_3b, qwen2_5_vl_7b)")
@@ -78,16 +83,18 @@ def export(checkpoint: str, fmt: str, out: str, *, dtype: str = "", model: str =
     from sif_jax.data.tokenizer import BuiltinTokenizer
     from sif_jax.model.layers import DTYPES
 
-    if fmt not in ("hf", "orbax"):
-        raise CLIError(f"--format={fmt!r}: expected hf or orbax")
+    if fmt not in ("hf", "orbax", "peft"):
+        raise CLIError(f"--format={fmt!r}: expected hf, orbax or peft")
     if dtype and dtype not in DTYPES:
         raise CLIError(f"--dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
     info = read_checkpoint_info(checkpoint, dtype=dtype)
     check_requested_model(info.config, model, checkpoint)
     tok = load_tokenizer(tokenizer, info)
     check_tokenizer(tok, info.config)
+    if fmt == "peft" and (info.kind != "run" or "lora" not in info.meta):
+        raise CLIError(f"--format=peft: {checkpoint!r} is not a LoRA training run (no adapters to export)")
     _prepare_out(out, overwrite, checkpoint)
-    params = load_params(info)
+    params = None if fmt == "peft" else load_params(info)
     config = info.config
     meta: dict[str, Any] = {
         "format": fmt, "model": config.to_hf_config(), "dtype": config.param_dtype,
@@ -108,6 +115,17 @@ def export(checkpoint: str, fmt: str, out: str, *, dtype: str = "", model: str =
             from sif_jax.convert.hf import save_hf_checkpoint
 
             save_hf_checkpoint(config, params, tmp, max_shard_bytes=max_shard_bytes)
+        elif fmt == "peft":
+            from sif_jax.checkpoint import load_run_adapters
+            from sif_jax.lora import LoraConfig
+            from sif_jax.lora_peft import save_peft_adapter
+
+            _, adapters, run_meta = load_run_adapters(checkpoint)
+            lo = run_meta["lora"]
+            lora = LoraConfig(rank=int(lo["rank"]), alpha=float(lo["alpha"]), dropout=float(lo["dropout"]),
+                              targets=tuple(lo["targets"]))
+            save_peft_adapter(adapters, lora, tmp, base_model=str(lo.get("base", "")))
+            meta["lora"] = lo
         else:
             import orbax.checkpoint as ocp
 

@@ -39,6 +39,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("qkv", None),
     ("norm", None),
     ("layers", None),  # the leading axis of scanned (stacked) layer params: never sharded
+    ("lora_rank", "fsdp"),  # LoRA factors' rank axis, where their other axes leave fsdp free
 )
 
 

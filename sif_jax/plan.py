@@ -14,6 +14,14 @@ program a run executes, with the same jitted functions the trainer calls:
     score_reference   rl.scoring.score under the frozen reference (only when grpo.beta != 0)
     grpo_loss_grads   rl.grpo._loss_grads: clipped surrogate + KL, gradient of one micro-batch
     grpo_update       the GRPO optimizer step (train._make_apply, vision frozen per config)
+    lora_merge        (LoRA runs) rl.grpo.policy_params: the base with the adapters merged in, once
+                      per step before sampling
+
+With `lora.rank` > 0 the state is the LoRA one (`train.initial_state(..., adapters=...)`): the
+trainable params and the optimizer moments are the adapters', the base is frozen and there is
+no reference copy (the reference scores with the base). The loss and update programs take the
+adapters (plus the base), the sampler and scorers the merged params (a transient as large as the
+base, counted as their argument while the whole state stays resident).
 
 Nothing is materialised: params come from `jax.eval_shape`, so a 7B plan needs no 7B of memory.
 Batches are planned at the worst case: the largest `data.length_buckets` entry for the prompt
@@ -55,9 +63,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import app, flags
 from jax.sharding import NamedSharding
 
+from sif_jax import lora as lora_lib
 from sif_jax import parallel, train
 from sif_jax.data.batching import pick_bucket
 from sif_jax.model.cache import decode_step, prefill
@@ -288,11 +298,20 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
     params_bytes = per_chip_bytes(params)
     longest = max(config.data.length_buckets)
     programs: list[Program] = []
+    lora = lora_lib.from_run_config(config)
+    adapters = None
+    if lora is not None:
+        adapter_shardings = train._state_shardings(run, optax.identity(), reference=False, lora=lora).params
+        adapters = with_shardings(lora_lib.adapter_shapes(train.adapter_specs(run, lora), lora.rank),
+                                  adapter_shardings)
+    trainable = params if lora is None else adapters
+    # bytes of the train-state arguments of a loss program: the trainable params (+ the frozen base)
+    loss_arg_bytes = params_bytes if lora is None else per_chip_bytes(adapters) + params_bytes
 
     def state_of(optimizer, reference: bool, seed: int) -> Any:
-        shapes = jax.eval_shape(functools.partial(train.initial_state, optimizer=optimizer, seed=seed,
-                                                  reference=reference), params)
-        return with_shardings(shapes, train._state_shardings(run, optimizer, reference=reference))
+        shapes = jax.eval_shape(lambda p, a: train.initial_state(p, optimizer, seed, reference=reference, adapters=a),
+                                params, adapters)
+        return with_shardings(shapes, train._state_shardings(run, optimizer, reference=reference, lora=lora))
 
     if config.sft.steps > 0:
         optimizer = train.sft_optimizer(config)
@@ -301,10 +320,10 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
         batch.pop("region_mask")
         denominator = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
         programs.append(Program("sft_grads", lambda b=batch, d=denominator: sft_grads.lower(
-            params, b, d, config=model, grad_shardings=parallel.sharding_leaves(params)),
-            per_chip_bytes(state) - params_bytes))
-        apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=False))
-        programs.append(Program("sft_update", lambda a=apply, s=state: a.lower(s, params)))
+            trainable, b, d, None if lora is None else params, config=model, lora=lora,
+            grad_shardings=parallel.sharding_leaves(trainable)), per_chip_bytes(state) - loss_arg_bytes))
+        apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=False, lora=lora))
+        programs.append(Program("sft_update", lambda a=apply, s=state: a.lower(s, trainable)))
 
     if config.grpo.steps > 0:
         g, _ = train.grpo_settings(config)
@@ -328,7 +347,9 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
         temperature = grpo_lib._score_temperature(g)
         chunk = g.vocab_chunk
         ids = {"eos_token_id": model.eos_token_id, "pad_token_id": model.pad_token_id}
-        not_params = state_bytes - params_bytes
+        # resident while sampling/scoring: the state less the params passed in (under LoRA those are
+        # the merged transient, so the whole state, base included, stays resident)
+        not_params = state_bytes - params_bytes if lora is None else state_bytes
         length = prompt["input_ids"].shape[1] + steps
 
         def prefill_program(p, inputs):
@@ -350,15 +371,21 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
                 temperature=temperature, vocab_chunk=chunk), not_params),
         ]
         if reference:
+            ref = state.ref_params if lora is None else state.base  # LoRA: the base, adapters off
+            # LoRA: the merged policy params stay alive next to the state while the reference scores
             programs.append(Program("score_reference", lambda: score.lower(
-                state.ref_params, prompt, completion, mask, config=model, temperature=temperature,
-                vocab_chunk=chunk), state_bytes - per_chip_bytes(state.ref_params)))
-        accumulator = params_bytes if micro > 1 else 0
+                ref, prompt, completion, mask, config=model, temperature=temperature,
+                vocab_chunk=chunk), state_bytes - per_chip_bytes(ref) + (0 if lora is None else params_bytes)))
+        accumulator = per_chip_bytes(trainable) if micro > 1 else 0
         programs.append(Program("grpo_loss_grads", lambda: grpo_lib._loss_grads.lower(
-            params, prompt, completion, mask, mask, logp, logp if reference else None, advantages, denominator,
-            config=model, grpo=g, grad_shardings=parallel.sharding_leaves(params)), not_params + accumulator))
-        apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=reference))
-        programs.append(Program("grpo_update", lambda: apply.lower(state, params)))
+            trainable, prompt, completion, mask, mask, logp, logp if reference else None, advantages, denominator,
+            None if lora is None else params, config=model, grpo=g, grad_shardings=parallel.sharding_leaves(trainable)),
+            state_bytes - loss_arg_bytes + accumulator))
+        apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=reference, lora=lora))
+        programs.append(Program("grpo_update", lambda: apply.lower(state, trainable)))
+        if lora is not None:
+            programs.append(Program("lora_merge", lambda: grpo_lib._merged.lower(params, adapters, lora.scale),
+                                    state_bytes - loss_arg_bytes))
     return programs
 
 

@@ -6,6 +6,7 @@ Every error names the field and its value, e.g. `config.grpo.group_size=1: GRPO 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -49,7 +50,28 @@ def validate_config(c: ml_collections.ConfigDict, check_paths: bool = True, *, c
     _check_fields(c)
 
 
+def _check_lora(c: ml_collections.ConfigDict) -> None:
+    if "lora" not in c:
+        return
+    lo = c.lora
+    _need(isinstance(lo.rank, int) and lo.rank >= 0, "lora.rank", lo.rank, "must be an integer >= 0 (0 = off)")
+    if lo.rank == 0:
+        return
+    _need(lo.alpha > 0, "lora.alpha", lo.alpha, "must be > 0")
+    _need(0 <= lo.dropout < 1, "lora.dropout", lo.dropout, "must lie in [0, 1)")
+    _need(len(lo.targets) > 0 and all(isinstance(t, str) and t for t in lo.targets), "lora.targets", lo.targets,
+          "name at least one non-empty pattern")
+    for pattern in lo.targets:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            _need(False, "lora.targets", pattern, f"is not a regular expression ({e})")
+
+
 def _check_files(c: ml_collections.ConfigDict, check_paths: bool) -> None:
+    if check_paths and c.get("lora") is not None and c.lora.rank > 0 and c.lora.init_adapter:
+        _need(os.path.isfile(os.path.join(c.lora.init_adapter, "adapter_config.json")), "lora.init_adapter",
+              c.lora.init_adapter, "is not a PEFT adapter directory (no adapter_config.json)")
     if c.init_checkpoint and check_paths:
         _need(os.path.isdir(c.init_checkpoint), "init_checkpoint", c.init_checkpoint, "is not a directory")
     hf_init = bool(c.init_checkpoint) and os.path.exists(os.path.join(c.init_checkpoint, "config.json"))
@@ -98,6 +120,7 @@ def _check_fields(c: ml_collections.ConfigDict) -> None:
     _need(g.get("sampling_candidates", 256) >= 0, "grpo.sampling_candidates", g.get("sampling_candidates"),
           "must be >= 0 (0 = always sort the vocabulary)")
     _need(len(g.mass_layers) > 0, "grpo.mass_layers", g.mass_layers, "name at least one decoder layer")
+    _check_lora(c)
     for name in REWARD_NAMES:
         _need(name in c.rewards, f"rewards.{name}", None, "missing reward weight")
     _need(0 < c.rewards.top_fraction <= 1, "rewards.top_fraction", c.rewards.top_fraction, "must lie in (0, 1]")

@@ -13,7 +13,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from sif_jax import lora as lora_lib
 from sif_jax import parallel
+from sif_jax.lora import LoraConfig
 from sif_jax.model.family import family_of
 from sif_jax.rl.scoring import chunked_token_stats
 
@@ -37,15 +39,21 @@ def sft_loss_terms(params: Params, batch: dict[str, jax.Array], *, config: Any,
     return -jnp.sum(logp * mask), jnp.sum(mask)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "vocab_chunk", "grad_shardings"))
-def sft_grads(params: Params, batch: dict[str, jax.Array], denominator: jax.Array, *, config: Any,
-              vocab_chunk: int = 4096,
+@functools.partial(jax.jit, static_argnames=("config", "vocab_chunk", "lora", "grad_shardings"))
+def sft_grads(params: Params, batch: dict[str, jax.Array], denominator: jax.Array, base: Params = None,
+              dropout_rng: jax.Array | None = None, *, config: Any, vocab_chunk: int = 4096,
+              lora: LoraConfig | None = None,
               grad_shardings: tuple | None = None) -> tuple[Params, tuple[jax.Array, jax.Array]]:
     """Gradient of summed NLL / `denominator` (the total target tokens of the whole step).
 
+    With `lora`, `params` are the adapters (`sif_jax.lora`), merged onto the frozen `base` inside
+    the loss, and the gradient is the adapters'; `dropout_rng` (key data) draws the adapter dropout.
     grad_shardings: `parallel.sharding_leaves(params)`; the gradient is laid out like the params.
     """
     def loss_fn(p):
+        if lora is not None:
+            rng = None if dropout_rng is None else jax.random.wrap_key_data(dropout_rng)
+            p = lora_lib.merge(base, p, lora.scale, dropout=lora.dropout, dropout_rng=rng)
         num, den = sft_loss_terms(p, batch, config=config, vocab_chunk=vocab_chunk)
         return num / denominator, (num, den)
 

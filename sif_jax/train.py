@@ -27,6 +27,7 @@ from etils import epath
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from sif_jax import lora as lora_lib
 from sif_jax import parallel
 from sif_jax.checkpoint import (
     Checkpointer,
@@ -37,6 +38,8 @@ from sif_jax.checkpoint import (
 )
 from sif_jax.convert.hf import load_hf_checkpoint
 from sif_jax.evaluate import evaluate_batches
+from sif_jax.lora import LoraConfig
+from sif_jax.lora_peft import load_peft_adapter
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.family import family_of, get_preset
 from sif_jax.model.layout import is_stacked, to_layout
@@ -192,10 +195,20 @@ def _is_hf_dir(path: str) -> bool:
         n.endswith(".safetensors") for n in os.listdir(path))
 
 
-def _state_shardings(run: Run, optimizer: optax.GradientTransformation, *, reference: bool) -> TrainState:
+def _state_shardings(run: Run, optimizer: optax.GradientTransformation, *, reference: bool,
+                     lora: LoraConfig | None = None) -> TrainState:
     """Params (and the reference) follow the logical-axis shardings, optimizer moments their
-    params', scalars are replicated."""
+    params', scalars are replicated. Under `lora` the trainable params are the adapters (each
+    factor follows the axes of the kernel it adapts, `lora.AdapterSpec.factor_axes`), the base
+    keeps the params' shardings and there is no reference copy."""
     rep = parallel.replicated(run.mesh)
+    if lora is not None:
+        specs = adapter_specs(run, lora)
+        adapters = parallel.logical_shardings(lora_lib.adapter_shapes(specs, lora.rank),
+                                              lora_lib.adapter_logical_axes(specs), run.mesh)
+        opt = parallel.optimizer_shardings(optimizer, lora_lib.boxed_adapter_shapes(specs, lora.rank), run.mesh)
+        return TrainState(step=rep, params=adapters, ref_params=None, opt_state=opt, rng=rep,
+                          base=run.param_shardings)
     opt = parallel.optimizer_shardings(optimizer, abstract_boxed_params(run.model), run.mesh)
     return TrainState(step=rep, params=run.param_shardings, ref_params=run.param_shardings if reference else None,
                       opt_state=opt, rng=rep)
@@ -221,20 +234,76 @@ def _make_apply(optimizer: optax.GradientTransformation, shardings: Any):
 
 
 def initial_state(params: Any, optimizer: optax.GradientTransformation, seed: int, *,
-                  reference: bool) -> TrainState:
+                  reference: bool, adapters: Any = None) -> TrainState:
     """A fresh state; the frozen KL reference (if `reference`) is a copy of `params` with its
-    own buffers, since the policy params are donated to every update. Traceable (jit / eval_shape)."""
+    own buffers, since the policy params are donated to every update. Traceable (jit / eval_shape).
+
+    With `adapters` (LoRA) the trainable params are the adapters, the optimizer state is theirs
+    and `params` become the frozen `base` (no reference copy: the reference is the base)."""
+    if adapters is not None:
+        return TrainState(step=jnp.zeros((), jnp.int32), params=adapters, ref_params=None,
+                          opt_state=optimizer.init(adapters), rng=jax.random.key_data(jax.random.key(seed)),
+                          base=params)
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         ref_params=jax.tree.map(jnp.copy, params) if reference else None,
         opt_state=optimizer.init(params), rng=jax.random.key_data(jax.random.key(seed)))
 
 
-def _new_state(params: Any, optimizer: optax.GradientTransformation, seed: int, shardings: TrainState) -> TrainState:
-    """`initial_state` on the mesh, with a reference iff `shardings.ref_params`."""
+def _new_state(params: Any, optimizer: optax.GradientTransformation, seed: int, shardings: TrainState,
+               adapters: Any = None) -> TrainState:
+    """`initial_state` on the mesh, with a reference iff `shardings.ref_params`. With `adapters`
+    the base is `params` themselves (already placed; not copied)."""
     build = functools.partial(initial_state, optimizer=optimizer, seed=seed,
                               reference=shardings.ref_params is not None)
-    return jax.jit(build, out_shardings=shardings)(params)
+    if adapters is None:
+        return jax.jit(build, out_shardings=shardings)(params)
+    state = jax.jit(lambda a: build(None, adapters=a), out_shardings=shardings.replace(base=None))(adapters)
+    return state.replace(base=params)
+
+
+def adapter_specs(run: Run, lora: LoraConfig) -> dict[str, lora_lib.AdapterSpec]:
+    """The kernels the run's `lora.targets` select (raises ValueError naming a bad pattern)."""
+    return lora_lib.adapter_specs(abstract_boxed_params(run.model), lora)
+
+
+def initial_adapters(run: Run, lora: LoraConfig, seed: int, init_adapter: str = "") -> Any:
+    """Fresh adapters (B = 0, so the run starts at the base) or, with `init_adapter`, a PEFT
+    adapter directory's, placed with the adapters' shardings."""
+    specs = adapter_specs(run, lora)
+    shardings = _state_shardings(run, optax.identity(), reference=False, lora=lora).params
+    if init_adapter:
+        return jax.device_put(load_peft_adapter(init_adapter, specs, lora), shardings)
+    return jax.jit(lambda k: lora_lib.init_adapters(specs, lora.rank, k), out_shardings=shardings)(
+        jax.random.key(seed))
+
+
+def _policy_params(run: Run, state: TrainState, lora: LoraConfig | None) -> Any:
+    """The trained model's params: `state.params`, or the base with the adapters merged in."""
+    if lora is None:
+        return state.params
+    return jax.jit(functools.partial(lora_lib.merge, scale=lora.scale), out_shardings=run.param_shardings)(
+        state.base, state.params)
+
+
+def _lora_meta(config: ml_collections.ConfigDict, lora: LoraConfig | None, base: str) -> dict:
+    """Checkpoint metadata of a LoRA phase: the adapter config and which base it belongs to."""
+    if lora is None:
+        return {}
+    return {"lora": {"rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout, "targets": list(lora.targets),
+                     "init_adapter": config.lora.init_adapter, "base": base}}
+
+
+def _base_name(config: ml_collections.ConfigDict, phase: str) -> str:
+    if phase == "grpo" and not config.init_checkpoint and config.sft.steps > 0:
+        return "sft phase (its adapters merged into its base)"
+    return config.init_checkpoint or f"init_params(model={config.model}, seed={config.seed})"
+
+
+def _dropout_key(lora: LoraConfig | None, state: TrainState) -> jax.Array | None:
+    if lora is None or lora.dropout == 0:
+        return None
+    return jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
 
 
 def sft_schedule(steps: int, learning_rate: float, warmup_fraction: float) -> optax.Schedule:
@@ -261,8 +330,10 @@ def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
     if steps <= 0:
         return params
     optimizer = sft_optimizer(config)
-    shardings = _state_shardings(run, optimizer, reference=False)
-    state = _new_state(params, optimizer, config.seed, shardings)
+    lora = lora_lib.from_run_config(config)
+    shardings = _state_shardings(run, optimizer, reference=False, lora=lora)
+    adapters = initial_adapters(run, lora, config.seed, config.lora.init_adapter) if lora else None
+    state = _new_state(params, optimizer, config.seed, shardings, adapters)
     ckpt = Checkpointer(str(epath.Path(run.workdir) / "sft"), every=config.checkpoint_every,
                         max_to_keep=config.max_checkpoints)
     data_iter = run.data.sft_iterator(config.sft.batch_size)
@@ -273,7 +344,7 @@ def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
         _say(f"SFT: resumed from step {start} of {steps} ({ckpt.directory})")
     if start >= steps:
         ckpt.close()
-        return state.params
+        return _policy_params(run, state, lora)
     apply = _make_apply(optimizer, shardings)
     writer = MetricsWriter(run.workdir, "sft_metrics")
     preempted = False
@@ -284,7 +355,8 @@ def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
             batch = _place(next(data_iter), run.mesh)
             batch = {**family_of(run.model).model_inputs(batch), "loss_mask": batch["loss_mask"]}
             denominator = jnp.maximum(jnp.sum(batch["loss_mask"][:, 1:]), 1)
-            grads, (nll, tokens) = sft_grads(state.params, batch, denominator, config=run.model,
+            grads, (nll, tokens) = sft_grads(state.params, batch, denominator, state.base, _dropout_key(lora, state),
+                                             config=run.model, lora=lora,
                                              grad_shardings=parallel.sharding_leaves(state.params))
             state = apply(state, grads)
             loss = float(nll / tokens)
@@ -293,14 +365,15 @@ def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
             done = step + 1
             preempted = parallel.any_process(guard.requested)  # all hosts stop at the same step
             stop = preempted or (stop_after is not None and done >= stop_after)
-            ckpt.save(done, state, {"data_state": data_iter.get_state(), "phase": "sft", **_model_meta(run)},
+            ckpt.save(done, state, {"data_state": data_iter.get_state(), "phase": "sft", **_model_meta(run),
+                                    **_lora_meta(config, lora, _base_name(config, "sft"))},
                       force=stop or done == steps)
             if stop:
                 break
     if preempted:
         logging.warning("SIGTERM: SFT state saved at step %d", done)
         sys.exit(143)
-    return state.params
+    return _policy_params(run, state, lora)
 
 
 def _say(line: str) -> None:
@@ -321,7 +394,7 @@ def grpo_settings(config: ml_collections.ConfigDict) -> tuple[GRPOConfig, Reward
         sampling=SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
                                 top_k=g.top_k, candidates=int(g.get("sampling_candidates", 256))),
         vocab_chunk=g.vocab_chunk, mask_truncated_completions=g.mask_truncated_completions,
-        share_prompts=g.get("share_prompts", True),
+        share_prompts=g.get("share_prompts", True), lora=lora_lib.from_run_config(config),
     )
     r = config.rewards
     weights = {k: float(r[k]) for k in REWARD_NAMES}
@@ -334,8 +407,12 @@ def run_grpo(run: Run, params: Any, *, stop_after: int | None = None) -> tuple[A
     steps = config.grpo.steps
     grpo, reward_config = grpo_settings(config)
     optimizer = grpo_optimizer(config)
-    shardings = _state_shardings(run, optimizer, reference=config.grpo.beta != 0)
-    state = _new_state(params, optimizer, config.seed + 1, shardings)
+    lora = grpo.lora
+    shardings = _state_shardings(run, optimizer, reference=config.grpo.beta != 0, lora=lora)
+    # A PEFT adapter starts the first phase that trains (GRPO's base already holds SFT's adapters).
+    init_adapter = config.lora.init_adapter if (config.init_checkpoint or config.sft.steps <= 0) else ""
+    adapters = initial_adapters(run, lora, config.seed + 1, init_adapter) if lora else None
+    state = _new_state(params, optimizer, config.seed + 1, shardings, adapters)
     ckpt = Checkpointer(str(epath.Path(run.workdir) / "grpo"), every=config.checkpoint_every,
                         max_to_keep=config.max_checkpoints)
     data_iter = run.data.grpo_iterator(config.grpo.prompts_per_step)
@@ -378,14 +455,15 @@ def run_grpo(run: Run, params: Any, *, stop_after: int | None = None) -> tuple[A
             preempted = parallel.any_process(guard.requested)  # all hosts stop at the same step
             stop = preempted or (stop_after is not None and done >= stop_after)
             ckpt.save(done, state, {"data_state": data_iter.get_state(), "reward_state": reward_state.to_json(),
-                                    "history": rows, "phase": "grpo", **_model_meta(run)},
+                                    "history": rows, "phase": "grpo", **_model_meta(run),
+                                    **_lora_meta(config, lora, _base_name(config, "grpo"))},
                       force=stop or done == steps)
             if stop:
                 break
     if preempted:
         logging.warning("SIGTERM: GRPO state saved at step %d", done)
         sys.exit(143)
-    return state.params, rows
+    return _policy_params(run, state, lora), rows
 
 
 def _log_line(row: dict) -> str:

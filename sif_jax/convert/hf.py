@@ -186,6 +186,16 @@ def param_path(name: str, compiled: list | None = None,
     return None
 
 
+def hf_name(path: str) -> str | None:
+    """The released-layout HF tensor name of a per-layer param path, e.g.
+    'text/layers_0/q_proj/kernel' -> 'model.layers.0.self_attn.q_proj.weight'; None if not ours."""
+    for _, path_regex, rule in _COMPILED:
+        match = path_regex.match(path)
+        if match:
+            return rule.hf.format(*match.groups())
+    return None
+
+
 def compile_rules(rules: list[Rule]) -> list[tuple[re.Pattern, re.Pattern, Rule]]:
     return [(rule.hf_regex, rule.path_regex, rule) for rule in rules]
 

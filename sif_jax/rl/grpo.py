@@ -22,7 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sif_jax import lora as lora_lib
 from sif_jax import parallel
+from sif_jax.lora import LoraConfig
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.family import family_of
 from sif_jax.parallel import to_host
@@ -39,13 +41,16 @@ Params = Any
 
 @flax.struct.dataclass
 class TrainState:
-    """step int32 []; params and the frozen reference params; optimizer state; rng key data."""
+    """step int32 []; params (the trainable ones: the model's, or under LoRA the adapters) and
+    the frozen reference params (None under LoRA: the reference is `base`); optimizer state (of
+    `params` only); rng key data; `base`: the frozen model params under LoRA, else None."""
 
     step: jax.Array
     params: Params
     ref_params: Params
     opt_state: Any
     rng: jax.Array
+    base: Params = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +83,7 @@ class GRPOConfig:
     def prompt_group(self) -> int:
         """Rows per prompt the sampler and scoring passes share prompt work over (1 = none)."""
         return self.group_size if self.share_prompts else 1
+    lora: LoraConfig | None = None  # set: TrainState.params are adapters over TrainState.base
 
     def layers(self, config: ModelConfig) -> tuple[int, ...]:
         """Mass layers with negative indices resolved (-1 = the last decoder layer)."""
@@ -119,14 +125,38 @@ def make_optimizer(learning_rate: float | optax.Schedule, *, weight_decay: float
     return optax.chain(tx, optax.stateless(zero_vision))
 
 
+@functools.partial(jax.jit, static_argnames=("scale",))
+def _merged(base, adapters, scale: float):
+    return lora_lib.merge(base, adapters, scale)
+
+
+def policy_params(state: TrainState, grpo: GRPOConfig) -> Params:
+    """The params the policy samples and scores with: `state.params`, or under LoRA the base
+    with the adapters merged in (a transient the size of the base, built once per call)."""
+    if grpo.lora is None:
+        return state.params
+    return _merged(state.base, state.params, grpo.lora.scale)
+
+
+def reference_params(state: TrainState, grpo: GRPOConfig) -> Params:
+    """The frozen KL reference: `state.ref_params`, or under LoRA the base itself (adapters off)."""
+    return state.ref_params if grpo.lora is None else state.base
+
+
 @functools.partial(jax.jit, static_argnames=("config", "grpo", "grad_shardings"))
 def _loss_grads(params, prompt, completion, completion_mask, loss_mask, old_logp, ref_logp, advantages, denominator,
-                *, config: ModelConfig, grpo: GRPOConfig, grad_shardings: tuple | None = None):
+                base=None, dropout_rng=None, *, config: ModelConfig, grpo: GRPOConfig,
+                grad_shardings: tuple | None = None):
     """Gradient of numerator / total denominator for one micro-batch (exact accumulation).
     `completion_mask` is the sequence the policy produced (attention); `loss_mask` the tokens
-    that are trained (`Rollout.loss_mask`). grad_shardings: `parallel.sharding_leaves(params)`,
-    so the gradient (and the accumulated sum) is laid out like the params."""
+    that are trained (`Rollout.loss_mask`). Under `grpo.lora`, `params` are the adapters, merged
+    onto the frozen `base` inside the loss (the gradient is the adapters'); `dropout_rng` (key
+    data) draws the adapter dropout mask. grad_shardings: `parallel.sharding_leaves(params)`, so
+    the gradient (and the accumulated sum) is laid out like the params."""
     def loss_fn(p):
+        if grpo.lora is not None:
+            rng = None if dropout_rng is None else jax.random.wrap_key_data(dropout_rng)
+            p = lora_lib.merge(base, p, grpo.lora.scale, dropout=grpo.lora.dropout, dropout_rng=rng)
         scores = score(p, prompt, completion, completion_mask, config=config,
                        temperature=_score_temperature(grpo), vocab_chunk=grpo.vocab_chunk,
                        group_size=grpo.prompt_group)
@@ -189,23 +219,24 @@ def collect_rollouts(
     rng = jax.random.wrap_key_data(state.rng)
     sample_time, generated = 0.0, 0
     layers = grpo.layers(config)
+    params, ref_params = policy_params(state, grpo), reference_params(state, grpo)
     for i, batch in enumerate(micro_batches):
         prompt = prompt_arrays(batch, config)
         check_groups(batch["input_ids"], grpo.prompt_group)
         t0 = time.perf_counter()
-        samples = generate(state.params, prompt, jax.random.fold_in(rng, i), config=config, sampling=grpo.sampling,
+        samples = generate(params, prompt, jax.random.fold_in(rng, i), config=config, sampling=grpo.sampling,
                            eos_token_id=eos_token_id, pad_token_id=pad_token_id, group_size=grpo.prompt_group)
         tokens = to_host(samples.tokens)
         sample_time += time.perf_counter() - t0
         mask = to_host(samples.completion_mask)
         truncated = to_host(samples.truncated)
         generated += int(mask.sum())
-        policy = score(state.params, prompt, samples.tokens, samples.completion_mask, batch["region_mask"],
+        policy = score(params, prompt, samples.tokens, samples.completion_mask, batch["region_mask"],
                        config=config, mass_layers=layers, temperature=_score_temperature(grpo),
                        vocab_chunk=grpo.vocab_chunk, group_size=grpo.prompt_group)
         ref_logp = None
         if grpo.beta != 0:
-            ref_logp = score(state.ref_params, prompt, samples.tokens, samples.completion_mask, config=config,
+            ref_logp = score(ref_params, prompt, samples.tokens, samples.completion_mask, config=config,
                              temperature=_score_temperature(grpo), vocab_chunk=grpo.vocab_chunk,
                              group_size=grpo.prompt_group).logprobs
         texts = [decode(tokens[r][mask[r]].tolist()) for r in range(tokens.shape[0])]
@@ -261,12 +292,16 @@ def policy_update(
     denominator = jnp.maximum(sum(loss_denominator(r.loss_mask, grpo.reduction) for r in rollouts), 1.0)
     metrics: dict[str, float] = {}
     grad_shardings = parallel.sharding_leaves(state.params)
-    for _ in range(grpo.mu):
+    for k in range(grpo.mu):
         grads_sum, num_sum, parts = None, 0.0, []
-        for r in rollouts:
+        for j, r in enumerate(rollouts):
+            dropout_rng = None
+            if grpo.lora is not None and grpo.lora.dropout > 0:
+                dropout_rng = jax.random.key_data(jax.random.fold_in(
+                    jax.random.fold_in(jax.random.wrap_key_data(state.rng), 1 + k), j))
             grads, (num, _, m) = _loss_grads(state.params, r.prompt, r.completion, r.completion_mask, r.loss_mask,
-                                             r.old_logp, r.ref_logp, r.advantages, denominator, config=config,
-                                             grpo=grpo, grad_shardings=grad_shardings)
+                                             r.old_logp, r.ref_logp, r.advantages, denominator, state.base,
+                                             dropout_rng, config=config, grpo=grpo, grad_shardings=grad_shardings)
             grads_sum = grads if grads_sum is None else jax.tree.map(jnp.add, grads_sum, grads)
             num_sum = num_sum + num
             parts.append(m)

@@ -1,0 +1,41 @@
+"""The planner follows the LoRA train state: adapter-only optimizer moments, no reference copy,
+the loss and update programs take the adapters (and the frozen base)."""
+
+import math
+import os
+
+import pytest
+
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+try:
+    import libtpu  # noqa: F401
+except ImportError:
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("libtpu is not installed (pip install 'jax[tpu]')", allow_module_level=True)
+
+from sif_jax import plan as plan_lib  # noqa: E402
+from tests.plan.test_plan import small_config  # noqa: E402
+
+PROGRAMS = ["score_reference", "grpo_loss_grads", "grpo_update", "lora_merge"]
+
+
+def test_lora_plan_compiles_and_its_state_is_the_base_plus_adapters():
+    c = small_config((1, 4, 1))
+    c.attention_backend = "xla"
+    c.sft.steps = 0
+    full = {r.name: r for r in plan_lib.plan(c, "v5p-8", programs=PROGRAMS[:3]).rows}
+    c.lora.rank = 4
+    c.lora.alpha = 8.0
+    result = plan_lib.plan(c, "v5p-8", programs=PROGRAMS)
+    assert result.failure() is None
+    lora = {r.name: r for r in result.rows}
+    assert sorted(lora) == sorted(PROGRAMS)
+    # the update's arguments: full = params + reference + 2 Adam moments + grads; LoRA = base +
+    # adapters + their moments + their grads, so well under half (the tiny preset: r=4 of 64)
+    assert lora["grpo_update"].arguments < 0.45 * full["grpo_update"].arguments
+    # the merge writes a params-sized transient: the reference scorer's params argument (the base)
+    assert 0 < lora["lora_merge"].outputs < lora["score_reference"].arguments
+    # the reference scores with the base (adapters off): no reference copy in the state
+    assert lora["score_reference"].resident < full["score_reference"].resident
+    assert all(math.isfinite(r.total) and r.total > 0 for r in result.rows)
