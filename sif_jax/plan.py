@@ -244,6 +244,9 @@ class Plan:
     attention_backend: str
     hbm_bytes: int
     rows: list[Row]
+    # XLA's cost analysis counts a loop body once: with nn.scan over layers, FLOPs, bytes and the
+    # roofline time cover one layer of each scanned stack (undercounts; memory is exact).
+    scanned_layers: bool = False
 
     def fits(self, row: Row) -> bool:
         return not row.error and row.total <= self.hbm_bytes
@@ -263,6 +266,7 @@ class Plan:
             "accelerator": self.accelerator, "chip": dataclasses.asdict(self.chip), "mesh": self.mesh,
             "model": self.model, "attention_backend": self.attention_backend, "hbm_bytes": self.hbm_bytes,
             "ok": self.failure() is None, "failure": self.failure(),
+            "cost_counts_one_scanned_layer": self.scanned_layers,
             "programs": [{**dataclasses.asdict(r), "total": r.total, "fits": self.fits(r)} for r in self.rows],
         }
 
@@ -273,6 +277,9 @@ class Plan:
                 f"attention {self.attention_backend}; memory in GiB per chip")
         cols = ("program", "args", "temps", "outputs", "alias", "resident", "total", "HBM %", "fits", "GFLOP",
                 "GB", "roofline ms", "compile s")
+        if self.scanned_layers:
+            head += ("\nnote: scan_layers=True: XLA's cost analysis counts each scanned layer stack's body once, so "
+                     "GFLOP, GB and roofline ms are undercounts (memory columns are exact)")
         lines = [head, " | ".join(cols)]
         for r in self.rows:
             if r.error:
@@ -474,7 +481,8 @@ def plan(config: ml_collections.ConfigDict, accelerator: str, *, hbm_gib: float 
         by_name["sampler_generate"].seconds = (by_name["sampler_prefill"].seconds
                                                + steps * by_name["sampler_decode"].seconds)
     mesh = {k: int(v) for k, v in run.mesh.shape.items()}
-    return Plan(accelerator, chip, mesh, config.model, config.attention_backend, hbm, rows)
+    return Plan(accelerator, chip, mesh, config.model, config.attention_backend, hbm, rows,
+                scanned_layers=run.model.scan_layers)
 
 
 # --- command line ----------------------------------------------------------------------------------
