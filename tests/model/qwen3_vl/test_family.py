@@ -137,3 +137,27 @@ def test_hf_rules_round_trip(loaded, tmp_path):
     for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(params),
                                  jax.tree_util.tree_leaves_with_path(back), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=str(path))
+
+
+def test_heat_map_masses_include_deepstack(loaded, qwen3_io):
+    """`generate.visual_attention_map` on a Qwen3-VL row: its visual mass (and the heat's sum) equals
+    the full forward's (`return_attention_mass`, DeepStack included) on prompt + completion."""
+    from sif_jax.generate import visual_attention_map
+
+    config, params = loaded
+    family = family_of(config)
+    ids, mask = qwen3_io["input_ids"][:1], qwen3_io["attention_mask"][:1]
+    prompt = family.collate_images(config, ids, mask, _rows(qwen3_io, config)[:1], pad_to=24)
+    completion = qwen3_io["greedy_tokens"][:1, :4].astype(np.int32)
+    heat, visual_mass = visual_attention_map(params, prompt, completion, np.ones_like(completion, bool),
+                                             config=config, layers=(-1,))
+    full = np.concatenate([ids, completion], axis=1)
+    inputs = family.prepare_inputs(config, full, np.ones_like(full), qwen3_io["pixel_values"][:24],
+                                   image_grid_thw=qwen3_io["image_grid_thw"][:1])
+    last = config.text.num_layers - 1
+    _, aux = family.module(config).apply({"params": params}, **family.model_inputs(inputs),
+                                         return_attention_mass=(last,))
+    want = float(np.asarray(aux["attention_mass"][last]["visual"])[0, :, ids.shape[1]:].mean())
+    assert heat.shape == (6,)  # the 2 x 3 visual tokens
+    assert visual_mass == pytest.approx(want, abs=1e-5)
+    assert float(heat.sum()) == pytest.approx(want, abs=1e-5)
