@@ -53,31 +53,41 @@ Params = Any
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _embed(params: Params, inputs: dict[str, jax.Array], *, config: ModelConfig) -> jax.Array:
+def _embed(params: Params, inputs: dict[str, jax.Array], *,
+           config: ModelConfig) -> tuple[jax.Array, jax.Array | None]:
+    """(the decoder's input embeddings [B, L, hidden], DeepStack features [levels, B, L, hidden] or None).
+
+    Families whose `embed` returns a pair (Qwen3-VL: embeddings and DeepStack levels) give both; the
+    others give their embeddings and None."""
     family = family_of(config)
     module = family.module(config)
     images = {k: v for k, v in family.model_inputs(inputs).items() if k not in ("attention_mask", "positions")}
-    return module.apply({"params": params}, **images, method=type(module).embed)
+    out = module.apply({"params": params}, **images, method=type(module).embed)
+    return out if isinstance(out, tuple) else (out, None)
 
 
-def _decoder_masses(module: Any, embeddings, positions, kv_valid, visual_mask, region_mask, layers):
+def _decoder_masses(module: Any, embeddings, positions, kv_valid, visual_mask, region_mask, layers, deepstack=None):
+    extra = {} if deepstack is None else {"deepstack": deepstack}
     _, aux = module.text(embeddings, positions, kv_valid=kv_valid, visual_mask=visual_mask, region_mask=region_mask,
-                         mass_layers=layers, return_hidden=True)
+                         mass_layers=layers, return_hidden=True, **extra)
     return aux["attention_mass"]
 
 
 @functools.partial(jax.jit, static_argnames=("config", "layers"))
 def _one_hot_masses(params: Params, embeddings: jax.Array, positions: jax.Array, kv_valid: jax.Array,
-                    visual_mask: jax.Array, region_masks: jax.Array, *, config: ModelConfig,
-                    layers: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
-    """One sequence ([1, L, ...]) run as K copies, copy k with region mask `region_masks[k]`.
-    Returns region mass [K, L] and visual mass [K, L], averaged over `layers` and heads."""
+                    visual_mask: jax.Array, region_masks: jax.Array, deepstack: jax.Array | None = None, *,
+                    config: ModelConfig, layers: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """One sequence ([1, L, ...]; DeepStack [levels, 1, L, hidden]) run as K copies, copy k with region
+    mask `region_masks[k]`. Returns region mass [K, L] and visual mass [K, L], averaged over `layers`
+    and heads."""
     k, length = region_masks.shape
     rep = lambda x: jnp.broadcast_to(x, (k, *x.shape[1:]))
+    if deepstack is not None:
+        deepstack = jnp.broadcast_to(deepstack, (deepstack.shape[0], k, *deepstack.shape[2:]))
     masses = family_of(config).module(config).apply(
         {"params": params}, rep(embeddings), jnp.broadcast_to(positions, (positions.shape[0], k, length)),
         rep(kv_valid),
-        rep(visual_mask), region_masks, layers, method=_decoder_masses)
+        rep(visual_mask), region_masks, layers, deepstack, method=_decoder_masses)
     region = jnp.mean(jnp.stack([masses[i]["region"] for i in layers]), axis=(0, 2))
     visual = jnp.mean(jnp.stack([masses[i]["visual"] for i in layers]), axis=(0, 2))
     return region, visual
@@ -119,7 +129,7 @@ def visual_attention_map(
     rows = prompt_len + np.flatnonzero(mask)
     if len(visual_positions) == 0 or len(rows) == 0:
         return np.zeros(len(visual_positions), np.float32), 0.0
-    embeddings = _embed(params, inputs, config=config)
+    embeddings, deepstack = _embed(params, inputs, config=config)
     length = ids.shape[1]
     chunk = max(1, min(chunk, len(visual_positions)))
     heat = np.zeros(len(visual_positions), np.float64)
@@ -129,7 +139,8 @@ def visual_attention_map(
         one_hot = np.zeros((chunk, length), bool)
         one_hot[np.arange(len(part)), part] = True  # padding copies: an all-false mask
         region, visual = _one_hot_masses(params, embeddings, inputs["positions"], jnp.asarray(valid),
-                                         jnp.asarray(is_visual), jnp.asarray(one_hot), config=config, layers=layers)
+                                         jnp.asarray(is_visual), jnp.asarray(one_hot), deepstack, config=config,
+                                         layers=layers)
         region = np.asarray(region, np.float64)
         heat[start:start + len(part)] = region[: len(part)][:, rows].mean(axis=1)
         visual_mass = float(np.asarray(visual, np.float64)[0, rows].mean())

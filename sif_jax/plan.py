@@ -70,9 +70,9 @@ from jax.sharding import NamedSharding
 from sif_jax import lora as lora_lib
 from sif_jax import parallel, train
 from sif_jax.data.batching import pick_bucket
+from sif_jax.data.pipeline import PreprocessConfig
 from sif_jax.model.cache import decode_step, prefill
-from sif_jax.model.config import ModelConfig, get_preset
-from sif_jax.model.vlm import MODEL_INPUTS, prepare_inputs
+from sif_jax.model.family import ImageInputs, family_of, get_preset
 from sif_jax.rl import grpo as grpo_lib
 from sif_jax.rl.sampler import generate
 from sif_jax.rl.scoring import score
@@ -148,38 +148,43 @@ def topology_devices(accelerator: str) -> tuple[list[jax.Device], Chip]:
 # --- abstract batches ----------------------------------------------------------------------------
 
 
-def image_grid(config: ml_collections.ConfigDict, model: ModelConfig) -> tuple[np.ndarray, int]:
-    """(image_grid_thw int [1, 3] of a `data.image_size` square image, its patch bucket)."""
-    side = config.data.image_size // model.vision.patch_size
-    grid = np.array([[1, side, side]])
-    return grid, pick_bucket(side * side, tuple(config.data.patch_buckets), "patches of one image")
+def example_image(config: ml_collections.ConfigDict, model: Any) -> tuple[ImageInputs, int]:
+    """(the family's processing of a blank `data.image_size` square image at the pipeline's default
+    min / max pixels, its patch bucket from `data.patch_buckets`)."""
+    options = PreprocessConfig()
+    side = config.data.image_size
+    img = family_of(model).process_example_image(np.zeros((side, side, 3), np.uint8), np.zeros((0, 4), np.float32),
+                                                 model, min_pixels=options.min_pixels, max_pixels=options.max_pixels)
+    return img, pick_bucket(img.num_patches, tuple(config.data.patch_buckets), "patches of one image")
 
 
-def abstract_batch(config: ml_collections.ConfigDict, model: ModelConfig, mesh, rows: int, length: int, *,
+def abstract_batch(config: ml_collections.ConfigDict, model: Any, mesh, rows: int, length: int, *,
                    sft: bool) -> dict[str, jax.ShapeDtypeStruct]:
     """The model inputs of a collated batch of `rows` rows padded to `length` tokens, with the
     shardings `train._place` gives them (batch axis over data x fsdp, the rest replicated).
 
-    The layout is the real one: `vlm.prepare_inputs(..., batch_images=True)` runs on a one-row
-    batch (vision start, the image's pads, vision end, filler text) and each array's batch axis
+    The layout is the real one: the family's `collate_images` runs on a one-row batch (vision start,
+    the image's pads, vision end, filler text; `example_image`) and each array's batch axis
     (`train.BATCH_AXES`) is widened to `rows`. `sft` adds `loss_mask` bool [rows, length].
     """
-    grid, patches = image_grid(config, model)
-    n_image = int(grid.prod()) // model.vision.merge_unit
-    if length < n_image + 3:
-        raise ValueError(f"config.data.length_buckets: {length} tokens cannot hold the {n_image} image tokens of a "
-                         f"{config.data.image_size}px image")
+    family = family_of(model)
+    img, patches = example_image(config, model)
+    start, end = getattr(model, "vision_start_token_id", None), getattr(model, "vision_end_token_id", None)
+    image_ids = [*([start] if start is not None else []), *[model.image_token_id] * img.num_tokens,
+                 *([end] if end is not None else [])]
+    if length < len(image_ids) + 1:
+        raise ValueError(f"config.data.length_buckets: {length} tokens cannot hold the {img.num_tokens} image tokens "
+                         f"of a {config.data.image_size}px image")
     ids = np.full((1, length), model.bos_token_id, np.int32)
-    ids[0, :n_image + 2] = [model.vision_start_token_id, *[model.image_token_id] * n_image,
-                            model.vision_end_token_id]
-    pixels = np.zeros((int(grid.prod()), model.vision.patch_dim), np.float32)
-    one = prepare_inputs(model, ids, None, pixels, grid, pad_patches_to=patches, batch_images=True)
+    ids[0, :len(image_ids)] = image_ids
+    one = family.collate_images(model, ids, np.ones_like(ids), [img.arrays], patches)
+    keep = (*family.model_inputs(one), "region_mask", "loss_mask")
     one["region_mask"] = np.zeros((1, length), bool)
     if sft:
         one["loss_mask"] = np.zeros((1, length), bool)
     out = {}
     for name, value in one.items():
-        if name not in (*MODEL_INPUTS, "region_mask", "loss_mask"):
+        if name not in keep:
             continue
         shape = list(value.shape)
         shape[train.BATCH_AXES[name]] = rows
@@ -342,7 +347,7 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
         micro = config.grpo.prompts_per_step // config.grpo.micro_batch_prompts
         batch = abstract_batch(config, model, mesh, rows, longest, sft=False)
         region_mask = batch.pop("region_mask")
-        prompt = grpo_lib.prompt_arrays(batch)
+        prompt = grpo_lib.prompt_arrays(batch, model)
         steps = g.sampling.max_new_tokens
         rng = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=rep)
         completion = jax.ShapeDtypeStruct((rows, steps), jnp.int32, sharding=parallel.batch_sharding(
@@ -396,10 +401,8 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
     return programs
 
 
-def _abstract_params(model: ModelConfig) -> Any:
-    from sif_jax.model.vlm import init_params
-
-    return jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))
+def _abstract_params(model: Any) -> Any:
+    return jax.eval_shape(functools.partial(family_of(model).init_params, model), jax.random.key(0))
 
 
 def _unsharded(tree: Any) -> Any:

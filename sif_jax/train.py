@@ -59,7 +59,7 @@ FLAGS = flags.FLAGS
 # Leading (batch) axis of each array of a collated batch; others are replicated.
 BATCH_AXES = {"input_ids": 0, "attention_mask": 0, "positions": 1, "region_mask": 0, "image_token_index": 0,
               "pixel_values": 0, "patch_positions": 0, "window_segments": 0, "frame_segments": 0,
-              "region_tokens": 0, "visual_tokens": 0, "loss_mask": 0}
+              "pos_indices": 0, "pos_weights": 0, "region_tokens": 0, "visual_tokens": 0, "loss_mask": 0}
 
 
 class MetricsWriter:

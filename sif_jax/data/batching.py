@@ -14,7 +14,9 @@ supervised training) share one layout:
   and the vision arrays in the batched-image layout: `pixel_values` [R, P, 1176] (one image per
   row, zero-padded to a per-image patch bucket P, padding segment id -1), `patch_positions`
   [R, P, 2], `window_segments` / `frame_segments` [R, P], `image_token_index` [R, L];
-  `image_grid_thw` int64 [R, 3]. Vision attention then costs R * P^2, not (R * P)^2;
+  `image_grid_thw` int64 [R, 3]. Qwen3-VL: the same layout with `pixel_values` [R, P, 1536] and
+  `patch_positions`, `frame_segments`, `pos_indices` / `pos_weights` [R, P, 4] (no window segments).
+  Vision attention then costs R * P^2, not (R * P)^2;
 * `region_mask` bool [R, L]: the image-pad tokens whose cells overlap a target box with positive
   area (the family's `region_cells`; cell = `family.cell_size(config)`), at their padded-sequence
   positions; `region_tokens` / `visual_tokens` int32 [R]: how many tokens are in the region / image;

@@ -1,6 +1,6 @@
 """The one model interface: a `ModelFamily` per architecture, chosen by the config's `family` field.
 
-Every config class carries a class attribute `family` (a str: "qwen2_5_vl", "llava", ...). Code
+Every config class carries a class attribute `family` (a str: "qwen2_5_vl", "qwen3_vl", "llava", ...). Code
 outside `sif_jax.model` never names an architecture: it calls `family_of(config)` and uses the
 family's methods, or the module-level helpers below (`forward`, `get_preset`, `load_hf_checkpoint`).
 
@@ -52,10 +52,12 @@ Config = Any
 FAMILY_MODULES: dict[str, str] = {
     "qwen2_5_vl": "sif_jax.model.qwen2_5_vl_family",
     "llava": "sif_jax.model.llava.family",
+    "qwen3_vl": "sif_jax.model.qwen3_vl.family",
 }
 PRESET_MODULES: dict[str, tuple[str, str]] = {
     "qwen2_5_vl": ("sif_jax.model.config", "PRESETS"),
     "llava": ("sif_jax.model.llava.config", "PRESETS"),
+    "qwen3_vl": ("sif_jax.model.qwen3_vl.config", "PRESETS"),
 }
 
 

@@ -81,6 +81,19 @@ def test_every_program_of_a_grpo_run_compiles_for_v5p_8(mesh):
     assert rows["grpo_loss_grads"].resident > rows["score_policy"].resident
 
 
+def test_every_program_of_a_qwen3_vl_run_compiles_for_v5p_8():
+    """Qwen3-VL through the family interface: its batched vision arrays (pos_indices / pos_weights
+    sharded with the rows) and DeepStack in every program that runs the model."""
+    c = small_config()
+    c.model = "qwen3_vl_tiny"  # 56 px -> 64 px: 4 x 4 patches of 16 px, 4 image tokens
+    c.attention_backend = "xla"
+    result = plan_lib.plan(c, "v5p-8")
+    assert [r.name for r in result.rows] == ["sft_grads", "sft_update", *GRPO_PROGRAMS]
+    assert result.failure() is None
+    for row in result.rows:
+        assert not row.error and row.flops > 0 and row.total <= result.hbm_bytes, row
+
+
 def test_cli_json_parses_and_names_every_requested_program():
     out = run_cli("--topology=v5p-8", "--json", "--programs=grpo_update,sft_update", *SMALL)
     assert out.returncode == 0, out.stderr[-2000:]

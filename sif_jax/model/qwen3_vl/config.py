@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from sif_jax.model.config import (
     QWEN_BOS_TOKEN_ID,
@@ -106,8 +106,11 @@ class Qwen3VLConfig:
     """A Qwen3-VL model: vision tower, text decoder, special-token ids and numerics.
 
     `dtype`, `param_dtype`, `attention_backend`, `scan_layers` and `remat_policy` mean what they
-    mean in `sif_jax.model.config.ModelConfig`.
+    mean in `sif_jax.model.config.ModelConfig`. `family` names the model family
+    (`sif_jax.model.family`) that runs this config.
     """
+
+    family: ClassVar[str] = "qwen3_vl"
 
     vision: Qwen3VLVisionConfig = Qwen3VLVisionConfig()
     text: Qwen3VLTextConfig = Qwen3VLTextConfig()
