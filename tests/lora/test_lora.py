@@ -254,8 +254,9 @@ def test_grpo_adapter_gradient_is_the_projected_full_gradient(tiny_hf):
     old = jnp.asarray(rng.normal(-5.0, 0.3, (rows, steps)), jnp.float32)
     ref = jnp.asarray(rng.normal(-5.0, 0.3, (rows, steps)), jnp.float32)
     adv = jnp.asarray([0.7, -0.7], jnp.float32)
-    kw = dict(beta=0.04, sampling=SamplingConfig(max_new_tokens=steps, temperature=1.0), vocab_chunk=64,
-              eps_low=0.999, eps_high=10.0)  # wide clip range: the surrogate is unclipped, so smooth
+    # Rows are distinct prompts (not G copies of one), so no shared-prompt pass.
+    kw = dict(beta=0.04, share_prompts=False, sampling=SamplingConfig(max_new_tokens=steps, temperature=1.0),
+              vocab_chunk=64, eps_low=0.999, eps_high=10.0)  # wide clip range: the surrogate is unclipped, so smooth
     grads, (num, _, _) = _loss_grads(adapters, prompt, completion, mask, mask, old, ref, adv, jnp.asarray(7.0), params,
                                      config=config, grpo=GRPOConfig(lora=lora, **kw))
     merged = lora_lib.merge(params, adapters, lora.scale)
