@@ -50,49 +50,49 @@ def _parser():
 
 
 def _prepare_out(out: str, overwrite: bool, checkpoint: str) -> None:
-    from sif_jax.cli import EXPORT_META, CLIError
+    from sif_jax.checkpoint_loading import EXPORT_META
+    from sif_jax.errors import InputError
 
     if os.path.abspath(out) == os.path.abspath(checkpoint):
-        raise CLIError(f"--out={out!r} is the checkpoint itself")
+        raise InputError(f"--out={out!r} is the checkpoint itself")
     if not os.path.exists(out):
         return
     if not os.path.isdir(out):
-        raise CLIError(f"--out={out!r} exists and is not a directory")
+        raise InputError(f"--out={out!r} exists and is not a directory")
     if not os.listdir(out):
         return
     if not overwrite:
-        raise CLIError(f"--out={out!r} exists and is not empty (add --overwrite to replace a previous export)")
+        raise InputError(f"--out={out!r} exists and is not empty (add --overwrite to replace a previous export)")
     if not os.path.exists(os.path.join(out, EXPORT_META)):
-        raise CLIError(f"--out={out!r} is not a previous sif_jax export (no {EXPORT_META}); refusing to overwrite it")
+        raise InputError(f"--out={out!r} is not a previous sif_jax export (no {EXPORT_META}); refusing to overwrite it")
     shutil.rmtree(out)
 
 
 def export(checkpoint: str, fmt: str, out: str, *, dtype: str = "", model: str = "", tokenizer: str = "",
            overwrite: bool = False, max_shard_bytes: int = 5 * 2**30) -> dict[str, Any]:
     """Writes the export and returns its `sif_jax.json` content."""
-    from sif_jax.cli import (
+    from sif_jax.checkpoint_loading import (
         EXPORT_META,
         PARAMS_DIR,
-        CLIError,
         check_requested_model,
-        check_tokenizer,
         load_params,
         load_tokenizer,
         read_checkpoint_info,
     )
-    from sif_jax.data.tokenizer import BuiltinTokenizer
+    from sif_jax.data.tokenizer import BuiltinTokenizer, check_tokenizer
+    from sif_jax.errors import InputError
     from sif_jax.model.layers import DTYPES
 
     if fmt not in ("hf", "orbax", "peft"):
-        raise CLIError(f"--format={fmt!r}: expected hf, orbax or peft")
+        raise InputError(f"--format={fmt!r}: expected hf, orbax or peft")
     if dtype and dtype not in DTYPES:
-        raise CLIError(f"--dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
+        raise InputError(f"--dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
     info = read_checkpoint_info(checkpoint, dtype=dtype)
     check_requested_model(info.config, model, checkpoint)
     tok = load_tokenizer(tokenizer, info)
     check_tokenizer(tok, info.config)
     if fmt == "peft" and (info.kind != "run" or "lora" not in info.meta):
-        raise CLIError(f"--format=peft: {checkpoint!r} is not a LoRA training run (no adapters to export)")
+        raise InputError(f"--format=peft: {checkpoint!r} is not a LoRA training run (no adapters to export)")
     _prepare_out(out, overwrite, checkpoint)
     params = None if fmt == "peft" else load_params(info)
     config = info.config
@@ -154,7 +154,8 @@ def listing(directory: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from sif_jax.cli import describe_config, quiet_logging, run_cli
+    from sif_jax.checkpoint_loading import describe_config
+    from sif_jax.cli import quiet_logging, run_cli
 
     args = _parser().parse_args(argv)
     quiet_logging(args.verbose)

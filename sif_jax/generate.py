@@ -263,24 +263,27 @@ def _parser():
 
 
 def _layers(value: str, num_layers: int) -> tuple[int, ...]:
-    from sif_jax.cli import CLIError
+    from sif_jax.errors import InputError
 
     try:
         layers = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise CLIError(f"--layers={value!r}: expected comma-separated integers, e.g. -1 or 0,3") from None
+        raise InputError(f"--layers={value!r}: expected comma-separated integers, e.g. -1 or 0,3") from None
     if not layers or any(not -num_layers <= i < num_layers for i in layers):
-        raise CLIError(f"--layers={value!r}: the model has {num_layers} decoder layers (use 0..{num_layers - 1} "
+        raise InputError(f"--layers={value!r}: the model has {num_layers} decoder layers (use 0..{num_layers - 1} "
                        f"or -{num_layers}..-1)")
     return layers
 
 
 def run_generate(args: Any) -> dict[str, Any]:
     """Loads, generates, optionally draws the heat-map; returns what it printed, as a dict."""
-    from sif_jax.cli import CLIError, instruction_text, load_model, read_image
+    from sif_jax.checkpoint_loading import load_model
     from sif_jax.data.batching import collate
     from sif_jax.data.format import check_format
+    from sif_jax.data.image import read_image_file
     from sif_jax.data.pipeline import PreprocessConfig, Preprocessor
+    from sif_jax.data.prompts import instruction_text
+    from sif_jax.errors import InputError
     from sif_jax.rl.adaptvis import (
         AdaptVisConfig,
         answer_tag_ids,
@@ -292,26 +295,26 @@ def run_generate(args: Any) -> dict[str, Any]:
     from sif_jax.rl.sampler import SamplingConfig, generate
 
     if args.max_new_tokens < 1:
-        raise CLIError(f"--max_new_tokens={args.max_new_tokens}: must be >= 1")
+        raise InputError(f"--max_new_tokens={args.max_new_tokens}: must be >= 1")
     if args.max_prompt_tokens < 1:
-        raise CLIError(f"--max_prompt_tokens={args.max_prompt_tokens}: must be >= 1")
+        raise InputError(f"--max_prompt_tokens={args.max_prompt_tokens}: must be >= 1")
     if not args.question.strip():
-        raise CLIError("--question is empty")
+        raise InputError("--question is empty")
     if args.heatmap_chunk < 1:
-        raise CLIError(f"--heatmap_chunk={args.heatmap_chunk}: must be >= 1")
+        raise InputError(f"--heatmap_chunk={args.heatmap_chunk}: must be >= 1")
     if args.heatmap and not os.path.isdir(os.path.dirname(os.path.abspath(args.heatmap))):
-        raise CLIError(f"--heatmap={args.heatmap!r}: the directory {os.path.dirname(args.heatmap)!r} does not exist")
+        raise InputError(f"--heatmap={args.heatmap!r}: the directory {os.path.dirname(args.heatmap)!r} does not exist")
     adaptvis = None
     if args.adaptvis:
         try:
             adaptvis = AdaptVisConfig(args.alpha_low, args.alpha_high, args.threshold)
         except ValueError as e:
-            raise CLIError(f"--alpha_low/--alpha_high/--threshold: {e}") from None
+            raise InputError(f"--alpha_low/--alpha_high/--threshold: {e}") from None
     try:
         sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     except ValueError as e:
-        raise CLIError(str(e)) from None
-    image = read_image(args.image)  # input errors before the (possibly slow) checkpoint load
+        raise InputError(str(e)) from None
+    image = read_image_file(args.image)  # input errors before the (possibly slow) checkpoint load
     loaded = load_model(args.checkpoint, model=args.model, tokenizer=args.tokenizer,
                         attention_backend=args.attention_backend, dtype=args.dtype)
     config, tok = loaded.config, loaded.tokenizer
@@ -322,11 +325,11 @@ def run_generate(args: Any) -> dict[str, Any]:
         example = pre({"id": "cli", "image": image, "depth": None, "problem": args.question, "answer": "",
                        "choices": [], "boxes": np.zeros((0, 4), np.float32), "trace": ""})
     except ValueError as e:
-        raise CLIError(f"image {args.image!r}: {e}") from None
+        raise InputError(f"image {args.image!r}: {e}") from None
     n_prompt = len(example["prompt_tokens"])
     if n_prompt > args.max_prompt_tokens:
         n_question = len(tok.encode(pre.question_text(args.question)))
-        raise CLIError(f"the prompt is {n_prompt} tokens (question + instruction {n_question}, image "
+        raise InputError(f"the prompt is {n_prompt} tokens (question + instruction {n_question}, image "
                        f"{len(example['region_cells'])}), more than "
                        f"--max_prompt_tokens={args.max_prompt_tokens}; shorten the question or raise the limit")
     batch = collate([example], config, length_buckets=(n_prompt,), patch_buckets=None)
@@ -377,7 +380,7 @@ def run_generate(args: Any) -> dict[str, Any]:
         try:
             save_heatmap(args.heatmap, shown, heat, grid, areas, title=title, caption=caption)
         except OSError as e:
-            raise CLIError(f"--heatmap={args.heatmap!r}: cannot write: {e}") from None
+            raise InputError(f"--heatmap={args.heatmap!r}: cannot write: {e}") from None
         top = np.argsort(-heat)[:3]
         cells = ", ".join(f"(row {i // grid[1]}, col {i % grid[1]}): {heat[i]:.3f}" for i in top)
         print(f"heat-map: {args.heatmap} ({grid[0]}x{grid[1]} visual tokens, layer(s) {layer_names}, mean over "

@@ -495,23 +495,34 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, f"Cloud TPU accelerator type: 
 _JSON = flags.DEFINE_bool("json", False, "Print the plan as one JSON object instead of a table.")
 _HBM = flags.DEFINE_float("hbm_gib", None, "HBM per chip in GiB instead of the chip's (headroom planning).")
 _PROGRAMS = flags.DEFINE_list("programs", [], "Compile only these programs (default: all).")
+_VERBOSE = train._VERBOSE  # --verbose: tracebacks
 
 
 def main(argv: list[str]) -> None:
+    """The command line (`cli` convention): exit 2 with one `error:` line for a bad topology or
+    config, 1 naming the first program that does not compile or fit; `--verbose` shows tracebacks."""
+    from sif_jax.cli import USAGE_STATUS, fail
+    from sif_jax.cli import run_cli as run_command
+
     del argv
     if _CONFIG.value is None or _TOPOLOGY.value is None:
-        raise app.UsageError("--config and --topology are required, e.g. --config=configs/grpo.py --topology=v5p-8")
-    try:
-        result = plan(_CONFIG.value, _TOPOLOGY.value, hbm_gib=_HBM.value, programs=_PROGRAMS.value,
-                      log=None if _JSON.value else lambda line: print(line, file=sys.stderr, flush=True))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail("--config and --topology are required, e.g. --config=configs/grpo.py --topology=v5p-8 "
+             "(see python -m sif_jax.plan --helpfull)", USAGE_STATUS)
+    result = run_command(
+        lambda: plan(_CONFIG.value, _TOPOLOGY.value, hbm_gib=_HBM.value, programs=_PROGRAMS.value,
+                     log=None if _JSON.value else lambda line: print(line, file=sys.stderr, flush=True)),
+        _VERBOSE.value, usage_errors=(ValueError,))
     print(json.dumps(result.to_json(), indent=2) if _JSON.value else result.table(), flush=True)
     failure = result.failure()
     if failure:
-        print(f"error: {failure}", file=sys.stderr)
-        sys.exit(1)
+        fail(failure)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """A bad flag or config override is one `error:` line naming the closest field (exit 2)."""
+    from sif_jax.cli import parse_config_flags
+
+    return parse_config_flags(argv, "sif_jax.plan")
 
 
 def run_cli() -> None:
@@ -520,7 +531,7 @@ def run_cli() -> None:
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     with contextlib.suppress(AttributeError):
         jax.config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -37,7 +36,7 @@ from sif_jax.checkpoint import (
     run_checkpoint_meta,
 )
 from sif_jax.convert.hf import load_hf_checkpoint
-from sif_jax.evaluate import evaluate_batches
+from sif_jax.evaluation import evaluate_batches
 from sif_jax.lora import LoraConfig
 from sif_jax.lora_peft import load_peft_adapter
 from sif_jax.model.config import ModelConfig
@@ -54,6 +53,7 @@ from sif_jax.train_data import TrainData
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
 _VALIDATE_ONLY = flags.DEFINE_bool("validate_only", False, "Check the config and its overrides (not that paths "
                                    "exist), print 'config ok' and exit: launch/tpu_vm.sh runs this before a VM.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks (as absl's -v 1, which also shows INFO logs).")
 FLAGS = flags.FLAGS
 
 # Leading (batch) axis of each array of a collated batch; others are replicated.
@@ -131,15 +131,16 @@ def _setup(config: ml_collections.ConfigDict) -> tuple[Run, Any]:
     if not config.init_checkpoint:
         base = get_preset(config.model)
     else:  # HF directory, `sif_jax.export` directory or a run directory (e.g. workdir/sft)
-        from sif_jax.cli import CLIError, load_params, load_tokenizer, read_checkpoint_info
+        from sif_jax.checkpoint_loading import load_params, load_tokenizer, read_checkpoint_info
+        from sif_jax.errors import InputError
 
         try:
             info = read_checkpoint_info(config.init_checkpoint)
             if not config.tokenizer:  # the tokenizer the checkpoint names or holds
                 data.tokenizer = load_tokenizer("", info, flag="--config.tokenizer")
-        except CLIError as e:
+        except InputError as e:
             raise ValueError(f"config.init_checkpoint={config.init_checkpoint!r}: {e}") from None
-        if info.kind == "hf" and _is_hf_dir(config.init_checkpoint):
+        if info.kind == "hf":
             base, params = load_hf_checkpoint(config.init_checkpoint)
         elif info.kind == "params":  # python -m sif_jax.export --format=orbax
             base, params = info.config, load_params(info)
@@ -188,11 +189,6 @@ def layout(config: ml_collections.ConfigDict, base: ModelConfig, *, data: TrainD
     shapes = jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))
     shardings = parallel.logical_shardings(shapes, param_logical_axes(model), mesh)
     return Run(config, model, mesh, data, shardings, config.workdir)
-
-
-def _is_hf_dir(path: str) -> bool:
-    return os.path.exists(os.path.join(path, "config.json")) and any(
-        n.endswith(".safetensors") for n in os.listdir(path))
 
 
 def _state_shardings(run: Run, optimizer: optax.GradientTransformation, *, reference: bool,
@@ -541,37 +537,36 @@ def _print_eval(title: str, result: dict) -> None:
 
 
 def main(argv: list[str]) -> None:
+    """The command line (`cli` convention): a bad config or input is one `error:` line, exit 2; a
+    failure while training is one `error:` line, exit 1; `--verbose` (or `-v 1`) shows tracebacks."""
+    from sif_jax.cli import USAGE_STATUS, fail, run_cli
+
     del argv
-    if _CONFIG.value is None:
-        raise app.UsageError("--config is required, e.g. --config=configs/grpo.py")
     config = _CONFIG.value
-    verbose = FLAGS.verbosity > 0
+    if config is None:
+        fail("--config is required, e.g. --config=configs/grpo.py (see python -m sif_jax.train --helpfull)",
+             USAGE_STATUS)
+    verbose = _VERBOSE.value or FLAGS.verbosity > 0
     if _VALIDATE_ONLY.value:
-        try:
-            validate_config(config, check_paths=False)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+        run_cli(lambda: validate_config(config, check_paths=False), verbose, usage_errors=(ValueError,))
         print("config ok")
         return
     if not verbose:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    try:  # config and input errors: one line naming the problem, no traceback (unless -v 1)
+
+    def setup() -> tuple[Run, Any]:
         validate_config(config)
-        run_, params = _setup(config)
-    except (ValueError, FileNotFoundError) as e:
-        if verbose:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    _run_phases(run_, params, stop_after=None)
+        return _setup(config)
+
+    run_, params = run_cli(setup, verbose, usage_errors=(ValueError, FileNotFoundError))
+    run_cli(lambda: _run_phases(run_, params, stop_after=None), verbose)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """A config typo (`--config.grpo.grup_size=4`) is one `error:` line naming the closest field."""
     from sif_jax.cli import parse_config_flags
 
-    return parse_config_flags(argv, "sif_jax.train", verbose_flags=("-v", "--verbosity", "--v"))
+    return parse_config_flags(argv, "sif_jax.train", verbose_flags=("--verbose", "-v", "--verbosity", "--v"))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import ml_collections
 from sif_jax.data import pipeline, sources
 from sif_jax.data.prompts import get_prompt
 from sif_jax.data.scenes import SceneConfig
-from sif_jax.data.tokenizer import BuiltinTokenizer, Tokenizer
+from sif_jax.data.tokenizer import BuiltinTokenizer, Tokenizer, check_tokenizer
 from sif_jax.model.config import ModelConfig
 
 # Eval examples come from the "test" split (scene seeds offset by pipeline.TEST_SEED_OFFSET), so
@@ -109,15 +109,9 @@ class TrainData:
         return sources.RecordSource(with_trace, src.skipped, with_traces=True)
 
     def check_model(self, model: ModelConfig) -> None:
-        """The tokenizer must fit the model's vocabulary and special ids."""
+        """The tokenizer must fit the model's vocabulary and special ids (`tokenizer.check_tokenizer`)."""
         self.model = model
-        tok = self.tokenizer
-        if tok.vocab_size > model.text.vocab_size:
-            raise ValueError(f"tokenizer has {tok.vocab_size} tokens; the model's vocabulary has "
-                             f"{model.text.vocab_size}")
-        for name, model_id in (("image_pad_id", model.image_token_id), ("eos_id", model.eos_token_id)):
-            if getattr(tok, name) != model_id:
-                raise ValueError(f"tokenizer {name}={getattr(tok, name)} but the model config says {model_id}")
+        check_tokenizer(self.tokenizer, model, what="config.tokenizer")
 
     def _preprocessor(self) -> pipeline.Preprocessor:
         assert self.model is not None, "call check_model first"

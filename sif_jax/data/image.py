@@ -266,6 +266,19 @@ def load_image(
         raise ValueError(f"image: cannot decode ({e})") from None
 
 
+def read_image_file(path: str, what: str = "image") -> np.ndarray:
+    """uint8 [H, W, 3] from an image file (`load_image`). Raises `errors.InputError` naming `what`
+    and the path when the file does not exist or cannot be decoded."""
+    from sif_jax.errors import InputError, one_line
+
+    if not os.path.exists(path):
+        raise InputError(f"{what} {path!r} does not exist")
+    try:
+        return load_image(path)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read {what} {path!r}: {one_line(e)}") from None
+
+
 # SIFThinker's tolerance for "a grey image saved as three equal channels" (`is_grayscale_image`).
 GREY_TOLERANCE = 2
 

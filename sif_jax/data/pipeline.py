@@ -53,7 +53,7 @@ from sif_jax.data.batching import DEFAULT_LENGTH_BUCKETS, collate, collate_sft
 from sif_jax.data.image import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, load_image
 from sif_jax.data.questions import sample_question
 from sif_jax.data.scenes import SceneConfig, generate_scene
-from sif_jax.data.tokenizer import DEFAULT_SYSTEM_PROMPT, SIF_INSTRUCTION, Tokenizer
+from sif_jax.data.tokenizer import DEFAULT_SYSTEM_PROMPT, SIF_INSTRUCTION, Tokenizer, check_tokenizer
 from sif_jax.data.traces import TraceConfig, build_trace
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.family import family_of
@@ -235,13 +235,7 @@ class Preprocessor:
         self.config = config
         self.options = options or PreprocessConfig()
         self.family = family_of(config)
-        for name, want in self.family.tokenizer_ids(config).items():
-            if getattr(tokenizer, name) != want:
-                raise ValueError(f"Preprocessor: tokenizer.{name}={getattr(tokenizer, name)} but the model config "
-                                 f"expects {want}")
-        if tokenizer.vocab_size > config.text.vocab_size:
-            raise ValueError(f"Preprocessor: tokenizer vocab_size={tokenizer.vocab_size} exceeds the model's "
-                             f"text.vocab_size={config.text.vocab_size}")
+        check_tokenizer(tokenizer, config, what="Preprocessor")
 
     def question_text(self, problem: str) -> str:
         ins = self.options.instruction

@@ -61,3 +61,13 @@ def get_prompt(name: str, field: str = "config.data.prompt") -> Prompt:
     if name not in PROMPTS:
         raise ValueError(f"{field}={name!r}: choose one of {sorted(PROMPTS)}")
     return PROMPTS[name]
+
+
+def instruction_text(value: str) -> str | None:
+    """A command line's `--instruction` / `config.data.instruction`: 'sif' -> the SIFThinker
+    instruction (`tokenizer.SIF_INSTRUCTION`), '' / 'none' -> no instruction, anything else as is."""
+    if value == "sif":
+        return SIF_INSTRUCTION
+    if value in ("", "none"):
+        return None
+    return value

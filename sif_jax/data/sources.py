@@ -1,5 +1,5 @@
 """The data-source registry: one `config.data.source` string -> raw-example sources for SFT, GRPO
-and evaluation (`train_data.TrainData`, `evaluate.make_source`).
+and evaluation (`train_data.TrainData`, `eval_source`).
 
     builtin                                          the procedural spatial task (nothing on disk)
     tfds:<path>[:<name>]                             a built `sif_spatial/<size>` or `sif_local`
@@ -159,17 +159,25 @@ def read_records(source: str, *, whatsup_seed: int = 0, progress: bool = False,
     raise ValueError(f"{field}={source!r}: {kind} is not a file source")
 
 
-def _whatsup_relation(caption: Any) -> str | None:
-    from sif_jax.evaluate import whatsup_relation
+_WHATSUP_RELATIONS = ("left of", "right of", "in front of", "behind", "on top of", "under", "above", "below", "on")
 
-    return whatsup_relation(caption)
+
+def whatsup_relation(caption: Any) -> str | None:
+    """The spatial relation a WhatsUp caption states ('A mug to the left of a plate' -> 'left of');
+    None when it names none of `_WHATSUP_RELATIONS`."""
+    words = f" {str(caption).lower()} "
+    for rel in _WHATSUP_RELATIONS:
+        if f" {rel} " in words:
+            return rel
+    return None
 
 
 def record_to_example(record: rec.SIFRecord, index: int) -> dict[str, Any]:
     """A `records.SIFRecord` -> a pipeline raw example (image read from its file or bytes, depth
-    through `image.load_depth`, SAYO's focus mask as `focus`)."""
-    from sif_jax.cli import CLIError, one_line, read_image
-    from sif_jax.data.image import load_image
+    through `image.load_depth`, SAYO's focus mask as `focus`). An unreadable image raises
+    `errors.InputError` naming the record."""
+    from sif_jax.data.image import load_image, read_image_file
+    from sif_jax.errors import InputError, one_line
 
     meta = record.meta if isinstance(record.meta, dict) else {}
     source = record.source or "records"
@@ -177,7 +185,7 @@ def record_to_example(record: rec.SIFRecord, index: int) -> dict[str, Any]:
     if source == "gqa":
         family = (meta.get("types") or {}).get("structural") or "gqa"
     elif source == "whatsup":
-        relation = _whatsup_relation(record.response)
+        relation = whatsup_relation(record.response)
     depth = None
     if record.depth_image:
         try:
@@ -188,9 +196,9 @@ def record_to_example(record: rec.SIFRecord, index: int) -> dict[str, Any]:
         try:
             image = load_image(bytes(record.image))
         except (OSError, ValueError) as e:
-            raise CLIError(f"cannot read record {record.id!r} image bytes: {one_line(e)}") from None
+            raise InputError(f"cannot read record {record.id!r} image bytes: {one_line(e)}") from None
     else:
-        image = read_image(record.image, what=f"record {record.id!r} image")
+        image = read_image_file(record.image, what=f"record {record.id!r} image")
     return {
         "id": record.id or str(index),
         "image": image,
@@ -307,3 +315,27 @@ def tfds_source(source: str, split: str, field: str = "config.data.source") -> A
 def report_skipped(what: str, skipped: rec.SkippedRecords) -> None:
     if skipped.count:
         print(f"warning: {what}: {skipped.summary('records')}", file=sys.stderr, flush=True)
+
+
+def eval_source(data: Any) -> Sequence[dict[str, Any]]:
+    """The raw-example source of an eval config's `data` block (`configs/eval.py`: source,
+    num_examples, image_size, seed, whatsup_seed, strict_records): the built-in task's test split,
+    a TFDS build's test split, or a file source's records.
+
+    Records with a problem (`records.record_errors`, e.g. a GQA box that clips to zero area or a
+    missing image) are skipped and counted in the source's `skipped`; `data.strict_records` makes
+    any of them an error instead. No usable record at all is an error (ValueError naming the field).
+    """
+    from sif_jax.data import pipeline
+    from sif_jax.data.scenes import SceneConfig
+
+    kind, _ = check_spec(data.source)
+    if kind == "builtin":
+        if data.num_examples < 1:
+            raise ValueError(f"config.data.num_examples={data.num_examples}: the built-in task needs >= 1")
+        scene = SceneConfig(height=data.image_size, width=data.image_size)
+        return pipeline.BuiltinSource(seed=data.seed, size=data.num_examples, split="test", scene_config=scene)
+    if kind == "tfds":
+        return tfds_source(data.source, "test")
+    return open_records(data.source, strict=bool(data.get("strict_records", False)),
+                        whatsup_seed=data.whatsup_seed, limit=data.num_examples, progress=True)

@@ -39,7 +39,7 @@ import functools
 import os
 import re
 from collections.abc import Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from sif_jax.model.config import (
     TINY_BOS_TOKEN_ID,
@@ -144,6 +144,25 @@ class Tokenizer(Protocol):
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str: ...
 
     def token_to_id(self, token: str) -> int: ...
+
+
+def check_tokenizer(tokenizer: Tokenizer, config: Any, what: str = "--tokenizer") -> None:
+    """Does this tokenizer fit this model: its vocabulary is no larger than the model's
+    (`config.text.vocab_size`) and its special ids are the ones the model family expects
+    (`family.tokenizer_ids(config)`: image pad and EOS, plus vision start/end for Qwen).
+
+    Raises `errors.InputError` (a ValueError) naming `what` (the flag or config field that chose
+    the tokenizer) and both values."""
+    from sif_jax.errors import InputError
+    from sif_jax.model.family import family_of
+
+    if tokenizer.vocab_size > config.text.vocab_size:
+        raise InputError(f"{what}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary has "
+                         f"{config.text.vocab_size}; wrong tokenizer for this model?")
+    for name, want in family_of(config).tokenizer_ids(config).items():
+        if getattr(tokenizer, name) != want:
+            raise InputError(f"{what}: the tokenizer's {name}={getattr(tokenizer, name)} but the model expects "
+                             f"{want}; wrong tokenizer for this model?")
 
 
 def _check_vocab(vocab: Sequence[str]) -> None:

@@ -11,7 +11,7 @@ from PIL import Image
 
 import configs.eval as eval_config
 from sif_jax.data.records import SkippedRecords, usable_records
-from sif_jax.evaluate import make_source
+from sif_jax.data.sources import eval_source
 
 
 def _data(source: str, **kw):
@@ -76,7 +76,7 @@ def _sif(tmp_path, images):
 @pytest.mark.parametrize("make", [_gqa, _vsr, _whatsup, _sif], ids=["gqa", "vsr", "whatsup", "sif_json"])
 def test_bad_record_is_skipped_counted_and_named(tmp_path, images, make):
     source, bad_id, why = make(tmp_path, images)
-    got = make_source(_data(source, num_examples=0))
+    got = eval_source(_data(source, num_examples=0))
     assert len(got) == 2
     assert got.skipped.count == 1 and got.skipped.ids == (bad_id,)
     assert why in got.skipped.errors[0] and got.skipped.errors[0].startswith("record 1: ")
@@ -85,12 +85,12 @@ def test_bad_record_is_skipped_counted_and_named(tmp_path, images, make):
     assert "skipped 1 invalid records (ids: " + bad_id in got.skipped.summary()
     assert got.skipped.to_json() == {"count": 1, "ids": [bad_id], "errors": list(got.skipped.errors)}
     with pytest.raises(ValueError, match=f"strict_records=True.*record 1: .*{why}"):
-        make_source(_data(source, num_examples=0, strict_records=True))
+        eval_source(_data(source, num_examples=0, strict_records=True))
 
 
 def test_gqa_zero_area_box_record_is_the_one_skipped(tmp_path, images):
     source, _, _ = _gqa(tmp_path, images)
-    got = make_source(_data(source, num_examples=0))
+    got = eval_source(_data(source, num_examples=0))
     assert [r.id for r in got.records] == ["q1", "q3"]
     np.testing.assert_allclose(got[0]["boxes"], [[0.1, 0.1, 0.3, 0.3]])
     assert "[1.0, 0.1, 1.0, 0.3]" in got.skipped.errors[0]
@@ -99,7 +99,7 @@ def test_gqa_zero_area_box_record_is_the_one_skipped(tmp_path, images):
 def test_all_records_bad_is_an_error(tmp_path, images):
     (tmp_path / "v.jsonl").write_text(json.dumps({"image": "nowhere.png", "caption": "x", "label": 1}) + "\n")
     with pytest.raises(ValueError, match=r"no valid record; skipped 1 invalid records \(ids: 0\).*file not found"):
-        make_source(_data(f"vsr:{tmp_path / 'v.jsonl'}:{images}"))
+        eval_source(_data(f"vsr:{tmp_path / 'v.jsonl'}:{images}"))
 
 
 def test_skipped_ids_are_capped_and_counted():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from sif_jax.data.questions import FAMILIES
-from sif_jax.evaluate import EvalResult, format_table, whatsup_relation
+from sif_jax.data.sources import whatsup_relation
+from sif_jax.evaluation import EvalResult, format_table
 from tests.cli.conftest import eval_args, run_cli, run_many
 
 ROW_FIELDS = {"id", "prompt_id", "answer", "output", "prediction", "accuracy", "tas", "format", "format_reason",

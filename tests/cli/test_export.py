@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from sif_jax.checkpoint import load_run_params
-from sif_jax.cli import load_model
+from sif_jax.checkpoint_loading import load_model
 from sif_jax.convert.hf import load_hf_checkpoint
 from tests.cli.conftest import run_cli
 

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from sif_jax.cli import load_model, read_image
+from sif_jax.checkpoint_loading import load_model
 from sif_jax.data.batching import collate
+from sif_jax.data.image import read_image_file
 from sif_jax.data.pipeline import Preprocessor
 from sif_jax.generate import all_areas, pretty_trace, visual_attention_map
 from sif_jax.model.vlm import model_inputs
@@ -34,7 +35,7 @@ def test_generate_prints_trace_and_writes_heatmap(cli_files, tmp_path):
 def test_heatmap_sums_to_the_scoring_pass_visual_mass(cli_files, layers):
     loaded = load_model(cli_files["run"])
     config, tok = loaded.config, loaded.tokenizer
-    example = Preprocessor(tok, config)({"id": "q", "image": read_image(cli_files["images"][1]), "depth": None,
+    example = Preprocessor(tok, config)({"id": "q", "image": read_image_file(cli_files["images"][1]), "depth": None,
                                          "problem": "How many red objects are there?", "answer": "1", "choices": [],
                                          "boxes": np.array([[0.5, 0.0, 1.0, 0.5]], np.float32), "trace": ""})
     batch = collate([example], config, length_buckets=(len(example["prompt_tokens"]),))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import configs.eval as eval_config
-from sif_jax.cli import CLIError
 from sif_jax.data.pipeline import Preprocessor
+from sif_jax.data.sources import eval_source
 from sif_jax.data.tokenizer import BuiltinTokenizer
-from sif_jax.evaluate import make_source
+from sif_jax.errors import InputError
 from sif_jax.model.config import tiny
 
 
@@ -35,7 +35,7 @@ def test_gqa_records_become_examples_with_boxes(cli_files, tmp_path):
                                                                      "h": 28}}}}
     (tmp_path / "q.json").write_text(json.dumps(questions))
     (tmp_path / "g.json").write_text(json.dumps(graphs))
-    source = make_source(_data(f"gqa:{tmp_path / 'q.json'}:{tmp_path / 'g.json'}:{image_dir}"))
+    source = eval_source(_data(f"gqa:{tmp_path / 'q.json'}:{tmp_path / 'g.json'}:{image_dir}"))
     ex = source[0]
     assert ex["family"] == "verify" and ex["split"] == "gqa" and ex["answer"] == "yes"
     np.testing.assert_allclose(ex["boxes"], [[0.25, 0.5, 0.5, 0.75]])
@@ -45,23 +45,23 @@ def test_gqa_records_become_examples_with_boxes(cli_files, tmp_path):
 
 
 def test_vsr_whatsup_examples(cli_files):
-    vsr = make_source(_data(f"vsr:{cli_files['vsr']}:{cli_files['image_dir']}", num_examples=2))
+    vsr = eval_source(_data(f"vsr:{cli_files['vsr']}:{cli_files['image_dir']}", num_examples=2))
     assert len(vsr) == 2 and vsr[1]["answer"] == "no" and vsr[1]["relation"] == "behind"
     assert vsr[0]["choices"] == ["yes", "no"] and vsr[0]["boxes"].shape == (0, 4)
-    wu = make_source(_data(f"whatsup:{cli_files['whatsup']}:{cli_files['image_dir']}"))
+    wu = eval_source(_data(f"whatsup:{cli_files['whatsup']}:{cli_files['image_dir']}"))
     assert wu[0]["answer"] in wu[0]["choices"] and wu[0]["relation"] == "left of" and wu[1]["relation"] == "behind"
 
 
 def test_bad_record_files_name_the_problem(cli_files, tmp_path):
     (tmp_path / "v.jsonl").write_text(json.dumps({"image": "missing.png", "caption": "x", "label": 1}) + "\n")
     with pytest.raises(ValueError, match="missing.png.*image file not found"):
-        make_source(_data(f"vsr:{tmp_path / 'v.jsonl'}:{tmp_path}"))
+        eval_source(_data(f"vsr:{tmp_path / 'v.jsonl'}:{tmp_path}"))
     (tmp_path / "broken.png").write_text("not an image")
     (tmp_path / "w.jsonl").write_text(json.dumps({"image": "broken.png", "caption": "x", "label": 0}) + "\n")
-    source = make_source(_data(f"vsr:{tmp_path / 'w.jsonl'}:{tmp_path}"))
-    with pytest.raises(CLIError, match="cannot read record '0' image"):
+    source = eval_source(_data(f"vsr:{tmp_path / 'w.jsonl'}:{tmp_path}"))
+    with pytest.raises(InputError, match="cannot read record '0' image"):
         source[0]
     with pytest.raises(ValueError, match="expected vsr:<file.jsonl>:<image_dir>"):
-        make_source(_data("vsr:only_one_part"))
+        eval_source(_data("vsr:only_one_part"))
     with pytest.raises(ValueError, match="expected builtin"):
-        make_source(_data("coco:x"))
+        eval_source(_data("coco:x"))

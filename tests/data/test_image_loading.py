@@ -132,14 +132,14 @@ def test_exif_orientation(orientation, expect, tmp_path):
 
 def test_every_path_uses_the_loader(tmp_path):
     """CLI reader, TFDS decoder and the pipeline give the composited / scaled pixels."""
-    from sif_jax.cli import read_image
+    from sif_jax.data.image import read_image_file
     from sif_jax.data.tfds_sif import decode_image
 
     data = _png(Image.fromarray(RGBA, "RGBA"))
     path = tmp_path / "a.png"
     path.write_bytes(data)
     want = _over_white(RGBA[..., :3], RGBA[..., 3])
-    np.testing.assert_array_equal(read_image(str(path)), want)
+    np.testing.assert_array_equal(read_image_file(str(path)), want)
     np.testing.assert_array_equal(decode_image(data), want)
     rot = _exif_png(RGBA[..., :3].copy(), 6)
     np.testing.assert_array_equal(decode_image(rot), np.rot90(RGBA[..., :3], k=-1))

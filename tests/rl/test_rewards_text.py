@@ -229,9 +229,9 @@ def test_accuracy_state_of_an_equal_group_is_exact_and_progress_zero():
 
 
 def test_evaluation_scores_with_the_reward_matcher():
-    """sif_jax.evaluate reports and scores answers with the very functions the reward uses."""
-    from sif_jax import evaluate
+    """sif_jax.evaluation reports and scores answers with the very functions the reward uses."""
+    from sif_jax import evaluation
     from sif_jax.rl import rewards
 
-    assert evaluate.extract_answer is rewards.extract_answer
-    assert evaluate.accuracy_scores is rewards.accuracy_scores
+    assert evaluation.extract_answer is rewards.extract_answer
+    assert evaluation.accuracy_scores is rewards.accuracy_scores

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sif_jax.convert.hf import load_hf_checkpoint
-from sif_jax.evaluate import evaluate_batches
+from sif_jax.evaluation import evaluate_batches
 from sif_jax.model.vlm import forward, prepare_inputs
 from sif_jax.rl.adaptvis import (
     AdaptVisConfig,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from orbax.checkpoint._src.path import atomicity, atomicity_defaults
 
-from sif_jax import cli
+from sif_jax import checkpoint_loading
 from sif_jax.checkpoint import Checkpointer, finalized_steps, latest_run_checkpoint, run_checkpoint_meta
 from sif_jax.model.config import get_preset
 
@@ -39,7 +39,7 @@ def test_unfinished_gcs_style_step_is_ignored(tmp_path, commit_file_mode):
     assert finalized_steps(os.path.join(run, "grpo")) == [1, 2]
     assert latest_run_checkpoint(run) == (os.path.join(run, "grpo"), 2)
     assert run_checkpoint_meta(run)[1]["step"] == 2
-    info = cli.read_checkpoint_info(run)
+    info = checkpoint_loading.read_checkpoint_info(run)
     assert (info.step, info.location) == (2, os.path.join(run, "grpo", "2"))
 
 

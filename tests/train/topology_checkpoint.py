@@ -21,7 +21,8 @@ import numpy as np
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 sys.path.insert(0, ROOT)
 
-from sif_jax import cli, train  # noqa: E402
+from sif_jax import checkpoint_loading as loading  # noqa: E402
+from sif_jax import train  # noqa: E402
 from sif_jax.checkpoint import Checkpointer, load_params_dir, load_run_params  # noqa: E402
 from sif_jax.rl.grpo import make_optimizer  # noqa: E402
 from tests.train.conftest import tiny_run_config  # noqa: E402
@@ -67,9 +68,9 @@ def save(out: str, mesh: tuple[int, int, int]) -> dict:
 
             sharded = [x for x in jax.tree.leaves(state.params) if len(x.sharding.device_set) > 1]
             with ocp.StandardCheckpointer() as ckptr:
-                ckptr.save(os.path.join(out, "sharded_params", cli.PARAMS_DIR), state.params)
+                ckptr.save(os.path.join(out, "sharded_params", loading.PARAMS_DIR), state.params)
                 ckptr.wait_until_finished()
-            with open(os.path.join(out, "sharded_params", cli.EXPORT_META), "w") as f:
+            with open(os.path.join(out, "sharded_params", loading.EXPORT_META), "w") as f:
                 json.dump({"model": meta["model"], "dtype": meta["dtype"], "tokenizer": "builtin"}, f)
     from sif_jax.export import export
 
@@ -91,9 +92,9 @@ def load(out: str, mesh: tuple[int, int, int]) -> dict:
     same(params, want["grpo"], "load_run_params(run/grpo)")
     checked += ["run", "sft", "grpo"]
     for path in (run_dir, os.path.join(out, "export"), os.path.join(out, "sharded_params")):
-        same(cli.load_params(cli.read_checkpoint_info(path)), want["grpo"], f"cli.load_params({path})")
-        checked.append(cli.checkpoint_kind(path))
-    same(load_params_dir(os.path.join(out, "sharded_params", cli.PARAMS_DIR)), want["grpo"], "load_params_dir")
+        same(loading.load_params(loading.read_checkpoint_info(path)), want["grpo"], f"loading.load_params({path})")
+        checked.append(loading.checkpoint_kind(path))
+    same(load_params_dir(os.path.join(out, "sharded_params", loading.PARAMS_DIR)), want["grpo"], "load_params_dir")
 
     # onto this process's mesh, as `--config.init_checkpoint=<run dir>` does
     c = config_for(os.path.join(out, "follow_up"), mesh)
