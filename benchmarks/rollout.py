@@ -52,9 +52,9 @@ def main() -> None:
     from sif_jax.data import pipeline as pl
     from sif_jax.data.scenes import SceneConfig
     from sif_jax.data.tokenizer import BuiltinTokenizer
+    from sif_jax.infer.sampler import SamplingConfig, generate
     from sif_jax.model.config import get_preset
     from sif_jax.model.vlm import init_params, prepare_inputs
-    from sif_jax.rl.sampler import SamplingConfig, generate
 
     torch.set_num_threads(args.threads)
     config = get_preset("tiny")
@@ -116,7 +116,7 @@ def main() -> None:
           f"{steps} new tokens, greedy, median of {args.repeats}")
     print("| sampler | seconds | tokens/s | vs HF |")
     print("|---|---|---|---|")
-    print(f"| sif_jax `rl.sampler.generate` (jit) | {t_ours:.3f} | {tokens / t_ours:.0f} | {t_hf / t_ours:.2f}x |")
+    print(f"| sif_jax `infer.sampler.generate` (jit) | {t_ours:.3f} | {tokens / t_ours:.0f} | {t_hf / t_ours:.2f}x |")
     print(f"| HF `generate` (sdpa) | {t_hf:.3f} | {tokens / t_hf:.0f} | 1.00x |")
     print(f"greedy tokens identical: {agree:.1%}")
 

@@ -4,7 +4,7 @@
         [--config.decoding=adaptvis] [--config.data.source=vsr:<file.jsonl>:<image_dir>] [--verbose]
 
 For each batch: generation (greedy, or AdaptVis: a confidence probe then a decode with the chosen
-alpha; the confidence is read at the first answer token of the output format, see `rl.adaptvis`),
+alpha; the confidence is read at the first answer token of the output format, see `infer.adaptvis`),
 a teacher-forced scoring pass for the attention masses of the configured layers, then the
 deterministic matcher (accuracy), the format checker, the final-area box IoU and TAS. Results are
 broken down by question family, relation and familiar/unfamiliar split.
@@ -36,21 +36,21 @@ import jax
 import numpy as np
 
 from sif_jax.data.format import check_format
-from sif_jax.model.config import ModelConfig
-from sif_jax.model.family import family_of
-from sif_jax.parallel import to_host
-from sif_jax.rl.adaptvis import (
+from sif_jax.infer.adaptvis import (
     AdaptVisConfig,
     answer_tag_ids,
     generate_adaptvis,
     output_format_for_instruction,
     read_confidence,
 )
+from sif_jax.infer.sampler import SamplingConfig, generate
+from sif_jax.infer.scoring import score
+from sif_jax.model.config import ModelConfig
+from sif_jax.model.family import family_of
+from sif_jax.parallel import to_host
 from sif_jax.rl.rewards import RewardConfig, accuracy_scores, extract_answer
 from sif_jax.rl.rewards_attention import region_attention_reward
 from sif_jax.rl.rewards_geometry import hierarchical_iou
-from sif_jax.rl.sampler import SamplingConfig, generate
-from sif_jax.rl.scoring import score
 from sif_jax.rl.types import RolloutBatch
 
 Params = Any
@@ -74,7 +74,7 @@ class EvalResult:
         """examples; accuracy, tas, format, final_iou (means; tas / final_iou over the examples
         with target boxes, absent when there are none); accuracy_by_{family,relation,split};
         groups: {family|relation|split: {name: {examples, accuracy, tas, format, final_iou}}};
-        confidence (mean AdaptVis confidence, `rl.adaptvis.read_confidence`), alpha_mean (AdaptVis)."""
+        confidence (mean AdaptVis confidence, `infer.adaptvis.read_confidence`), alpha_mean (AdaptVis)."""
         if not self.rows:
             return {"examples": 0}
         out: dict[str, Any] = {"examples": len(self.rows)}

@@ -6,7 +6,7 @@
 Prints the interleaved trace (`<think><area>..</area><text>..</text>..</think><answer>..</answer>`),
 the answer, whether the trace follows the SIFThinker grammar, and the answer confidence (the max
 probability of the first answer token's distribution in the alpha = 1 decode: the first token for
-plain answers, the token after `<answer>` for `--instruction=sif` traces; `rl.adaptvis`) and, with
+plain answers, the token after `<answer>` for `--instruction=sif` traces; `infer.adaptvis`) and, with
 `--adaptvis`, the alpha AdaptVis chose from it (METHODS §3).
 
 `--heatmap=out.png` draws, over the image as the model saw it (smart-resized), the attention mass
@@ -42,9 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sif_jax.infer.scoring import score_inputs
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.family import family_of
-from sif_jax.rl.scoring import score_inputs
 
 Params = Any
 
@@ -281,15 +281,15 @@ def run_generate(args: Any) -> dict[str, Any]:
     from sif_jax.data.batching import collate
     from sif_jax.data.format import check_format
     from sif_jax.data.pipeline import PreprocessConfig, Preprocessor
-    from sif_jax.rl.adaptvis import (
+    from sif_jax.infer.adaptvis import (
         AdaptVisConfig,
         answer_tag_ids,
         generate_adaptvis,
         output_format_for_instruction,
         read_confidence,
     )
+    from sif_jax.infer.sampler import SamplingConfig, generate
     from sif_jax.rl.rewards import extract_answer
-    from sif_jax.rl.sampler import SamplingConfig, generate
 
     if args.max_new_tokens < 1:
         raise CLIError(f"--max_new_tokens={args.max_new_tokens}: must be >= 1")

@@ -7,12 +7,12 @@ program a run executes, with the same jitted functions the trainer calls:
 
     sft_grads         sft.sft_grads on a `sft.batch_size` batch at the largest length bucket
     sft_update        the optimizer step of the SFT warm-up (train._make_apply)
-    sampler_prefill   model.cache.prefill as `rl.sampler.generate` uses it (cache + last logits)
+    sampler_prefill   model.cache.prefill as `infer.sampler.generate` uses it (cache + last logits)
     sampler_decode    one model.cache.decode_step (one token per row), the decode loop's body
-    sampler_generate  rl.sampler.generate: prefill + the whole decode while-loop
-    score_policy      rl.scoring.score with the SAYO attention masses
-    score_reference   rl.scoring.score under the frozen reference (only when grpo.beta != 0)
-    grpo_loss_grads   rl.grpo._loss_grads: clipped surrogate + KL, gradient of one micro-batch
+    sampler_generate  infer.sampler.generate: prefill + the whole decode while-loop
+    score_policy      infer.scoring.score with the SAYO attention masses
+    score_reference   infer.scoring.score under the frozen reference (only when grpo.beta != 0)
+    grpo_loss_grads   rl.grpo.loss_grads: clipped surrogate + KL, gradient of one micro-batch
     grpo_update       the GRPO optimizer step (train._make_apply, vision frozen per config)
     lora_merge        (LoRA runs) rl.grpo.policy_params: the base with the adapters merged in, once
                       per step before sampling
@@ -71,11 +71,12 @@ from sif_jax import lora as lora_lib
 from sif_jax import parallel, train
 from sif_jax.data.batching import pick_bucket
 from sif_jax.data.pipeline import PreprocessConfig
+from sif_jax.infer.sampler import generate
+from sif_jax.infer.scoring import score
 from sif_jax.model.cache import decode_step, prefill
-from sif_jax.model.family import ImageInputs, family_of, get_preset
+from sif_jax.model.family import ImageInputs, family_of, get_preset, model_inputs
 from sif_jax.rl import grpo as grpo_lib
-from sif_jax.rl.sampler import generate
-from sif_jax.rl.scoring import score
+from sif_jax.rl.types import Rollout
 from sif_jax.run_config import validate_config
 from sif_jax.sft import sft_grads
 
@@ -347,7 +348,7 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
         micro = config.grpo.prompts_per_step // config.grpo.micro_batch_prompts
         batch = abstract_batch(config, model, mesh, rows, longest, sft=False)
         region_mask = batch.pop("region_mask")
-        prompt = grpo_lib.prompt_arrays(batch, model)
+        prompt = model_inputs(model, batch)
         steps = g.sampling.max_new_tokens
         rng = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=rep)
         completion = jax.ShapeDtypeStruct((rows, steps), jnp.int32, sharding=parallel.batch_sharding(
@@ -356,7 +357,7 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
         logp = jax.ShapeDtypeStruct((rows, steps), jnp.float32, sharding=completion.sharding)
         advantages = jax.ShapeDtypeStruct((rows,), jnp.float32, sharding=parallel.batch_sharding(mesh, (rows,)))
         denominator = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
-        temperature = grpo_lib._score_temperature(g)
+        temperature = grpo_lib.score_temperature(g)
         chunk = g.vocab_chunk
         ids = {"eos_token_id": model.eos_token_id, "pad_token_id": model.pad_token_id}
         # resident while sampling/scoring: the state less the params passed in (under LoRA those are
@@ -389,9 +390,11 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
                 ref, prompt, completion, mask, config=model, temperature=temperature,
                 vocab_chunk=chunk), state_bytes - per_chip_bytes(ref) + (0 if lora is None else params_bytes)))
         accumulator = per_chip_bytes(trainable) if micro > 1 else 0
-        programs.append(Program("grpo_loss_grads", lambda: grpo_lib._loss_grads.lower(
-            trainable, prompt, completion, mask, mask, logp, logp if reference else None, advantages, denominator,
-            None if lora is None else params, config=model, grpo=g, grad_shardings=parallel.sharding_leaves(trainable)),
+        truncated = jax.ShapeDtypeStruct((rows,), jnp.bool_, sharding=advantages.sharding)
+        rollout = Rollout(prompt, completion, mask, logp, logp if reference else None, advantages, truncated, mask)
+        programs.append(Program("grpo_loss_grads", lambda: grpo_lib.loss_grads.lower(
+            trainable, rollout, denominator, None if lora is None else params, config=model, grpo=g,
+            grad_shardings=parallel.sharding_leaves(trainable)),
             state_bytes - loss_arg_bytes + accumulator))
         apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=reference, lora=lora))
         programs.append(Program("grpo_update", lambda: apply.lower(state, trainable)))

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 
 from sif_jax import lora as lora_lib
 from sif_jax import parallel
+from sif_jax.infer.lm_head import chunked_token_stats
 from sif_jax.lora import LoraConfig
 from sif_jax.model.family import family_of
-from sif_jax.rl.scoring import chunked_token_stats
 
 Params = Any
 

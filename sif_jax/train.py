@@ -38,15 +38,16 @@ from sif_jax.checkpoint import (
 )
 from sif_jax.convert.hf import load_hf_checkpoint
 from sif_jax.evaluate import evaluate_batches
+from sif_jax.infer.adaptvis import answer_tag_ids
+from sif_jax.infer.sampler import SamplingConfig
 from sif_jax.lora import LoraConfig
 from sif_jax.lora_peft import load_peft_adapter
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.family import family_of, get_preset
 from sif_jax.model.layout import is_stacked, to_layout
-from sif_jax.rl.adaptvis import answer_tag_ids
-from sif_jax.rl.grpo import GRPOConfig, TrainState, collect_rollouts, make_optimizer, policy_update
+from sif_jax.optim import make_optimizer
+from sif_jax.rl.grpo import GRPOConfig, TrainState, grpo_step
 from sif_jax.rl.rewards import REWARD_NAMES, RewardConfig, RewardState
-from sif_jax.rl.sampler import SamplingConfig
 from sif_jax.run_config import validate_config
 from sif_jax.sft import sft_grads
 from sif_jax.train_data import TrainData
@@ -437,14 +438,11 @@ def run_grpo(run: Run, params: Any, *, stop_after: int | None = None) -> tuple[A
                                                                        // config.grpo.micro_batch_prompts)]
             state = state.replace(rng=jax.random.key_data(
                 jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)))
-            rollouts, reward_state, metrics = collect_rollouts(
-                state, micro, config=run.model, grpo=grpo, decode=tok.decode, reward_config=reward_config,
-                reward_state=reward_state, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
-            )
-            state, update_metrics = policy_update(state, rollouts, config=run.model, grpo=grpo, optimizer=optimizer,
-                                                  apply_updates=apply)
-            example_text = metrics.pop("texts_example")
-            row = {"step": step + 1, **metrics, **update_metrics, "seconds": time.perf_counter() - t0}
+            state, reward_state, metrics, example_text = grpo_step(
+                state, micro, config=run.model, grpo=grpo, apply_updates=apply, decode=tok.decode,
+                reward_config=reward_config, reward_state=reward_state, eos_token_id=tok.eos_id,
+                pad_token_id=tok.pad_id)
+            row = {"step": step + 1, **metrics, "seconds": time.perf_counter() - t0}
             rows.append(row)
             writer.write(row)
             bar.set_postfix(reward=f"{row['reward']:.2f}", acc=f"{row.get('accuracy_s_mean', 0):.2f}",

@@ -12,9 +12,9 @@ from sif_jax.cli import load_model, read_image
 from sif_jax.data.batching import collate
 from sif_jax.data.pipeline import Preprocessor
 from sif_jax.generate import all_areas, pretty_trace, visual_attention_map
+from sif_jax.infer.sampler import SamplingConfig, generate
+from sif_jax.infer.scoring import score
 from sif_jax.model.vlm import model_inputs
-from sif_jax.rl.sampler import SamplingConfig, generate
-from sif_jax.rl.scoring import score
 from tests.cli.conftest import run_cli
 
 

@@ -10,12 +10,13 @@ import pytest
 from sif_jax.data import pipeline as pl
 from sif_jax.data.scenes import SceneConfig
 from sif_jax.data.tokenizer import BuiltinTokenizer
+from sif_jax.infer.groups import check_groups, unique_prompts
+from sif_jax.infer.sampler import SamplingConfig, generate
+from sif_jax.infer.scoring import score
 from sif_jax.model.config import get_preset
 from sif_jax.model.vlm import init_params, model_inputs
-from sif_jax.rl.groups import check_groups, unique_prompts
-from sif_jax.rl.grpo import GRPOConfig, _loss_grads
-from sif_jax.rl.sampler import SamplingConfig, generate
-from sif_jax.rl.scoring import score
+from sif_jax.rl.grpo import GRPOConfig, loss_grads
+from sif_jax.rl.types import Rollout
 
 G = 3
 
@@ -107,8 +108,8 @@ def test_loss_gradient_through_the_shared_prompt_equals_the_full_pass(setup):
     for share in (False, True):
         grpo = GRPOConfig(group_size=G, beta=0.04, share_prompts=share, vocab_chunk=256,
                           sampling=SamplingConfig(temperature=0.7))
-        out[share] = _loss_grads(params, prompt, completion, mask, mask, old, ref, advantages, jnp.float32(rows),
-                                 config=config, grpo=grpo)
+        rollout = Rollout.create(prompt, completion, mask, old, ref, advantages, loss_mask=mask)
+        out[share] = loss_grads(params, rollout, jnp.float32(rows), config=config, grpo=grpo)
     (g_full, (num_full, _, _)), (g_shared, (num_shared, _, _)) = out[False], out[True]
     np.testing.assert_allclose(float(num_shared), float(num_full), atol=1e-5)
     flat_full = jax.tree_util.tree_leaves_with_path(g_full)

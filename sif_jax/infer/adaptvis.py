@@ -39,8 +39,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from sif_jax.infer.sampler import Samples, SamplingConfig, generate
 from sif_jax.model.config import ModelConfig
-from sif_jax.rl.sampler import Samples, SamplingConfig, generate
 
 Params = Any
 ANSWER_TAG = "<answer>"

@@ -22,9 +22,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from sif_jax.infer.groups import repeat_cache, repeat_rows, shares_prompts, unique_prompts
 from sif_jax.model.cache import decode_step, prefill
 from sif_jax.model.config import ModelConfig
-from sif_jax.rl.groups import repeat_cache, repeat_rows, shares_prompts, unique_prompts
 
 Params = Any
 NEG_INF = -1e30
