@@ -189,7 +189,7 @@ def flops(args) -> None:
     grpo, _ = grpo_settings(c)
     g = c.grpo.group_size
     batch = _batch(model, c.grpo.micro_batch_prompts, g, c.data.image_size)
-    prompt = {k: jnp.asarray(v) for k, v in model_inputs(batch).items()}
+    prompt = {k: jnp.asarray(v) for k, v in model_inputs(batch.inputs).items()}
     params = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
     rows, length = prompt["input_ids"].shape
 
@@ -208,7 +208,7 @@ def flops(args) -> None:
     print("|---|---|---|---|---|")
     before, after = cost(prefill_fn(1), params, prompt), cost(prefill_fn(g), params, prompt)
     print(f"| sampler prefill | - | {before / 1e9:.2f} | {after / 1e9:.2f} | {after / before:.3f} |")
-    region = jnp.asarray(batch["region_mask"])
+    region = jnp.asarray(batch.region_mask)
     for steps in (1, args.new_tokens):
         comp = jnp.zeros((rows, steps), jnp.int32)
         mask = jnp.ones((rows, steps), bool)

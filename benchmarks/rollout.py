@@ -63,10 +63,10 @@ def main() -> None:
                                                                                   width=args.image_size))
     pre = pl.Preprocessor(BuiltinTokenizer(), config)
     batch = pl.collate([pre(source[i]) for i in range(args.batch)], config, length_buckets=(256, 512))
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    flat_pixels = np.concatenate([batch["pixel_values"][r, : int(np.prod(batch["image_grid_thw"][r]))]
+    ids, mask = batch.inputs.input_ids, batch.inputs.attention_mask
+    flat_pixels = np.concatenate([batch.inputs.pixel_values[r, : int(np.prod(batch.inputs.image_grid_thw[r]))]
                                   for r in range(args.batch)])
-    grids = batch["image_grid_thw"]
+    grids = batch.inputs.image_grid_thw
     steps = args.new_tokens
 
     # sif_jax: batched-image prompt, jit prefill + while_loop decode.

@@ -69,12 +69,13 @@ from jax.sharding import NamedSharding
 
 from sif_jax import lora as lora_lib
 from sif_jax import parallel, train
+from sif_jax.batch import Batch, ModelInputs, batch_axis
 from sif_jax.data.batching import pick_bucket
 from sif_jax.data.pipeline import PreprocessConfig
 from sif_jax.infer.sampler import generate
 from sif_jax.infer.scoring import score
 from sif_jax.model.cache import decode_step, prefill
-from sif_jax.model.family import ImageInputs, family_of, get_preset, model_inputs
+from sif_jax.model.family import ImageInputs, family_of, get_preset
 from sif_jax.rl import grpo as grpo_lib
 from sif_jax.rl.types import Rollout
 from sif_jax.run_config import validate_config
@@ -160,13 +161,14 @@ def example_image(config: ml_collections.ConfigDict, model: Any) -> tuple[ImageI
 
 
 def abstract_batch(config: ml_collections.ConfigDict, model: Any, mesh, rows: int, length: int, *,
-                   sft: bool) -> dict[str, jax.ShapeDtypeStruct]:
-    """The model inputs of a collated batch of `rows` rows padded to `length` tokens, with the
-    shardings `train._place` gives them (batch axis over data x fsdp, the rest replicated).
+                   sft: bool) -> Batch:
+    """A collated batch of `rows` rows padded to `length` tokens as ShapeDtypeStructs (its model
+    inputs the family's module takes, `region_mask`, and with `sft` `loss_mask` bool [rows, length]),
+    with the shardings `train._place` gives them (batch axis over data x fsdp, the rest replicated).
 
     The layout is the real one: the family's `collate_images` runs on a one-row batch (vision start,
-    the image's pads, vision end, filler text; `example_image`) and each array's batch axis
-    (`train.BATCH_AXES`) is widened to `rows`. `sft` adds `loss_mask` bool [rows, length].
+    the image's pads, vision end, filler text; `example_image`) and each array's batch axis (declared
+    on its `sif_jax.batch` field) is widened to `rows`.
     """
     family = family_of(model)
     img, patches = example_image(config, model)
@@ -179,19 +181,17 @@ def abstract_batch(config: ml_collections.ConfigDict, model: Any, mesh, rows: in
     ids = np.full((1, length), model.bos_token_id, np.int32)
     ids[0, :len(image_ids)] = image_ids
     one = family.collate_images(model, ids, np.ones_like(ids), [img.arrays], patches)
-    keep = (*family.model_inputs(one), "region_mask", "loss_mask")
-    one["region_mask"] = np.zeros((1, length), bool)
-    if sft:
-        one["loss_mask"] = np.zeros((1, length), bool)
-    out = {}
-    for name, value in one.items():
-        if name not in keep:
-            continue
+
+    def widen(cls: type, name: str, value: np.ndarray) -> jax.ShapeDtypeStruct:
+        axis = batch_axis(cls, name)
         shape = list(value.shape)
-        shape[train.BATCH_AXES[name]] = rows
-        sharding = parallel.batch_sharding(mesh, shape, train.BATCH_AXES[name])
-        out[name] = jax.ShapeDtypeStruct(tuple(shape), value.dtype, sharding=sharding)
-    return out
+        shape[axis] = rows
+        return jax.ShapeDtypeStruct(tuple(shape), value.dtype, sharding=parallel.batch_sharding(mesh, shape, axis))
+
+    inputs = ModelInputs(**{name: widen(ModelInputs, name, one[name]) for name in family.model_inputs(one)})
+    mask = np.zeros((1, length), bool)
+    return Batch(inputs, region_mask=widen(Batch, "region_mask", mask),
+                 loss_mask=widen(Batch, "loss_mask", mask) if sft else None)
 
 
 def with_shardings(shapes: Any, shardings: Any) -> Any:
@@ -330,10 +330,9 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
         optimizer = train.sft_optimizer(config)
         state = state_of(optimizer, False, config.seed)
         batch = abstract_batch(config, model, mesh, config.sft.batch_size, longest, sft=True)
-        batch.pop("region_mask")
         denominator = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
         programs.append(Program("sft_grads", lambda b=batch, d=denominator: sft_grads.lower(
-            trainable, b, d, None if lora is None else params, config=model, lora=lora,
+            trainable, b.inputs, b.loss_mask, d, None if lora is None else params, config=model, lora=lora,
             grad_shardings=parallel.sharding_leaves(trainable)), per_chip_bytes(state) - loss_arg_bytes))
         apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=False, lora=lora))
         programs.append(Program("sft_update", lambda a=apply, s=state: a.lower(s, trainable)))
@@ -347,8 +346,7 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
         rows = config.grpo.micro_batch_prompts * g.group_size
         micro = config.grpo.prompts_per_step // config.grpo.micro_batch_prompts
         batch = abstract_batch(config, model, mesh, rows, longest, sft=False)
-        region_mask = batch.pop("region_mask")
-        prompt = model_inputs(model, batch)
+        region_mask, prompt = batch.region_mask, batch.inputs
         steps = g.sampling.max_new_tokens
         rng = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=rep)
         completion = jax.ShapeDtypeStruct((rows, steps), jnp.int32, sharding=parallel.batch_sharding(
@@ -363,7 +361,7 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
         # resident while sampling/scoring: the state less the params passed in (under LoRA those are
         # the merged transient, so the whole state, base included, stays resident)
         not_params = state_bytes - params_bytes if lora is None else state_bytes
-        length = prompt["input_ids"].shape[1] + steps
+        length = prompt.input_ids.shape[1] + steps
 
         def prefill_program(p, inputs):
             logits, cache, _ = prefill(p, model, inputs, length)

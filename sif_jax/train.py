@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from sif_jax import lora as lora_lib
 from sif_jax import parallel
+from sif_jax.batch import Batch
 from sif_jax.checkpoint import (
     Checkpointer,
     PreemptionGuard,
@@ -56,11 +57,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collect
 _VALIDATE_ONLY = flags.DEFINE_bool("validate_only", False, "Check the config and its overrides (not that paths "
                                    "exist), print 'config ok' and exit: launch/tpu_vm.sh runs this before a VM.")
 FLAGS = flags.FLAGS
-
-# Leading (batch) axis of each array of a collated batch; others are replicated.
-BATCH_AXES = {"input_ids": 0, "attention_mask": 0, "positions": 1, "region_mask": 0, "image_token_index": 0,
-              "pixel_values": 0, "patch_positions": 0, "window_segments": 0, "frame_segments": 0,
-              "pos_indices": 0, "pos_weights": 0, "region_tokens": 0, "visual_tokens": 0, "loss_mask": 0}
 
 
 class MetricsWriter:
@@ -106,8 +102,8 @@ def _model_config(config: ml_collections.ConfigDict, base: ModelConfig) -> Model
                         remat_policy=config.get("remat_policy", "none"))
 
 
-def _place(batch: dict[str, Any], mesh) -> dict[str, Any]:
-    return parallel.shard_batch(batch, mesh, BATCH_AXES)
+def _place(batch: Batch, mesh) -> Batch:
+    return parallel.shard_batch(batch, mesh)
 
 
 @dataclasses.dataclass
@@ -354,10 +350,9 @@ def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
         for step in bar:
             t0 = time.perf_counter()
             batch = _place(next(data_iter), run.mesh)
-            batch = {**family_of(run.model).model_inputs(batch), "loss_mask": batch["loss_mask"]}
-            denominator = jnp.maximum(jnp.sum(batch["loss_mask"][:, 1:]), 1)
-            grads, (nll, tokens) = sft_grads(state.params, batch, denominator, state.base, _dropout_key(lora, state),
-                                             config=run.model, lora=lora,
+            denominator = jnp.maximum(jnp.sum(batch.loss_mask[:, 1:]), 1)
+            grads, (nll, tokens) = sft_grads(state.params, batch.inputs, batch.loss_mask, denominator, state.base,
+                                             _dropout_key(lora, state), config=run.model, lora=lora,
                                              grad_shardings=parallel.sharding_leaves(state.params))
             state = apply(state, grads)
             loss = float(nll / tokens)

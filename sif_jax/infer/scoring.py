@@ -9,13 +9,14 @@ head runs over vocabulary chunks inside a scan, so [N, T, V] logits are never al
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
+from sif_jax.batch import ModelInputs, as_arrays
 from sif_jax.infer.groups import repeat_rows, shares_prompts, unique_prompts
 from sif_jax.infer.lm_head import chunked_token_stats
 from sif_jax.model.family import family_of
@@ -34,17 +35,18 @@ class Scores:
     visual_mass: jax.Array
 
 
-def prompt_image_mask(prompt: dict[str, jax.Array], image_token_id: int) -> jax.Array:
+def prompt_image_mask(prompt: ModelInputs | Mapping[str, jax.Array], image_token_id: int) -> jax.Array:
     """bool [N, L]: the prompt's image positions: its `image_mask`, else its image-pad tokens (as
     the prefill of `cache.prefill` reads them; `vlm.prepare_inputs` has checked them against the images)."""
+    prompt = as_arrays(prompt)
     if "image_mask" in prompt:
         return jnp.asarray(prompt["image_mask"]).astype(bool)
     return jnp.asarray(prompt["input_ids"]) == image_token_id
 
 
 def score_inputs(
-    prompt: dict[str, jax.Array], completion: jax.Array, completion_mask: jax.Array, *, image_token_id: int,
-    config: Any = None,
+    prompt: ModelInputs | Mapping[str, jax.Array], completion: jax.Array, completion_mask: jax.Array, *,
+    image_token_id: int, config: Any = None,
 ) -> dict[str, jax.Array]:
     """Prompt batch + completions -> model inputs over [N, L + T].
 
@@ -60,6 +62,7 @@ def score_inputs(
         from sif_jax.model.vlm import model_inputs
     else:
         model_inputs = family_of(config).model_inputs
+    prompt = as_arrays(prompt)
     n, steps = completion.shape
     next_position = jnp.max(prompt["positions"], axis=(0, 2)) + 1
     completion_positions = next_position[:, None] + jnp.arange(steps)[None, :]
@@ -82,7 +85,7 @@ def score_inputs(
 @functools.partial(jax.jit, static_argnames=("config", "mass_layers", "temperature", "vocab_chunk", "group_size"))
 def score(
     params: Params,
-    prompt: dict[str, jax.Array],
+    prompt: ModelInputs | Mapping[str, jax.Array],
     completion: jax.Array,
     completion_mask: jax.Array,
     region_mask: jax.Array | None = None,
@@ -96,7 +99,7 @@ def score(
     """Teacher-forced pass; differentiable in `params` through `logprobs`.
 
     Args:
-      prompt: left-padded prompt batch [N, L] from the family's `prepare_inputs`.
+      prompt: left-padded prompt batch [N, L]: a `ModelInputs` or the family's `prepare_inputs` dict.
       config: any family's config (`sif_jax.model.family`).
       completion: int [N, T]; completion_mask: bool [N, T].
       region_mask: bool [N, L] prompt keys inside the target region (None: no masses).
@@ -114,6 +117,7 @@ def score(
     of the KV-cache decode (`sampler.generate`) that produced them. Log-probs are of the model's
     full-vocabulary distribution (no top-k / top-p, no banned ids).
     """
+    prompt = as_arrays(prompt)
     prompt_len = prompt["input_ids"].shape[1]
     steps = completion.shape[1]
     family = family_of(config)
@@ -151,7 +155,7 @@ def score(
 
 def shared_prefix_hidden(
     params: Params,
-    prompt: dict[str, jax.Array],
+    prompt: ModelInputs | Mapping[str, jax.Array],
     completion: jax.Array,
     completion_mask: jax.Array,
     region_mask: jax.Array | None,
@@ -175,6 +179,7 @@ def shared_prefix_hidden(
       (hidden [N, T, hidden]: position L - 1 + t of the full forward for token t, aux of the
       completion pass, whose masses are [N, heads, T] over the completion's own query rows).
     """
+    prompt = as_arrays(prompt)
     unique = unique_prompts(prompt, group_size, config)
     _, prompt_aux = Qwen25VL(config).apply({"params": params}, **unique, return_kv=True, return_hidden=True)
     keys, values = prompt_aux["kv"]

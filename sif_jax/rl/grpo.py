@@ -27,12 +27,12 @@ import optax
 
 from sif_jax import lora as lora_lib
 from sif_jax import parallel
+from sif_jax.batch import Batch
 from sif_jax.infer.groups import check_groups
 from sif_jax.infer.sampler import SamplingConfig, generate
 from sif_jax.infer.scoring import score
 from sif_jax.lora import LoraConfig
 from sif_jax.model.config import ModelConfig
-from sif_jax.model.family import model_inputs
 from sif_jax.parallel import to_host
 from sif_jax.rl.advantage import group_advantages
 from sif_jax.rl.loss import grpo_loss_terms, loss_denominator, mask_truncated
@@ -155,16 +155,16 @@ def loss_grads(params: Params, rollout: Rollout, denominator: jax.Array, base: P
     return parallel.constrain_leaves(grads, grad_shardings), aux
 
 
-def sample_and_score(params: Params, ref_params: Params, batch: dict[str, Any], rng: jax.Array, *, config: Any,
+def sample_and_score(params: Params, ref_params: Params, batch: Batch, rng: jax.Array, *, config: Any,
                      grpo: GRPOConfig, eos_token_id: int, pad_token_id: int) -> Scored:
     """Stage 1 (device): G completions per prompt from the policy, scored by the policy (old
-    log-probs, entropies, attention masses over `batch["region_mask"]`) and by the reference.
+    log-probs, entropies, attention masses over `batch.region_mask`) and by the reference.
 
     `batch` is collated with each prompt repeated G times (`data.batching.collate(repeat=G)`);
     with `grpo.share_prompts` its rows must form groups of equal prompts (ValueError otherwise).
     """
-    prompt = model_inputs(config, batch)
-    check_groups(batch["input_ids"], grpo.prompt_group)
+    prompt = batch.inputs
+    check_groups(prompt.input_ids, grpo.prompt_group)
     shared = dict(config=config, temperature=score_temperature(grpo), vocab_chunk=grpo.vocab_chunk,
                   group_size=grpo.prompt_group)
     t0 = time.perf_counter()
@@ -172,7 +172,7 @@ def sample_and_score(params: Params, ref_params: Params, batch: dict[str, Any], 
                        pad_token_id=pad_token_id, group_size=grpo.prompt_group)
     jax.block_until_ready(samples.tokens)
     seconds = time.perf_counter() - t0
-    policy = score(params, prompt, samples.tokens, samples.completion_mask, batch["region_mask"],
+    policy = score(params, prompt, samples.tokens, samples.completion_mask, batch.region_mask,
                    mass_layers=grpo.layers(config), **shared)
     ref_logp = None
     if grpo.beta != 0:
@@ -183,7 +183,7 @@ def sample_and_score(params: Params, ref_params: Params, batch: dict[str, Any], 
 
 def reward_and_advantage(
     scored: Sequence[Scored],
-    batches: Sequence[dict[str, Any]],
+    batches: Sequence[Batch],
     *,
     grpo: GRPOConfig,
     decode: Callable[[Sequence[int]], str],
@@ -204,14 +204,15 @@ def reward_and_advantage(
     rewards, truncated, texts = [], [], []
     for s, batch in zip(scored, batches, strict=True):
         tokens, mask = to_host(s.completion), to_host(s.completion_mask)
+        targets = batch.targets
         rb = RolloutBatch(
-            group_size=grpo.group_size, prompt_ids=list(batch["prompt_ids"]),
+            group_size=grpo.group_size, prompt_ids=list(targets.prompt_ids),
             texts=[decode(tokens[r][mask[r]].tolist()) for r in range(tokens.shape[0])],
-            answers=list(batch["answers"]), choices=list(batch["choices"]),
-            target_boxes=list(batch["target_boxes"]), depth_maps=list(batch["depth_maps"]),
+            answers=list(targets.answers), choices=list(targets.choices),
+            target_boxes=list(targets.target_boxes), depth_maps=list(targets.depth_maps),
             completion_mask=mask, entropies=to_host(s.entropies), region_mass=to_host(s.region_mass),
-            visual_mass=to_host(s.visual_mass), region_tokens=to_host(batch["region_tokens"]),
-            visual_tokens=to_host(batch["visual_tokens"]), truncated=to_host(s.truncated),
+            visual_mass=to_host(s.visual_mass), region_tokens=to_host(batch.region_tokens),
+            visual_tokens=to_host(batch.visual_tokens), truncated=to_host(s.truncated),
         )
         result = reward_fn(rb, reward_state, reward_config)
         reward_state = result.state
@@ -270,7 +271,7 @@ def update(
 
 def grpo_step(
     state: TrainState,
-    micro_batches: Sequence[dict[str, Any]],
+    micro_batches: Sequence[Batch],
     *,
     config: Any,
     grpo: GRPOConfig,
