@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sif_jax.batch import Batch, ModelInputs, RewardTargets
 from sif_jax.convert.hf import load_hf_checkpoint
 from sif_jax.infer.sampler import SamplingConfig, generate
 from sif_jax.model.vlm import prepare_inputs
@@ -59,10 +60,11 @@ def test_sampler_flags_rows_that_hit_max_new_tokens(setup):
 def _micro_batch(config, prompt):
     n = prompt["input_ids"].shape[0]
     visual = np.asarray(prompt["input_ids"]) == config.image_token_id
-    return {**prompt, "prompt_ids": ["p"] * n, "answers": ["yes"] * n, "choices": [None] * n,
-            "target_boxes": [np.zeros((0, 4), np.float32)] * n, "depth_maps": [None] * n,
-            "region_mask": jnp.asarray(visual), "region_tokens": jnp.asarray(visual.sum(1), jnp.int32),
-            "visual_tokens": jnp.asarray(visual.sum(1), jnp.int32)}
+    targets = RewardTargets(answers=["yes"] * n, choices=[None] * n, target_boxes=[np.zeros((0, 4), np.float32)] * n,
+                            depth_maps=[None] * n, prompt_ids=["p"] * n, metadata=[{}] * n)
+    return Batch(ModelInputs.from_arrays(prompt), region_mask=jnp.asarray(visual),
+                 region_tokens=jnp.asarray(visual.sum(1), jnp.int32),
+                 visual_tokens=jnp.asarray(visual.sum(1), jnp.int32), targets=targets)
 
 
 @pytest.mark.parametrize("mask_truncated", [False, True])
