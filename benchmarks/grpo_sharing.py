@@ -4,7 +4,7 @@
     python benchmarks/grpo_sharing.py sampler                                      # tokens/s, tiny, G = 8
     python benchmarks/grpo_sharing.py flops                                        # XLA cost analysis
 
-`step`: one GRPO step (collect_rollouts + policy_update) of configs/grpo.py (tiny model, 8 prompts,
+`step`: one GRPO step (`rl.grpo.grpo_step`) of configs/grpo.py (tiny model, 8 prompts,
 G = 4, temperature 0.7, top-p 0.9, built-in 224x224 scenes), timed after one warm-up step (which
 compiles), in two subprocesses run one after the other: the sif_jax under `--before-root` (e.g. a
 checkout of main) and this one. Same seed, same data, same initial params.
@@ -60,7 +60,7 @@ def step_worker(args) -> dict:
     from sif_jax.data.tokenizer import BuiltinTokenizer
     from sif_jax.model.config import get_preset
     from sif_jax.model.vlm import init_params
-    from sif_jax.rl.grpo import collect_rollouts, policy_update
+    from sif_jax.rl import grpo as grpo_lib
     from sif_jax.rl.rewards import RewardState
     from sif_jax.train import _make_apply, grpo_optimizer, grpo_settings, initial_state
 
@@ -81,15 +81,21 @@ def step_worker(args) -> dict:
     for i in range(args.repeats + 1):
         state = initial_state(jax.tree.map(jnp.copy, params), optimizer, c.seed + 1, reference=c.grpo.beta != 0)
         t0 = time.perf_counter()
-        rollouts, _, metrics = collect_rollouts(state, [batch], config=model, grpo=grpo, decode=tok.decode,
-                                                reward_config=reward_config, reward_state=RewardState(),
-                                                eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-        state, update = policy_update(state, rollouts, config=model, grpo=grpo, optimizer=optimizer,
-                                      apply_updates=apply)
+        rewards = dict(decode=tok.decode, reward_config=reward_config, reward_state=RewardState(),
+                       eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+        if hasattr(grpo_lib, "grpo_step"):
+            state, _, metrics, _ = grpo_lib.grpo_step(state, [batch], config=model, grpo=grpo, apply_updates=apply,
+                                                      **rewards)
+        else:  # a --before-root checkout from before the named GRPO stages
+            rollouts, _, metrics = grpo_lib.collect_rollouts(state, [batch], config=model, grpo=grpo, **rewards)
+            state, update = grpo_lib.policy_update(state, rollouts, config=model, grpo=grpo, optimizer=optimizer,
+                                                   apply_updates=apply)
+            metrics = {**metrics, **update}
         jax.block_until_ready(state.params)
         if i:
             times.append(time.perf_counter() - t0)
-            rows.append({k: metrics[k] for k in ("reward", "completion_length", "entropy")} | update)
+            rows.append({k: metrics[k] for k in ("reward", "completion_length", "entropy", "loss", "grad_norm",
+                                                 "kl_mean", "ratio_mean", "clip_low_fraction", "clip_high_fraction")})
     return {"seconds": statistics.median(times), "sample_seconds": metrics["sample_seconds"],
             "metrics": rows[-1]}
 
@@ -116,9 +122,9 @@ def step(args) -> None:
 
 
 def sampler(args) -> None:
+    from sif_jax.infer.sampler import SamplingConfig, candidate_logits, generate, sample_token
     from sif_jax.model.config import get_preset
     from sif_jax.model.vlm import init_params, model_inputs
-    from sif_jax.rl.sampler import SamplingConfig, candidate_logits, generate, sample_token
 
     model = get_preset("tiny")
     params = init_params(model, jax.random.key(0))
@@ -169,12 +175,13 @@ def sampler(args) -> None:
 
 def flops(args) -> None:
     from configs.grpo import get_config
+    from sif_jax.infer.groups import unique_prompts
+    from sif_jax.infer.scoring import score
     from sif_jax.model.cache import prefill
     from sif_jax.model.config import get_preset
     from sif_jax.model.vlm import init_params, model_inputs
-    from sif_jax.rl.groups import unique_prompts
-    from sif_jax.rl.grpo import _loss_grads
-    from sif_jax.rl.scoring import score
+    from sif_jax.rl.grpo import loss_grads
+    from sif_jax.rl.types import Rollout
     from sif_jax.train import grpo_settings
 
     c = get_config()
@@ -182,7 +189,7 @@ def flops(args) -> None:
     grpo, _ = grpo_settings(c)
     g = c.grpo.group_size
     batch = _batch(model, c.grpo.micro_batch_prompts, g, c.data.image_size)
-    prompt = {k: jnp.asarray(v) for k, v in model_inputs(batch).items()}
+    prompt = {k: jnp.asarray(v) for k, v in model_inputs(batch.inputs).items()}
     params = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
     rows, length = prompt["input_ids"].shape
 
@@ -201,7 +208,7 @@ def flops(args) -> None:
     print("|---|---|---|---|---|")
     before, after = cost(prefill_fn(1), params, prompt), cost(prefill_fn(g), params, prompt)
     print(f"| sampler prefill | - | {before / 1e9:.2f} | {after / 1e9:.2f} | {after / before:.3f} |")
-    region = jnp.asarray(batch["region_mask"])
+    region = jnp.asarray(batch.region_mask)
     for steps in (1, args.new_tokens):
         comp = jnp.zeros((rows, steps), jnp.int32)
         mask = jnp.ones((rows, steps), bool)
@@ -213,8 +220,8 @@ def flops(args) -> None:
                          vocab_chunk=grpo.vocab_chunk, group_size=group).logprobs
 
         def loss_grad(p, x, group, comp=comp, mask=mask, logp=logp, adv=adv):
-            return _loss_grads(p, x, comp, mask, mask, logp, logp, adv, jnp.float32(1.0), config=model,
-                               grpo=dataclasses.replace(grpo, share_prompts=group > 1))[0]
+            return loss_grads(p, Rollout.create(x, comp, mask, logp, logp, adv), jnp.float32(1.0), config=model,
+                              grpo=dataclasses.replace(grpo, share_prompts=group > 1))[0]
 
         for name, fn in (("scoring (policy, masses)", scoring), ("loss + grad", loss_grad)):
             before = cost(lambda p, x, fn=fn: fn(p, x, 1), params, prompt)

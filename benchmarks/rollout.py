@@ -52,9 +52,9 @@ def main() -> None:
     from sif_jax.data import pipeline as pl
     from sif_jax.data.scenes import SceneConfig
     from sif_jax.data.tokenizer import BuiltinTokenizer
+    from sif_jax.infer.sampler import SamplingConfig, generate
     from sif_jax.model.config import get_preset
     from sif_jax.model.vlm import init_params, prepare_inputs
-    from sif_jax.rl.sampler import SamplingConfig, generate
 
     torch.set_num_threads(args.threads)
     config = get_preset("tiny")
@@ -63,10 +63,10 @@ def main() -> None:
                                                                                   width=args.image_size))
     pre = pl.Preprocessor(BuiltinTokenizer(), config)
     batch = pl.collate([pre(source[i]) for i in range(args.batch)], config, length_buckets=(256, 512))
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    flat_pixels = np.concatenate([batch["pixel_values"][r, : int(np.prod(batch["image_grid_thw"][r]))]
+    ids, mask = batch.inputs.input_ids, batch.inputs.attention_mask
+    flat_pixels = np.concatenate([batch.inputs.pixel_values[r, : int(np.prod(batch.inputs.image_grid_thw[r]))]
                                   for r in range(args.batch)])
-    grids = batch["image_grid_thw"]
+    grids = batch.inputs.image_grid_thw
     steps = args.new_tokens
 
     # sif_jax: batched-image prompt, jit prefill + while_loop decode.
@@ -116,7 +116,7 @@ def main() -> None:
           f"{steps} new tokens, greedy, median of {args.repeats}")
     print("| sampler | seconds | tokens/s | vs HF |")
     print("|---|---|---|---|")
-    print(f"| sif_jax `rl.sampler.generate` (jit) | {t_ours:.3f} | {tokens / t_ours:.0f} | {t_hf / t_ours:.2f}x |")
+    print(f"| sif_jax `infer.sampler.generate` (jit) | {t_ours:.3f} | {tokens / t_ours:.0f} | {t_hf / t_ours:.2f}x |")
     print(f"| HF `generate` (sdpa) | {t_hf:.3f} | {tokens / t_hf:.0f} | 1.00x |")
     print(f"greedy tokens identical: {agree:.1%}")
 

@@ -82,7 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # teaches the policy to finish within the budget; the truncated share is logged as
     # truncated_fraction. Turn it on when max_new_tokens cuts off traces that would have been right.
     c.grpo.mask_truncated_completions = False
-    # The G rows of a prompt share its vision tower, prefill and scoring activations (rl/groups.py).
+    # The G rows of a prompt share its vision tower, prefill and scoring activations (infer/groups.py).
     c.grpo.share_prompts = True
 
     # LoRA (sif_jax.lora): rank 0 = full fine-tuning. With rank r the SFT and GRPO phases train

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from sif_jax.evaluation import METRICS, EvalResult, eval_batches, evaluate_batches, format_table
-from sif_jax.rl.adaptvis import AdaptVisConfig, answer_tag_ids, output_format_for_instruction
+from sif_jax.infer.adaptvis import AdaptVisConfig, answer_tag_ids, output_format_for_instruction
 from sif_jax.rl.rewards import RewardConfig
 
 DECODINGS = ("greedy", "adaptvis")  # config.decoding

@@ -2,7 +2,7 @@
 
 For each batch (`evaluate_batches`): generation (greedy, or AdaptVis: a confidence probe then a
 decode with the chosen alpha; the confidence is read at the first answer token of the output
-format, see `rl.adaptvis`), a teacher-forced scoring pass for the attention masses of the
+format, see `infer.adaptvis`), a teacher-forced scoring pass for the attention masses of the
 configured layers, then the deterministic matcher (accuracy, `rl.rewards.accuracy_scores`), the
 format checker, the final-area box IoU and TAS (`rl.rewards_attention.region_attention_reward`).
 `EvalResult.summary` breaks the results down by question family, relation and
@@ -27,20 +27,20 @@ from typing import Any
 import jax
 import numpy as np
 
+from sif_jax.batch import Batch
 from sif_jax.data.format import check_format
-from sif_jax.model.config import ModelConfig
-from sif_jax.model.family import family_of
-from sif_jax.parallel import to_host
-from sif_jax.rl.adaptvis import (
+from sif_jax.infer.adaptvis import (
     AdaptVisConfig,
     generate_adaptvis,
     read_confidence,
 )
+from sif_jax.infer.sampler import SamplingConfig, generate
+from sif_jax.infer.scoring import score
+from sif_jax.model.config import ModelConfig
+from sif_jax.parallel import to_host
 from sif_jax.rl.rewards import RewardConfig, accuracy_scores, extract_answer
 from sif_jax.rl.rewards_attention import region_attention_reward
 from sif_jax.rl.rewards_geometry import hierarchical_iou
-from sif_jax.rl.sampler import SamplingConfig, generate
-from sif_jax.rl.scoring import score
 from sif_jax.rl.types import RolloutBatch
 
 Params = Any
@@ -63,7 +63,7 @@ class EvalResult:
         """examples; accuracy, tas, format, final_iou (means; tas / final_iou over the examples
         with target boxes, absent when there are none); accuracy_by_{family,relation,split};
         groups: {family|relation|split: {name: {examples, accuracy, tas, format, final_iou}}};
-        confidence (mean AdaptVis confidence, `rl.adaptvis.read_confidence`), alpha_mean (AdaptVis)."""
+        confidence (mean AdaptVis confidence, `infer.adaptvis.read_confidence`), alpha_mean (AdaptVis)."""
         if not self.rows:
             return {"examples": 0}
         out: dict[str, Any] = {"examples": len(self.rows)}
@@ -92,7 +92,7 @@ class EvalResult:
 
 def evaluate_batches(
     params: Params,
-    batches: Iterable[dict[str, Any]],
+    batches: Iterable[Batch],
     *,
     config: ModelConfig,
     decode: Callable[[Sequence[int]], str],
@@ -115,7 +115,7 @@ def evaluate_batches(
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
     rows: list[dict[str, Any]] = []
     for batch in batches:
-        prompt = family_of(config).model_inputs(batch)
+        prompt = batch.inputs
         alpha = None
         if adaptvis is not None:
             result = generate_adaptvis(params, prompt, jax.random.key(0), config=config, sampling=sampling,
@@ -127,17 +127,18 @@ def evaluate_batches(
             samples = generate(params, prompt, jax.random.key(0), config=config, sampling=sampling,
                                eos_token_id=eos_token_id, pad_token_id=pad_token_id, visual_scale=visual_scale)
             confidence, confidence_step, _ = (to_host(x) for x in read_confidence(samples, answer_tag))
-        scores = score(params, prompt, samples.tokens, samples.completion_mask, batch["region_mask"], config=config,
+        scores = score(params, prompt, samples.tokens, samples.completion_mask, batch.region_mask, config=config,
                        mass_layers=layers)
         tokens, mask = to_host(samples.tokens), to_host(samples.completion_mask)
         texts = [decode(tokens[r][mask[r]].tolist()) for r in range(tokens.shape[0])]
+        targets = batch.targets
         rollout = RolloutBatch(
-            group_size=1, prompt_ids=list(batch["prompt_ids"]), texts=texts, answers=list(batch["answers"]),
-            choices=list(batch["choices"]), target_boxes=list(batch["target_boxes"]),
-            depth_maps=list(batch["depth_maps"]), completion_mask=mask,
+            group_size=1, prompt_ids=list(targets.prompt_ids), texts=texts, answers=list(targets.answers),
+            choices=list(targets.choices), target_boxes=list(targets.target_boxes),
+            depth_maps=list(targets.depth_maps), completion_mask=mask,
             entropies=to_host(scores.entropies), region_mass=to_host(scores.region_mass),
-            visual_mass=to_host(scores.visual_mass), region_tokens=to_host(batch["region_tokens"]),
-            visual_tokens=to_host(batch["visual_tokens"]),
+            visual_mass=to_host(scores.visual_mass), region_tokens=to_host(batch.region_tokens),
+            visual_tokens=to_host(batch.visual_tokens),
         )
         accuracy = accuracy_scores(rollout, reward_config)
         _, tas = region_attention_reward(
@@ -146,8 +147,8 @@ def evaluate_batches(
         )
         tas = np.asarray(tas)
         region_tokens = np.asarray(rollout.region_tokens)
-        metadata = batch.get("metadata") or [{}] * len(texts)
-        n_real = int(batch.get("num_real", len(texts)))
+        metadata = targets.metadata or [{}] * len(texts)
+        n_real = len(texts) if batch.num_real is None else int(batch.num_real)
         for r, text in enumerate(texts[:n_real]):
             parsed = check_format(text)
             has_boxes = len(rollout.target_boxes[r]) > 0
@@ -173,7 +174,7 @@ def evaluate_batches(
 
 
 def eval_batches(source: Sequence[dict[str, Any]], preprocessor: Any, *, batch_size: int,
-                 length_buckets: Sequence[int], patch_buckets: Sequence[int] | None) -> Iterator[dict[str, Any]]:
+                 length_buckets: Sequence[int], patch_buckets: Sequence[int] | None) -> Iterator[Batch]:
     """Collated prompt batches of exactly `batch_size` rows (the last one padded by repeating its
     last example; `num_real` says how many rows count). A prompt longer than the largest length
     bucket is an error naming the example."""
@@ -187,8 +188,7 @@ def eval_batches(source: Sequence[dict[str, Any]], preprocessor: Any, *, batch_s
         rows = pending + [pending[-1]] * (batch_size - n)
         batch = collate(rows, preprocessor.config, length_buckets=tuple(length_buckets),
                         patch_buckets=None if not patch_buckets else tuple(patch_buckets))
-        batch["num_real"] = n
-        return batch
+        return batch.replace(num_real=n)
 
     for i in range(len(source)):
         example = preprocessor(source[i])

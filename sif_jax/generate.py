@@ -6,7 +6,7 @@
 Prints the interleaved trace (`<think><area>..</area><text>..</text>..</think><answer>..</answer>`),
 the answer, whether the trace follows the SIFThinker grammar, and the answer confidence (the max
 probability of the first answer token's distribution in the alpha = 1 decode: the first token for
-plain answers, the token after `<answer>` for `--instruction=sif` traces; `rl.adaptvis`) and, with
+plain answers, the token after `<answer>` for `--instruction=sif` traces; `infer.adaptvis`) and, with
 `--adaptvis`, the alpha AdaptVis chose from it (METHODS §3).
 
 `--heatmap=out.png` draws, over the image as the model saw it (smart-resized), the attention mass
@@ -42,9 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sif_jax.infer.scoring import score_inputs
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.family import family_of
-from sif_jax.rl.scoring import score_inputs
 
 Params = Any
 
@@ -106,7 +106,8 @@ def visual_attention_map(
     """Attention each visual token received, averaged over `layers`, heads and the completion tokens.
 
     Args:
-      prompt: a one-row prompt batch (`batching.collate`); completion int [1, T]; completion_mask bool [1, T].
+      prompt: the model inputs of a one-row prompt batch (`batching.collate(...).inputs`); completion
+        int [1, T]; completion_mask bool [1, T].
       layers: decoder layers (negative = from the end).
       chunk: copies of the sequence per decoder pass.
 
@@ -114,10 +115,10 @@ def visual_attention_map(
       (heat float32 [N] over the row's visual tokens in raster order, the mean visual mass of the
       same rows — equal to heat.sum() up to float error).
     """
+    prompt = family_of(config).model_inputs(prompt)
     if np.shape(prompt["input_ids"])[0] != 1:
         raise ValueError("visual_attention_map: expects a one-row prompt batch")
     layers = tuple(sorted({int(i) % config.text.num_layers for i in layers}))
-    prompt = family_of(config).model_inputs(prompt)
     inputs = score_inputs(prompt, jnp.asarray(completion), jnp.asarray(completion_mask),
                           image_token_id=config.image_token_id, config=config)
     ids = np.asarray(inputs["input_ids"])
@@ -284,15 +285,15 @@ def run_generate(args: Any) -> dict[str, Any]:
     from sif_jax.data.pipeline import PreprocessConfig, Preprocessor
     from sif_jax.data.prompts import instruction_text
     from sif_jax.errors import InputError
-    from sif_jax.rl.adaptvis import (
+    from sif_jax.infer.adaptvis import (
         AdaptVisConfig,
         answer_tag_ids,
         generate_adaptvis,
         output_format_for_instruction,
         read_confidence,
     )
+    from sif_jax.infer.sampler import SamplingConfig, generate
     from sif_jax.rl.rewards import extract_answer
-    from sif_jax.rl.sampler import SamplingConfig, generate
 
     if args.max_new_tokens < 1:
         raise InputError(f"--max_new_tokens={args.max_new_tokens}: must be >= 1")
@@ -333,7 +334,7 @@ def run_generate(args: Any) -> dict[str, Any]:
                        f"{len(example['region_cells'])}), more than "
                        f"--max_prompt_tokens={args.max_prompt_tokens}; shorten the question or raise the limit")
     batch = collate([example], config, length_buckets=(n_prompt,), patch_buckets=None)
-    prompt = family_of(config).model_inputs(batch)
+    prompt = batch.inputs
     rng = jax.random.key(args.seed)
     answer_tag = answer_tag_ids(tok, output_format_for_instruction(args.instruction))
     alpha = None
@@ -368,9 +369,9 @@ def run_generate(args: Any) -> dict[str, Any]:
                 f"{adaptvis.threshold} -> alpha={alpha:g} ({choice})"
     print(line)
     if args.heatmap:
-        heat, visual_mass = visual_attention_map(loaded.params, batch, tokens, mask, config=config, layers=layers,
-                                                 chunk=args.heatmap_chunk)
-        shown, grid = family_of(config).model_view(config, image, batch)
+        heat, visual_mass = visual_attention_map(loaded.params, batch.inputs, tokens, mask, config=config,
+                                                 layers=layers, chunk=args.heatmap_chunk)
+        shown, grid = family_of(config).model_view(config, image, batch.inputs)
         areas = all_areas(text)
         layer_names = ",".join(str(i % config.text.num_layers) for i in layers)
         caption = (f"attention mass per visual token, decoder layer(s) {layer_names}, mean over heads and the "

@@ -8,6 +8,7 @@ failing, so the tiny model runs on any mesh and the released models shard as int
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -133,18 +134,26 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def shard_batch(batch: Mapping[str, Any], mesh: Mesh, batch_axes: Mapping[str, int]) -> dict[str, Any]:
-    """Places a host batch on the mesh: arrays named in `batch_axes` sharded on that axis,
-    other arrays replicated (e.g. the flat vision patches); non-arrays are left as they are."""
-    out = {}
-    for name, value in batch.items():
-        if isinstance(value, (np.ndarray, jax.Array)):
-            sharding = (batch_sharding(mesh, value.shape, batch_axes[name]) if name in batch_axes
-                        else replicated(mesh))
-            out[name] = jax.device_put(value, sharding)
-        else:
-            out[name] = value
-    return out
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+    """Places a host batch (a `sif_jax.batch` dataclass: `Batch`, `ModelInputs`) on the mesh.
+
+    Each array field is sharded on the batch axis its field declares (`batch_axis` metadata,
+    `sif_jax.batch.batch_field`), fields declaring None (e.g. `image_grid_thw`) are replicated;
+    nested batch dataclasses are placed likewise; None, scalars and the host-only fields (e.g.
+    `Batch.targets`, not pytree nodes) stay as they are. Returns a new batch of the same type.
+    """
+    updates = {}
+    for field in dataclasses.fields(batch):
+        value = getattr(batch, field.name)
+        if not field.metadata.get("pytree_node", True):
+            continue
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            updates[field.name] = shard_batch(value, mesh)
+        elif isinstance(value, (np.ndarray, jax.Array)):
+            axis = field.metadata.get("batch_axis")
+            sharding = replicated(mesh) if axis is None else batch_sharding(mesh, value.shape, axis)
+            updates[field.name] = jax.device_put(value, sharding)
+    return dataclasses.replace(batch, **updates)
 
 
 def sharding_leaves(tree: Any) -> tuple | None:

@@ -7,12 +7,12 @@ program a run executes, with the same jitted functions the trainer calls:
 
     sft_grads         sft.sft_grads on a `sft.batch_size` batch at the largest length bucket
     sft_update        the optimizer step of the SFT warm-up (train._make_apply)
-    sampler_prefill   model.cache.prefill as `rl.sampler.generate` uses it (cache + last logits)
+    sampler_prefill   model.cache.prefill as `infer.sampler.generate` uses it (cache + last logits)
     sampler_decode    one model.cache.decode_step (one token per row), the decode loop's body
-    sampler_generate  rl.sampler.generate: prefill + the whole decode while-loop
-    score_policy      rl.scoring.score with the SAYO attention masses
-    score_reference   rl.scoring.score under the frozen reference (only when grpo.beta != 0)
-    grpo_loss_grads   rl.grpo._loss_grads: clipped surrogate + KL, gradient of one micro-batch
+    sampler_generate  infer.sampler.generate: prefill + the whole decode while-loop
+    score_policy      infer.scoring.score with the SAYO attention masses
+    score_reference   infer.scoring.score under the frozen reference (only when grpo.beta != 0)
+    grpo_loss_grads   rl.grpo.loss_grads: clipped surrogate + KL, gradient of one micro-batch
     grpo_update       the GRPO optimizer step (train._make_apply, vision frozen per config)
     lora_merge        (LoRA runs) rl.grpo.policy_params: the base with the adapters merged in, once
                       per step before sampling
@@ -69,13 +69,15 @@ from jax.sharding import NamedSharding
 
 from sif_jax import lora as lora_lib
 from sif_jax import parallel, train
+from sif_jax.batch import Batch, ModelInputs, batch_axis
 from sif_jax.data.batching import pick_bucket
 from sif_jax.data.pipeline import PreprocessConfig
+from sif_jax.infer.sampler import generate
+from sif_jax.infer.scoring import score
 from sif_jax.model.cache import decode_step, prefill
 from sif_jax.model.family import ImageInputs, family_of, get_preset
 from sif_jax.rl import grpo as grpo_lib
-from sif_jax.rl.sampler import generate
-from sif_jax.rl.scoring import score
+from sif_jax.rl.types import Rollout
 from sif_jax.run_config import validate_config
 from sif_jax.sft import sft_grads
 
@@ -159,13 +161,14 @@ def example_image(config: ml_collections.ConfigDict, model: Any) -> tuple[ImageI
 
 
 def abstract_batch(config: ml_collections.ConfigDict, model: Any, mesh, rows: int, length: int, *,
-                   sft: bool) -> dict[str, jax.ShapeDtypeStruct]:
-    """The model inputs of a collated batch of `rows` rows padded to `length` tokens, with the
-    shardings `train._place` gives them (batch axis over data x fsdp, the rest replicated).
+                   sft: bool) -> Batch:
+    """A collated batch of `rows` rows padded to `length` tokens as ShapeDtypeStructs (its model
+    inputs the family's module takes, `region_mask`, and with `sft` `loss_mask` bool [rows, length]),
+    with the shardings `train._place` gives them (batch axis over data x fsdp, the rest replicated).
 
     The layout is the real one: the family's `collate_images` runs on a one-row batch (vision start,
-    the image's pads, vision end, filler text; `example_image`) and each array's batch axis
-    (`train.BATCH_AXES`) is widened to `rows`. `sft` adds `loss_mask` bool [rows, length].
+    the image's pads, vision end, filler text; `example_image`) and each array's batch axis (declared
+    on its `sif_jax.batch` field) is widened to `rows`.
     """
     family = family_of(model)
     img, patches = example_image(config, model)
@@ -178,19 +181,17 @@ def abstract_batch(config: ml_collections.ConfigDict, model: Any, mesh, rows: in
     ids = np.full((1, length), model.bos_token_id, np.int32)
     ids[0, :len(image_ids)] = image_ids
     one = family.collate_images(model, ids, np.ones_like(ids), [img.arrays], patches)
-    keep = (*family.model_inputs(one), "region_mask", "loss_mask")
-    one["region_mask"] = np.zeros((1, length), bool)
-    if sft:
-        one["loss_mask"] = np.zeros((1, length), bool)
-    out = {}
-    for name, value in one.items():
-        if name not in keep:
-            continue
+
+    def widen(cls: type, name: str, value: np.ndarray) -> jax.ShapeDtypeStruct:
+        axis = batch_axis(cls, name)
         shape = list(value.shape)
-        shape[train.BATCH_AXES[name]] = rows
-        sharding = parallel.batch_sharding(mesh, shape, train.BATCH_AXES[name])
-        out[name] = jax.ShapeDtypeStruct(tuple(shape), value.dtype, sharding=sharding)
-    return out
+        shape[axis] = rows
+        return jax.ShapeDtypeStruct(tuple(shape), value.dtype, sharding=parallel.batch_sharding(mesh, shape, axis))
+
+    inputs = ModelInputs(**{name: widen(ModelInputs, name, one[name]) for name in family.model_inputs(one)})
+    mask = np.zeros((1, length), bool)
+    return Batch(inputs, region_mask=widen(Batch, "region_mask", mask),
+                 loss_mask=widen(Batch, "loss_mask", mask) if sft else None)
 
 
 def with_shardings(shapes: Any, shardings: Any) -> Any:
@@ -329,10 +330,9 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
         optimizer = train.sft_optimizer(config)
         state = state_of(optimizer, False, config.seed)
         batch = abstract_batch(config, model, mesh, config.sft.batch_size, longest, sft=True)
-        batch.pop("region_mask")
         denominator = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
         programs.append(Program("sft_grads", lambda b=batch, d=denominator: sft_grads.lower(
-            trainable, b, d, None if lora is None else params, config=model, lora=lora,
+            trainable, b.inputs, b.loss_mask, d, None if lora is None else params, config=model, lora=lora,
             grad_shardings=parallel.sharding_leaves(trainable)), per_chip_bytes(state) - loss_arg_bytes))
         apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=False, lora=lora))
         programs.append(Program("sft_update", lambda a=apply, s=state: a.lower(s, trainable)))
@@ -346,8 +346,7 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
         rows = config.grpo.micro_batch_prompts * g.group_size
         micro = config.grpo.prompts_per_step // config.grpo.micro_batch_prompts
         batch = abstract_batch(config, model, mesh, rows, longest, sft=False)
-        region_mask = batch.pop("region_mask")
-        prompt = grpo_lib.prompt_arrays(batch, model)
+        region_mask, prompt = batch.region_mask, batch.inputs
         steps = g.sampling.max_new_tokens
         rng = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=rep)
         completion = jax.ShapeDtypeStruct((rows, steps), jnp.int32, sharding=parallel.batch_sharding(
@@ -356,13 +355,13 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
         logp = jax.ShapeDtypeStruct((rows, steps), jnp.float32, sharding=completion.sharding)
         advantages = jax.ShapeDtypeStruct((rows,), jnp.float32, sharding=parallel.batch_sharding(mesh, (rows,)))
         denominator = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
-        temperature = grpo_lib._score_temperature(g)
+        temperature = grpo_lib.score_temperature(g)
         chunk = g.vocab_chunk
         ids = {"eos_token_id": model.eos_token_id, "pad_token_id": model.pad_token_id}
         # resident while sampling/scoring: the state less the params passed in (under LoRA those are
         # the merged transient, so the whole state, base included, stays resident)
         not_params = state_bytes - params_bytes if lora is None else state_bytes
-        length = prompt["input_ids"].shape[1] + steps
+        length = prompt.input_ids.shape[1] + steps
 
         def prefill_program(p, inputs):
             logits, cache, _ = prefill(p, model, inputs, length)
@@ -389,9 +388,11 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
                 ref, prompt, completion, mask, config=model, temperature=temperature,
                 vocab_chunk=chunk), state_bytes - per_chip_bytes(ref) + (0 if lora is None else params_bytes)))
         accumulator = per_chip_bytes(trainable) if micro > 1 else 0
-        programs.append(Program("grpo_loss_grads", lambda: grpo_lib._loss_grads.lower(
-            trainable, prompt, completion, mask, mask, logp, logp if reference else None, advantages, denominator,
-            None if lora is None else params, config=model, grpo=g, grad_shardings=parallel.sharding_leaves(trainable)),
+        truncated = jax.ShapeDtypeStruct((rows,), jnp.bool_, sharding=advantages.sharding)
+        rollout = Rollout(prompt, completion, mask, logp, logp if reference else None, advantages, truncated, mask)
+        programs.append(Program("grpo_loss_grads", lambda: grpo_lib.loss_grads.lower(
+            trainable, rollout, denominator, None if lora is None else params, config=model, grpo=g,
+            grad_shardings=parallel.sharding_leaves(trainable)),
             state_bytes - loss_arg_bytes + accumulator))
         apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=reference, lora=lora))
         programs.append(Program("grpo_update", lambda: apply.lower(state, trainable)))

@@ -8,6 +8,7 @@ total number of target tokens of all micro-batches.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -15,32 +16,36 @@ import jax.numpy as jnp
 
 from sif_jax import lora as lora_lib
 from sif_jax import parallel
+from sif_jax.batch import ModelInputs
+from sif_jax.infer.lm_head import chunked_token_stats
 from sif_jax.lora import LoraConfig
 from sif_jax.model.family import family_of
-from sif_jax.rl.scoring import chunked_token_stats
 
 Params = Any
 
 
-def sft_loss_terms(params: Params, batch: dict[str, jax.Array], *, config: Any,
-                   vocab_chunk: int = 4096) -> tuple[jax.Array, jax.Array]:
-    """(summed NLL, number of target tokens) for a batch with `loss_mask` bool [B, L].
+def sft_loss_terms(params: Params, inputs: ModelInputs | Mapping[str, jax.Array], loss_mask: jax.Array, *,
+                   config: Any, vocab_chunk: int = 4096) -> tuple[jax.Array, jax.Array]:
+    """(summed NLL, number of target tokens) for model inputs [B, L] (`collate_sft(...).inputs`, or
+    the family's `prepare_inputs` dict) with labels `loss_mask` bool [B, L] (`Batch.loss_mask`).
 
     Position t's hidden state predicts token t + 1, so the target of position t is counted
     when loss_mask[t + 1] is set.
     """
     family = family_of(config)
-    _, aux = family.module(config).apply({"params": params}, **family.model_inputs(batch), return_hidden=True)
+    inputs = family.model_inputs(inputs)
+    _, aux = family.module(config).apply({"params": params}, **inputs, return_hidden=True)
     hidden = aux["hidden"][:, :-1]
-    targets = batch["input_ids"][:, 1:]
-    mask = batch["loss_mask"][:, 1:].astype(jnp.float32)
+    targets = inputs["input_ids"][:, 1:]
+    mask = loss_mask[:, 1:].astype(jnp.float32)
     logp, _ = chunked_token_stats(hidden, family.lm_head_kernel(params, config), targets, temperature=1.0,
                                   chunk=min(vocab_chunk, config.text.vocab_size))
     return -jnp.sum(logp * mask), jnp.sum(mask)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "vocab_chunk", "lora", "grad_shardings"))
-def sft_grads(params: Params, batch: dict[str, jax.Array], denominator: jax.Array, base: Params = None,
+def sft_grads(params: Params, inputs: ModelInputs | Mapping[str, jax.Array], loss_mask: jax.Array,
+              denominator: jax.Array, base: Params = None,
               dropout_rng: jax.Array | None = None, *, config: Any, vocab_chunk: int = 4096,
               lora: LoraConfig | None = None,
               grad_shardings: tuple | None = None) -> tuple[Params, tuple[jax.Array, jax.Array]]:
@@ -54,7 +59,7 @@ def sft_grads(params: Params, batch: dict[str, jax.Array], denominator: jax.Arra
         if lora is not None:
             rng = None if dropout_rng is None else jax.random.wrap_key_data(dropout_rng)
             p = lora_lib.merge(base, p, lora.scale, dropout=lora.dropout, dropout_rng=rng)
-        num, den = sft_loss_terms(p, batch, config=config, vocab_chunk=vocab_chunk)
+        num, den = sft_loss_terms(p, inputs, loss_mask, config=config, vocab_chunk=vocab_chunk)
         return num / denominator, (num, den)
 
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)

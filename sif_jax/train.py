@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from sif_jax import lora as lora_lib
 from sif_jax import parallel
+from sif_jax.batch import Batch
 from sif_jax.checkpoint import (
     Checkpointer,
     PreemptionGuard,
@@ -37,15 +38,16 @@ from sif_jax.checkpoint import (
 )
 from sif_jax.convert.hf import load_hf_checkpoint
 from sif_jax.evaluation import evaluate_batches
+from sif_jax.infer.adaptvis import answer_tag_ids
+from sif_jax.infer.sampler import SamplingConfig
 from sif_jax.lora import LoraConfig
 from sif_jax.lora_peft import load_peft_adapter
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.family import family_of, get_preset
 from sif_jax.model.layout import is_stacked, to_layout
-from sif_jax.rl.adaptvis import answer_tag_ids
-from sif_jax.rl.grpo import GRPOConfig, TrainState, collect_rollouts, make_optimizer, policy_update
+from sif_jax.optim import make_optimizer
+from sif_jax.rl.grpo import GRPOConfig, TrainState, grpo_step
 from sif_jax.rl.rewards import REWARD_NAMES, RewardConfig, RewardState
-from sif_jax.rl.sampler import SamplingConfig
 from sif_jax.run_config import validate_config
 from sif_jax.sft import sft_grads
 from sif_jax.train_data import TrainData
@@ -55,11 +57,6 @@ _VALIDATE_ONLY = flags.DEFINE_bool("validate_only", False, "Check the config and
                                    "exist), print 'config ok' and exit: launch/tpu_vm.sh runs this before a VM.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks (as absl's -v 1, which also shows INFO logs).")
 FLAGS = flags.FLAGS
-
-# Leading (batch) axis of each array of a collated batch; others are replicated.
-BATCH_AXES = {"input_ids": 0, "attention_mask": 0, "positions": 1, "region_mask": 0, "image_token_index": 0,
-              "pixel_values": 0, "patch_positions": 0, "window_segments": 0, "frame_segments": 0,
-              "pos_indices": 0, "pos_weights": 0, "region_tokens": 0, "visual_tokens": 0, "loss_mask": 0}
 
 
 class MetricsWriter:
@@ -105,8 +102,8 @@ def _model_config(config: ml_collections.ConfigDict, base: ModelConfig) -> Model
                         remat_policy=config.get("remat_policy", "none"))
 
 
-def _place(batch: dict[str, Any], mesh) -> dict[str, Any]:
-    return parallel.shard_batch(batch, mesh, BATCH_AXES)
+def _place(batch: Batch, mesh) -> Batch:
+    return parallel.shard_batch(batch, mesh)
 
 
 @dataclasses.dataclass
@@ -349,10 +346,9 @@ def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
         for step in bar:
             t0 = time.perf_counter()
             batch = _place(next(data_iter), run.mesh)
-            batch = {**family_of(run.model).model_inputs(batch), "loss_mask": batch["loss_mask"]}
-            denominator = jnp.maximum(jnp.sum(batch["loss_mask"][:, 1:]), 1)
-            grads, (nll, tokens) = sft_grads(state.params, batch, denominator, state.base, _dropout_key(lora, state),
-                                             config=run.model, lora=lora,
+            denominator = jnp.maximum(jnp.sum(batch.loss_mask[:, 1:]), 1)
+            grads, (nll, tokens) = sft_grads(state.params, batch.inputs, batch.loss_mask, denominator, state.base,
+                                             _dropout_key(lora, state), config=run.model, lora=lora,
                                              grad_shardings=parallel.sharding_leaves(state.params))
             state = apply(state, grads)
             loss = float(nll / tokens)
@@ -433,14 +429,11 @@ def run_grpo(run: Run, params: Any, *, stop_after: int | None = None) -> tuple[A
                                                                        // config.grpo.micro_batch_prompts)]
             state = state.replace(rng=jax.random.key_data(
                 jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)))
-            rollouts, reward_state, metrics = collect_rollouts(
-                state, micro, config=run.model, grpo=grpo, decode=tok.decode, reward_config=reward_config,
-                reward_state=reward_state, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
-            )
-            state, update_metrics = policy_update(state, rollouts, config=run.model, grpo=grpo, optimizer=optimizer,
-                                                  apply_updates=apply)
-            example_text = metrics.pop("texts_example")
-            row = {"step": step + 1, **metrics, **update_metrics, "seconds": time.perf_counter() - t0}
+            state, reward_state, metrics, example_text = grpo_step(
+                state, micro, config=run.model, grpo=grpo, apply_updates=apply, decode=tok.decode,
+                reward_config=reward_config, reward_state=reward_state, eos_token_id=tok.eos_id,
+                pad_token_id=tok.pad_id)
+            row = {"step": step + 1, **metrics, "seconds": time.perf_counter() - t0}
             rows.append(row)
             writer.write(row)
             bar.set_postfix(reward=f"{row['reward']:.2f}", acc=f"{row.get('accuracy_s_mean', 0):.2f}",

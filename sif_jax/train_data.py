@@ -9,6 +9,7 @@ from typing import Any
 
 import ml_collections
 
+from sif_jax.batch import Batch
 from sif_jax.data import pipeline, sources
 from sif_jax.data.prompts import get_prompt
 from sif_jax.data.scenes import SceneConfig
@@ -128,18 +129,18 @@ class TrainData:
             patch_buckets=tuple(data.patch_buckets), drop_remainder=shuffle,
         )
 
-    def sft_iterator(self, batch_size: int) -> Iterator[dict[str, Any]]:
+    def sft_iterator(self, batch_size: int) -> Iterator[Batch]:
         return iter(self._dataset(self.sft_source(), batch_size=batch_size, repeat=1, sft=True, shuffle=True,
                                   num_epochs=None, seed=self.config.seed))
 
-    def grpo_iterator(self, prompts_per_step: int) -> Iterator[dict[str, Any]]:
+    def grpo_iterator(self, prompts_per_step: int) -> Iterator[Batch]:
         """Yields micro-batches of `grpo.micro_batch_prompts` prompts x G rows; a step takes
         `prompts_per_step / micro_batch_prompts` of them."""
         g = self.config.grpo
         return iter(self._dataset(self._train_source, batch_size=g.micro_batch_prompts, repeat=g.group_size,
                                   sft=False, shuffle=True, num_epochs=None, seed=self.config.seed + 1))
 
-    def eval_batches(self, batch_size: int = 16) -> Iterator[dict[str, Any]]:
+    def eval_batches(self, batch_size: int = 16) -> Iterator[Batch]:
         if self.config.data.eval_examples <= 0 or self._eval_source is None or not len(self._eval_source):
             return iter(())
         return iter(self._dataset(self._eval_source, batch_size=batch_size, repeat=1, sft=False, shuffle=False,

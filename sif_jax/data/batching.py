@@ -8,6 +8,9 @@ supervised training) share one layout:
 * `input_ids` / `attention_mask` int32 [R, L], **left**-padded with `pad_id` to the smallest
   length bucket >= the longest row (so the prompt ends at column L-1 in every row, where sampling
   starts);
+A `sif_jax.batch.Batch`: `inputs` (`ModelInputs`) holds the model arrays, `targets`
+(`RewardTargets`) the host lists.
+
 * the model family's `collate_images` (`sif_jax.model.family`). LLaVA: `pixel_values` [R, 3, S, S],
   1-D `positions` [1, R, L]. Qwen2.5-VL, through `vlm.prepare_inputs(..., batch_images=True)`: M-RoPE
   `positions` [3, R, L] (no `rope_deltas`: the KV cache continues from the largest position),
@@ -20,7 +23,7 @@ supervised training) share one layout:
 * `region_mask` bool [R, L]: the image-pad tokens whose cells overlap a target box with positive
   area (the family's `region_cells`; cell = `family.cell_size(config)`), at their padded-sequence
   positions; `region_tokens` / `visual_tokens` int32 [R]: how many tokens are in the region / image;
-* host lists, one item per row: `answers`, `choices` (list or None), `target_boxes` (float32
+* `targets`, host lists, one item per row: `answers`, `choices` (list or None), `target_boxes` (float32
   [k, 4] normalised), `depth_maps` (float16 [S, S] or None), `prompt_ids`, `metadata` (dicts with
   id / family / relation / split / index); `group_size` = repeat.
 
@@ -35,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from sif_jax.batch import Batch, ModelInputs, RewardTargets
 from sif_jax.data.regions import batch_region_mask
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.family import family_of
@@ -77,7 +81,7 @@ def _assemble(
     patch_buckets: Sequence[int] | None,
     pad_id: int,
     what: str,
-) -> dict[str, Any]:
+) -> Batch:
     longest = max(length_buckets)
     for i, (ex, seq) in enumerate(zip(examples, sequences, strict=True)):
         if len(seq) > longest:
@@ -103,21 +107,22 @@ def _assemble(
             )
     per_image = max(_image_patches(ex) for _, ex in rows)
     pad_to = pick_bucket(per_image, patch_buckets, "patches of one image")
-    batch: dict[str, Any] = family_of(config).collate_images(
-        config, input_ids, attention_mask, [ex for _, ex in rows], pad_to)
+    inputs = ModelInputs.from_arrays(family_of(config).collate_images(
+        config, input_ids, attention_mask, [ex for _, ex in rows], pad_to))
     region = batch_region_mask(input_ids, config.image_token_id, [[ex["region_cells"]] for _, ex in rows],
                                attention_mask)
-    batch["region_mask"] = region
-    batch["region_tokens"] = region.sum(axis=1).astype(np.int32)
-    batch["visual_tokens"] = ((input_ids == config.image_token_id) & (attention_mask > 0)).sum(axis=1).astype(np.int32)
-    batch["answers"] = [ex["answer"] for _, ex in rows]
-    batch["choices"] = [None if ex.get("choices") is None else list(ex["choices"]) for _, ex in rows]
-    batch["target_boxes"] = [np.asarray(ex["target_boxes"], np.float32).reshape(-1, 4) for _, ex in rows]
-    batch["depth_maps"] = [ex.get("depth") for _, ex in rows]
-    batch["prompt_ids"] = [str(ex["prompt_id"]) for _, ex in rows]
-    batch["metadata"] = [dict(ex.get("metadata", {})) for _, ex in rows]
-    batch["group_size"] = repeat
-    return batch
+    targets = RewardTargets(
+        answers=[ex["answer"] for _, ex in rows],
+        choices=[None if ex.get("choices") is None else list(ex["choices"]) for _, ex in rows],
+        target_boxes=[np.asarray(ex["target_boxes"], np.float32).reshape(-1, 4) for _, ex in rows],
+        depth_maps=[ex.get("depth") for _, ex in rows],
+        prompt_ids=[str(ex["prompt_id"]) for _, ex in rows],
+        metadata=[dict(ex.get("metadata", {})) for _, ex in rows],
+        group_size=repeat,
+    )
+    visual = ((input_ids == config.image_token_id) & (attention_mask > 0)).sum(axis=1).astype(np.int32)
+    return Batch(inputs, region_mask=region, region_tokens=region.sum(axis=1).astype(np.int32), visual_tokens=visual,
+                 targets=targets)
 
 
 def _image_patches(ex: Example) -> int:
@@ -135,7 +140,7 @@ def collate(
     length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
     patch_buckets: Sequence[int] | None = None,
     pad_id: int | None = None,
-) -> dict[str, Any]:
+) -> Batch:
     """Prompts only (the assistant header is the last token of every row). See the module doc.
 
     Args:
@@ -165,7 +170,7 @@ def collate_sft(
     patch_buckets: Sequence[int] | None = None,
     pad_id: int | None = None,
     eos_id: int | None = None,
-) -> dict[str, Any]:
+) -> Batch:
     """Supervised rows: prompt + target trace tokens + eos, left-padded like `collate`.
 
     Adds `loss_mask` bool [R, L]: True at the trace and eos tokens (the labels; the loss reads the
@@ -178,9 +183,7 @@ def collate_sft(
     batch = _assemble(examples, sequences, config, repeat=repeat, length_buckets=length_buckets,
                       patch_buckets=patch_buckets, pad_id=config.pad_token_id if pad_id is None else pad_id,
                       what="prompt + target")
-    length = batch["input_ids"].shape[1]
+    length = batch.inputs.input_ids.shape[1]
     target_lengths = np.asarray([len(ex["target_tokens"]) + 1 for ex in examples for _ in range(repeat)], np.int32)
     cols = np.arange(length)[None, :]
-    batch["loss_mask"] = cols >= (length - target_lengths)[:, None]
-    batch["target_lengths"] = target_lengths
-    return batch
+    return batch.replace(loss_mask=cols >= (length - target_lengths)[:, None], target_lengths=target_lengths)

@@ -14,6 +14,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from sif_jax.batch import as_arrays
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.family import family_of
 from sif_jax.model.layers import DTYPES
@@ -65,13 +66,15 @@ def prefill(
 
     Args:
       config: any family's config (`sif_jax.model.family`).
-      inputs: the dict from the family's `prepare_inputs` (input_ids, attention_mask, positions, images).
+      inputs: the family's `prepare_inputs` dict or a `sif_jax.batch.ModelInputs` (input_ids,
+        attention_mask, positions, images).
       max_length: cache slots S >= prompt length + tokens to generate (static).
       last_logits_only: run the LM head on the last position only (logits [B, 1, vocab]).
 
     Returns:
       (logits float32 [B, L, vocab], cache, aux of the forward pass).
     """
+    inputs = as_arrays(inputs)
     prompt_len = inputs["input_ids"].shape[1]
     if max_length < prompt_len:
         raise ValueError(f"max_length={max_length} is shorter than the prompt ({prompt_len} tokens)")

@@ -16,7 +16,8 @@ A family provides (see `ModelFamily` for the exact signatures):
   `lm_head_kernel` and the layer layouts (`sif_jax.model.layout`) are shared;
 * host-side inputs: `prepare_inputs(config, input_ids, attention_mask, pixel_values, **family_arrays)`
   (the arrays of the family's HF processor -> the module's arrays, including `positions`
-  int32 [position_axes, B, L]), `model_inputs(inputs)` (the subset the module takes),
+  int32 [position_axes, B, L]), `model_inputs(inputs)` (the subset the module takes, by name, of a
+  `prepare_inputs` dict or a `sif_jax.batch.ModelInputs`),
   `position_axes` (3 for M-RoPE, 1 for 1-D RoPE);
 * images for the data pipeline: `process_example_image(rgb, boxes, config, min_pixels, max_pixels)` -> the
   per-example arrays, the number of image tokens and the region cells (`ImageInputs`),
@@ -24,7 +25,7 @@ A family provides (see `ModelFamily` for the exact signatures):
   num_image_tokens, system)` (the chat template's ids), `tokenizer_ids(config)` (tokenizer attribute
   -> the id the config expects), `collate_images(config, input_ids, attention_mask, rows, pad_to)`
   (the rows' per-example image arrays -> the batch's model arrays, through `prepare_inputs`);
-* `model_view(config, rgb, one_row_batch)`: the image as the model saw it and its visual-token grid
+* `model_view(config, rgb, one_row_inputs)` (a `ModelInputs`): the image as the model saw it and its visual-token grid
   (for heat-maps);
 * `load_tokenizer(path)`: the family's tokenizer from a tokenizer.json (the `Tokenizer` protocol of
   `sif_jax.data.tokenizer`);
@@ -44,6 +45,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import numpy as np
+
+from sif_jax.batch import ModelInputs
 
 Params = Any
 Config = Any
@@ -92,7 +95,7 @@ class ModelFamily(Protocol):
     def module(self, config: Config) -> Any: ...
     def prepare_inputs(self, config: Config, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
                        pixel_values: np.ndarray | None = None, **arrays: Any) -> dict[str, np.ndarray]: ...
-    def model_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]: ...
+    def model_inputs(self, inputs: ModelInputs | Mapping[str, Any]) -> dict[str, Any]: ...
     def dummy_inputs(self, config: Config) -> dict[str, np.ndarray]: ...
     def init_params(self, config: Config, rng: Any) -> Params: ...
     def abstract_boxed_params(self, config: Config) -> Params: ...
@@ -108,7 +111,7 @@ class ModelFamily(Protocol):
                     system: str | None) -> list[int]: ...
     def load_tokenizer(self, path: str) -> Any: ...
     def model_view(self, config: Config, rgb: np.ndarray,
-                   batch: Mapping[str, Any]) -> tuple[np.ndarray, tuple[int, int]]: ...
+                   inputs: ModelInputs | Mapping[str, Any]) -> tuple[np.ndarray, tuple[int, int]]: ...
     def hf_rules(self) -> tuple[list, Callable[[str], str]]: ...
 
 
@@ -165,7 +168,8 @@ def prepare_inputs(config: Config, input_ids: np.ndarray, attention_mask: np.nda
     return family_of(config).prepare_inputs(config, input_ids, attention_mask, pixel_values, **arrays)
 
 
-def model_inputs(config: Config, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def model_inputs(config: Config, inputs: ModelInputs | Mapping[str, Any]) -> dict[str, Any]:
+    """The arrays of `inputs` that `config`'s family module takes, by name."""
     return family_of(config).model_inputs(inputs)
 
 

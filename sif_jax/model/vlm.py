@@ -11,7 +11,7 @@ Two layers of API:
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sif_jax.batch import ModelInputs, as_arrays
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.geometry import vision_geometry
 from sif_jax.model.language import Decoder
@@ -297,8 +298,9 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "positions", "pixel_values", "pat
                 "window_segments", "frame_segments", "image_token_index", "image_mask")
 
 
-def model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
-    """The subset of `prepare_inputs`' output that `Qwen25VL.__call__` takes."""
+def model_inputs(inputs: ModelInputs | Mapping[str, Any]) -> dict[str, Any]:
+    """The subset of `prepare_inputs`' output (or of a `sif_jax.batch.ModelInputs`) that `Qwen25VL.__call__` takes."""
+    inputs = as_arrays(inputs)
     return {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
 
 

@@ -1,10 +1,14 @@
-"""Typed data passed between the GRPO pieces (sampler -> scoring -> rewards -> advantages -> loss)."""
+"""Typed data passed between the GRPO stages: `Scored` (sample_and_score -> reward_and_advantage),
+`RolloutBatch` (what a reward reads), `Rollout` (reward_and_advantage -> update)."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
+import flax.struct
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -63,3 +67,60 @@ class RolloutBatch:
     @property
     def size(self) -> int:
         return len(self.texts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """One micro-batch after `grpo.sample_and_score`: N = prompts * G samples and their scores.
+
+    prompt: the model inputs [N, L] the samples continue. Device arrays:
+      completion int32 [N, T]; completion_mask bool [N, T] (up to and including the first EOS);
+      truncated bool [N] (reached max_new_tokens without EOS);
+      old_logp float32 [N, T]: the sampling policy's log-probs of the temperature-scaled distribution;
+      ref_logp float32 [N, T]: the reference's, or None (beta = 0: no KL term);
+      entropies, region_mass, visual_mass float32 [N, T] (`infer.scoring.Scores`).
+    sample_seconds: wall time of the sampler, until its tokens were ready.
+    """
+
+    prompt: Any
+    completion: jax.Array
+    completion_mask: jax.Array
+    truncated: jax.Array
+    old_logp: jax.Array
+    ref_logp: jax.Array | None
+    entropies: jax.Array
+    region_mass: jax.Array
+    visual_mass: jax.Array
+    sample_seconds: float = 0.0
+
+
+@flax.struct.dataclass
+class Rollout:
+    """One micro-batch as the policy update consumes it, built once with its advantages
+    (`grpo.reward_and_advantage`; immutable, a pytree that `grpo.loss_grads` takes whole).
+
+    prompt: model inputs [N, L]; completion int32 [N, T]; completion_mask bool [N, T] (the
+    sequence the policy produced, attended to); old_logp, ref_logp float32 [N, T] (ref_logp None
+    when beta = 0); advantages float32 [N]; truncated bool [N] (reached max_new_tokens without
+    EOS); loss_mask bool [N, T] the tokens the loss trains: completion_mask, less the truncated
+    rows when `GRPOConfig.mask_truncated_completions`.
+    """
+
+    prompt: Any
+    completion: jax.Array
+    completion_mask: jax.Array
+    old_logp: jax.Array
+    ref_logp: jax.Array | None
+    advantages: jax.Array
+    truncated: jax.Array
+    loss_mask: jax.Array
+
+    @classmethod
+    def create(cls, prompt: Any, completion: jax.Array, completion_mask: jax.Array, old_logp: jax.Array,
+               ref_logp: jax.Array | None, advantages: jax.Array, truncated: jax.Array | None = None,
+               loss_mask: jax.Array | None = None) -> Rollout:
+        """truncated None: no row truncated; loss_mask None: `completion_mask`."""
+        if truncated is None:
+            truncated = jnp.zeros((completion.shape[0],), bool)
+        return cls(prompt, completion, completion_mask, old_logp, ref_logp, advantages, truncated,
+                   completion_mask if loss_mask is None else loss_mask)

@@ -13,9 +13,9 @@ from sif_jax.data.batching import collate
 from sif_jax.data.image import read_image_file
 from sif_jax.data.pipeline import Preprocessor
 from sif_jax.generate import all_areas, pretty_trace, visual_attention_map
+from sif_jax.infer.sampler import SamplingConfig, generate
+from sif_jax.infer.scoring import score
 from sif_jax.model.vlm import model_inputs
-from sif_jax.rl.sampler import SamplingConfig, generate
-from sif_jax.rl.scoring import score
 from tests.cli.conftest import run_cli
 
 
@@ -39,15 +39,15 @@ def test_heatmap_sums_to_the_scoring_pass_visual_mass(cli_files, layers):
                                          "problem": "How many red objects are there?", "answer": "1", "choices": [],
                                          "boxes": np.array([[0.5, 0.0, 1.0, 0.5]], np.float32), "trace": ""})
     batch = collate([example], config, length_buckets=(len(example["prompt_tokens"]),))
-    prompt = model_inputs(batch)
+    prompt = model_inputs(batch.inputs)
     samples = generate(loaded.params, prompt, jax.random.key(0), config=config,
                        sampling=SamplingConfig(max_new_tokens=5, temperature=0.0), eos_token_id=tok.eos_id,
                        pad_token_id=tok.pad_id)
     heat, visual = visual_attention_map(loaded.params, batch, samples.tokens, samples.completion_mask, config=config,
                                         layers=layers, chunk=6)  # 16 tokens: chunks of 6, 6, 4 (+2 padding copies)
-    assert heat.shape == (int(batch["visual_tokens"][0]),) and (heat >= 0).all()
+    assert heat.shape == (int(batch.visual_tokens[0]),) and (heat >= 0).all()
     norm = tuple(sorted(i % config.text.num_layers for i in layers))
-    scores = score(loaded.params, prompt, samples.tokens, samples.completion_mask, batch["region_mask"],
+    scores = score(loaded.params, prompt, samples.tokens, samples.completion_mask, batch.region_mask,
                    config=config, mass_layers=norm)
     mask = np.asarray(samples.completion_mask)[0]
     expected = float(np.asarray(scores.visual_mass)[0][mask].mean())

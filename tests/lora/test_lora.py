@@ -13,12 +13,13 @@ from jax.sharding import PartitionSpec
 
 from sif_jax import lora as lora_lib
 from sif_jax.convert.hf import load_hf_checkpoint
+from sif_jax.infer.sampler import SamplingConfig
 from sif_jax.model.config import get_preset
 from sif_jax.model.layout import to_layout
 from sif_jax.model.vlm import abstract_boxed_params, init_params, prepare_inputs
 from sif_jax.parallel import DEFAULT_RULES
-from sif_jax.rl.grpo import GRPOConfig, TrainState, _loss_grads, reference_params
-from sif_jax.rl.sampler import SamplingConfig
+from sif_jax.rl.grpo import GRPOConfig, TrainState, loss_grads, reference_params
+from sif_jax.rl.types import Rollout
 from sif_jax.run_config import validate_config
 from sif_jax.sft import sft_grads
 
@@ -235,9 +236,9 @@ def test_sft_adapter_gradient_is_the_projected_full_gradient(tiny_hf, hf_tiny_io
     adapters = random_adapters(specs, 4)
     batch = {**prompt, "loss_mask": jnp.asarray(hf_tiny_io["attention_mask"], bool)}
     denominator = jnp.asarray(10.0)
-    grads, (num, _) = sft_grads(adapters, batch, denominator, params, config=config, lora=lora)
+    grads, (num, _) = sft_grads(adapters, batch, batch["loss_mask"], denominator, params, config=config, lora=lora)
     merged = lora_lib.merge(params, adapters, lora.scale)
-    full, (num_full, _) = sft_grads(merged, batch, denominator, config=config)
+    full, (num_full, _) = sft_grads(merged, batch, batch["loss_mask"], denominator, config=config)
     np.testing.assert_allclose(float(num), float(num_full), rtol=1e-6)
     assert_projection(grads, full, adapters, specs, lora.scale)
 
@@ -257,10 +258,10 @@ def test_grpo_adapter_gradient_is_the_projected_full_gradient(tiny_hf):
     # Rows are distinct prompts (not G copies of one), so no shared-prompt pass.
     kw = dict(beta=0.04, share_prompts=False, sampling=SamplingConfig(max_new_tokens=steps, temperature=1.0),
               vocab_chunk=64, eps_low=0.999, eps_high=10.0)  # wide clip range: the surrogate is unclipped, so smooth
-    grads, (num, _, _) = _loss_grads(adapters, prompt, completion, mask, mask, old, ref, adv, jnp.asarray(7.0), params,
-                                     config=config, grpo=GRPOConfig(lora=lora, **kw))
+    rollout = Rollout.create(prompt, completion, mask, old, ref, adv, loss_mask=mask)
+    grads, (num, _, _) = loss_grads(adapters, rollout, jnp.asarray(7.0), params, config=config,
+                                    grpo=GRPOConfig(lora=lora, **kw))
     merged = lora_lib.merge(params, adapters, lora.scale)
-    full, (num_full, _, _) = _loss_grads(merged, prompt, completion, mask, mask, old, ref, adv, jnp.asarray(7.0),
-                                         config=config, grpo=GRPOConfig(**kw))
+    full, (num_full, _, _) = loss_grads(merged, rollout, jnp.asarray(7.0), config=config, grpo=GRPOConfig(**kw))
     np.testing.assert_allclose(float(num), float(num_full), rtol=1e-6)
     assert_projection(grads, full, adapters, specs, lora.scale)

@@ -19,8 +19,8 @@ from sif_jax.data.scenes import SceneConfig
 from sif_jax.data.tokenizer import BuiltinTokenizer
 from sif_jax.model.config import get_preset
 from sif_jax.model.vlm import init_params, param_logical_axes
-from sif_jax.rl.grpo import GRPOConfig, _loss_grads, prompt_arrays
-from sif_jax.train import BATCH_AXES
+from sif_jax.rl.grpo import GRPOConfig, loss_grads
+from sif_jax.rl.types import Rollout
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
                        patch_buckets=(64,))
     params = init_params(config, jax.random.key(0))
     rng = np.random.default_rng(0)
-    rows, steps = batch["input_ids"].shape[0], 5
+    rows, steps = batch.inputs.input_ids.shape[0], 5
     completion = jnp.asarray(rng.integers(10, 800, (rows, steps)), jnp.int32)
     mask = jnp.asarray(rng.random((rows, steps)) < 0.8)
     old_logp = jnp.asarray(-rng.random((rows, steps)) * 3, jnp.float32)
@@ -48,13 +48,14 @@ def main() -> None:
         shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
         shardings = parallel.logical_shardings(shapes, param_logical_axes(config), mesh)
         placed = jax.device_put(params, shardings)
-        prompt = parallel.shard_batch(prompt_arrays(batch), mesh, BATCH_AXES)
-        sharded = [parallel.shard_batch({"x": x}, mesh, {"x": 0})["x"] for x in (completion, mask, old_logp,
-                                                                               advantages)]
-        args = (placed, prompt, sharded[0], sharded[1], sharded[1], sharded[2], None, sharded[3], jnp.float32(rows))
+        prompt = parallel.shard_batch(batch, mesh).inputs
+        sharded = [jax.device_put(x, parallel.batch_sharding(mesh, x.shape)) for x in (completion, mask, old_logp,
+                                                                                     advantages)]
+        rollout = Rollout.create(prompt, sharded[0], sharded[1], sharded[2], None, sharded[3], loss_mask=sharded[1])
+        args = (placed, rollout, jnp.float32(rows))
         with jax.set_mesh(mesh):  # the mesh the Pallas kernels shard_map over, as train.py sets it
-            grads, (num, den, _) = _loss_grads(*args, config=config, grpo=grpo)
-            jaxpr = str(jax.make_jaxpr(lambda *a: _loss_grads(*a, config=config, grpo=grpo))(*args))
+            grads, (num, den, _) = loss_grads(*args, config=config, grpo=grpo)
+            jaxpr = str(jax.make_jaxpr(lambda *a: loss_grads(*a, config=config, grpo=grpo))(*args))
         sharded_leaves = sum(1 for s in jax.tree.leaves(shardings) if not s.is_fully_replicated)
         results[",".join(map(str, shape))] = {
             "loss": float(num / rows),

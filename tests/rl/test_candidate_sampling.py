@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sif_jax.rl.sampler import NEG_INF, SamplingConfig, ban_tokens, candidate_logits, process_logits, sample_token
+from sif_jax.infer.sampler import NEG_INF, SamplingConfig, ban_tokens, candidate_logits, process_logits, sample_token
 
 VOCAB = 2000
 

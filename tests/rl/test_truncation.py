@@ -45,7 +45,7 @@ def test_masked_truncated_rows_add_no_loss_and_no_gradient(reduction):
 def test_grpo_config_default_and_rollout_defaults():
     assert GRPOConfig().mask_truncated_completions is False
     mask = jnp.ones((2, 3), bool)
-    r = Rollout({}, jnp.zeros((2, 3), jnp.int32), mask, jnp.zeros((2, 3)), None)
+    r = Rollout.create({}, jnp.zeros((2, 3), jnp.int32), mask, jnp.zeros((2, 3)), None, jnp.zeros(2))
     assert np.asarray(r.truncated).tolist() == [False, False] and r.loss_mask is mask
 
 

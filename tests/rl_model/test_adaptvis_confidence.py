@@ -11,8 +11,7 @@ import pytest
 
 from sif_jax.convert.hf import load_hf_checkpoint
 from sif_jax.evaluation import evaluate_batches
-from sif_jax.model.vlm import forward, prepare_inputs
-from sif_jax.rl.adaptvis import (
+from sif_jax.infer.adaptvis import (
     AdaptVisConfig,
     answer_step,
     answer_tag_ids,
@@ -20,7 +19,8 @@ from sif_jax.rl.adaptvis import (
     generate_adaptvis,
     read_confidence,
 )
-from sif_jax.rl.sampler import SamplingConfig, generate, vision_control_ids
+from sif_jax.infer.sampler import SamplingConfig, generate, vision_control_ids
+from sif_jax.model.vlm import forward, prepare_inputs
 
 STEPS = 8
 GREEDY = SamplingConfig(max_new_tokens=STEPS, temperature=0.0)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from sif_jax.convert.hf import load_hf_checkpoint
+from sif_jax.infer.sampler import SamplingConfig, ban_tokens, generate, sample_token, vision_control_ids
+from sif_jax.infer.scoring import score, score_inputs
 from sif_jax.model.cache import decode_step, prefill
 from sif_jax.model.vlm import Qwen25VL, prepare_inputs
-from sif_jax.rl.sampler import SamplingConfig, ban_tokens, generate, sample_token, vision_control_ids
-from sif_jax.rl.scoring import score, score_inputs
 
 LAYERS = (0, 2)
 

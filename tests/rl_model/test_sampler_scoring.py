@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from sif_jax.convert.hf import load_hf_checkpoint
+from sif_jax.infer.lm_head import chunked_token_stats
+from sif_jax.infer.sampler import SamplingConfig, generate, process_logits
+from sif_jax.infer.scoring import score
 from sif_jax.model.vlm import forward, prepare_inputs
-from sif_jax.rl.sampler import SamplingConfig, generate, process_logits
-from sif_jax.rl.scoring import chunked_token_stats, score
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def test_score_is_differentiable(setup):
 def test_frozen_vision_tower_does_not_move():
     from sif_jax.model.config import get_preset
     from sif_jax.model.vlm import init_params
-    from sif_jax.rl.grpo import make_optimizer
+    from sif_jax.optim import make_optimizer
 
     params = init_params(get_preset("tiny"), jax.random.key(0))
     tx = make_optimizer(1e-2, weight_decay=0.1, freeze_vision=True)
@@ -122,7 +123,7 @@ def test_frozen_vision_tower_does_not_move():
 
 
 def test_adaptvis_picks_alpha_by_confidence_and_changes_decoding(setup):
-    from sif_jax.rl.adaptvis import AdaptVisConfig, choose_alpha, generate_adaptvis
+    from sif_jax.infer.adaptvis import AdaptVisConfig, choose_alpha, generate_adaptvis
 
     assert choose_alpha(jnp.array([0.1, 0.39, 0.4, 0.9]), AdaptVisConfig()).tolist() == [0.5, 0.5, 1.5, 1.5]
     config, params, prompt = setup

@@ -10,12 +10,13 @@ import pytest
 from sif_jax.data import pipeline as pl
 from sif_jax.data.scenes import SceneConfig
 from sif_jax.data.tokenizer import BuiltinTokenizer
+from sif_jax.infer.groups import check_groups, unique_prompts
+from sif_jax.infer.sampler import SamplingConfig, generate
+from sif_jax.infer.scoring import score
 from sif_jax.model.config import get_preset
 from sif_jax.model.vlm import init_params, model_inputs
-from sif_jax.rl.groups import check_groups, unique_prompts
-from sif_jax.rl.grpo import GRPOConfig, _loss_grads
-from sif_jax.rl.sampler import SamplingConfig, generate
-from sif_jax.rl.scoring import score
+from sif_jax.rl.grpo import GRPOConfig, loss_grads
+from sif_jax.rl.types import Rollout
 
 G = 3
 
@@ -45,8 +46,8 @@ def test_unique_prompts_equal_the_unrepeated_batch(setup):
 def test_groups_must_hold_copies(setup):
     config, _, batch, _ = setup
     with pytest.raises(ValueError, match="does not divide the batch of 6 rows"):
-        check_groups(batch["input_ids"], 4)
-    mixed = np.asarray(batch["input_ids"])[[0, 1, 3, 2, 4, 5]]
+        check_groups(batch.inputs.input_ids, 4)
+    mixed = np.asarray(batch.inputs.input_ids)[[0, 1, 3, 2, 4, 5]]
     with pytest.raises(ValueError, match="rows of group 0"):
         check_groups(mixed, G)
 
@@ -55,7 +56,7 @@ def test_groups_must_hold_copies(setup):
                                       SamplingConfig(max_new_tokens=8, temperature=0.0)])
 def test_sampler_prefill_once_per_prompt_draws_the_same_samples(setup, sampling):
     config, params, batch, _ = setup
-    prompt = {k: jnp.asarray(v) for k, v in model_inputs(batch).items()}
+    prompt = {k: jnp.asarray(v) for k, v in model_inputs(batch.inputs).items()}
     run = functools.partial(generate, params, prompt, jax.random.key(5), config=config, sampling=sampling,
                             eos_token_id=config.eos_token_id, pad_token_id=0)
     repeated, shared = run(group_size=1), run(group_size=G)
@@ -67,7 +68,7 @@ def test_sampler_prefill_once_per_prompt_draws_the_same_samples(setup, sampling)
 
 def _completion(batch, steps=6, seed=0):
     rng = np.random.default_rng(seed)
-    rows = batch["input_ids"].shape[0]
+    rows = batch.inputs.input_ids.shape[0]
     completion = jnp.asarray(rng.integers(10, 800, (rows, steps)), jnp.int32)
     lengths = rng.integers(1, steps + 1, rows)
     mask = jnp.asarray(np.arange(steps)[None] < lengths[:, None])
@@ -82,9 +83,9 @@ def test_scoring_with_a_shared_prefix_equals_the_full_pass(setup, scan_layers):
 
         config = config.replace(scan_layers=True)
         params = stack_layers(params, config)
-    prompt = {k: jnp.asarray(v) for k, v in model_inputs(batch).items()}
+    prompt = {k: jnp.asarray(v) for k, v in model_inputs(batch.inputs).items()}
     completion, mask = _completion(batch)
-    run = functools.partial(score, params, prompt, completion, mask, jnp.asarray(batch["region_mask"]), config=config,
+    run = functools.partial(score, params, prompt, completion, mask, jnp.asarray(batch.region_mask), config=config,
                             mass_layers=(0, 1), temperature=0.7, vocab_chunk=256)
     full, shared = run(group_size=1), run(group_size=G)
     for name in ("logprobs", "entropies", "region_mass", "visual_mass"):
@@ -95,7 +96,7 @@ def test_scoring_with_a_shared_prefix_equals_the_full_pass(setup, scan_layers):
 
 def test_loss_gradient_through_the_shared_prompt_equals_the_full_pass(setup):
     config, params, batch, _ = setup
-    prompt = {k: jnp.asarray(v) for k, v in model_inputs(batch).items()}
+    prompt = {k: jnp.asarray(v) for k, v in model_inputs(batch.inputs).items()}
     completion, mask = _completion(batch, seed=1)
     rows = completion.shape[0]
     rng = np.random.default_rng(2)
@@ -107,8 +108,8 @@ def test_loss_gradient_through_the_shared_prompt_equals_the_full_pass(setup):
     for share in (False, True):
         grpo = GRPOConfig(group_size=G, beta=0.04, share_prompts=share, vocab_chunk=256,
                           sampling=SamplingConfig(temperature=0.7))
-        out[share] = _loss_grads(params, prompt, completion, mask, mask, old, ref, advantages, jnp.float32(rows),
-                                 config=config, grpo=grpo)
+        rollout = Rollout.create(prompt, completion, mask, old, ref, advantages, loss_mask=mask)
+        out[share] = loss_grads(params, rollout, jnp.float32(rows), config=config, grpo=grpo)
     (g_full, (num_full, _, _)), (g_shared, (num_shared, _, _)) = out[False], out[True]
     np.testing.assert_allclose(float(num_shared), float(num_full), atol=1e-5)
     flat_full = jax.tree_util.tree_leaves_with_path(g_full)
@@ -123,7 +124,7 @@ def test_loss_gradient_through_the_shared_prompt_equals_the_full_pass(setup):
 
 def test_visual_scale_needs_unshared_prompts(setup):
     config, params, batch, _ = setup
-    prompt = {k: jnp.asarray(v) for k, v in model_inputs(batch).items()}
+    prompt = {k: jnp.asarray(v) for k, v in model_inputs(batch.inputs).items()}
     with pytest.raises(ValueError, match="visual_scale needs group_size=1"):
         generate(params, prompt, jax.random.key(0), config=config, sampling=SamplingConfig(max_new_tokens=2),
                  eos_token_id=config.eos_token_id, pad_token_id=0, visual_scale=jnp.ones((6,)), group_size=G)

@@ -6,11 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sif_jax.batch import Batch, ModelInputs, RewardTargets
 from sif_jax.convert.hf import load_hf_checkpoint
+from sif_jax.infer.sampler import SamplingConfig, generate
 from sif_jax.model.vlm import prepare_inputs
-from sif_jax.rl.grpo import GRPOConfig, TrainState, _loss_grads, collect_rollouts
+from sif_jax.rl.grpo import GRPOConfig, TrainState, loss_grads, reward_and_advantage, sample_and_score
 from sif_jax.rl.rewards import RewardConfig, RewardResult, RewardState
-from sif_jax.rl.sampler import SamplingConfig, generate
+from sif_jax.rl.types import Rollout
 
 STEPS = 6
 
@@ -58,10 +60,11 @@ def test_sampler_flags_rows_that_hit_max_new_tokens(setup):
 def _micro_batch(config, prompt):
     n = prompt["input_ids"].shape[0]
     visual = np.asarray(prompt["input_ids"]) == config.image_token_id
-    return {**prompt, "prompt_ids": ["p"] * n, "answers": ["yes"] * n, "choices": [None] * n,
-            "target_boxes": [np.zeros((0, 4), np.float32)] * n, "depth_maps": [None] * n,
-            "region_mask": jnp.asarray(visual), "region_tokens": jnp.asarray(visual.sum(1), jnp.int32),
-            "visual_tokens": jnp.asarray(visual.sum(1), jnp.int32)}
+    targets = RewardTargets(answers=["yes"] * n, choices=[None] * n, target_boxes=[np.zeros((0, 4), np.float32)] * n,
+                            depth_maps=[None] * n, prompt_ids=["p"] * n, metadata=[{}] * n)
+    return Batch(ModelInputs.from_arrays(prompt), region_mask=jnp.asarray(visual),
+                 region_tokens=jnp.asarray(visual.sum(1), jnp.int32),
+                 visual_tokens=jnp.asarray(visual.sum(1), jnp.int32), targets=targets)
 
 
 @pytest.mark.parametrize("mask_truncated", [False, True])
@@ -76,10 +79,12 @@ def test_rollouts_carry_the_flag_the_metric_and_the_loss_mask(setup, mask_trunca
     def reward_fn(batch, reward_state, _):
         return RewardResult(np.array([1.0, 0.0], np.float32), {}, reward_state)
 
-    rollouts, _, metrics = collect_rollouts(
-        state, [_micro_batch(config, prompt)], config=config, grpo=grpo, decode=lambda ids: str(list(ids)),
-        reward_config=RewardConfig(), reward_state=RewardState(), reward_fn=reward_fn, eos_token_id=eos,
-        pad_token_id=0)
+    batch = _micro_batch(config, prompt)
+    scored = sample_and_score(state.params, state.ref_params, batch, jax.random.fold_in(jax.random.key(0), 0),
+                              config=config, grpo=grpo, eos_token_id=eos, pad_token_id=0)
+    rollouts, _, metrics, _ = reward_and_advantage(
+        [scored], [batch], grpo=grpo, decode=lambda ids: str(list(ids)), reward_config=RewardConfig(),
+        reward_state=RewardState(), reward_fn=reward_fn)
     (r,) = rollouts
     truncated = expected_truncated(np.asarray(r.completion), np.asarray(r.completion_mask), eos)
     np.testing.assert_array_equal(np.asarray(r.truncated), truncated)
@@ -88,8 +93,7 @@ def test_rollouts_carry_the_flag_the_metric_and_the_loss_mask(setup, mask_trunca
     np.testing.assert_array_equal(np.asarray(r.loss_mask), want)
 
     # The gradient of the masked batch equals that of the finished rows alone (same denominator).
-    grads, (num, den, _) = _loss_grads(params, r.prompt, r.completion, r.completion_mask, r.loss_mask, r.old_logp,
-                                       None, r.advantages, jnp.float32(1.0), config=config, grpo=grpo)
+    grads, (num, den, _) = loss_grads(params, r, jnp.float32(1.0), config=config, grpo=grpo)
     if not mask_truncated:
         assert float(den) == 2.0
         return
@@ -97,9 +101,9 @@ def test_rollouts_carry_the_flag_the_metric_and_the_loss_mask(setup, mask_trunca
     keep = np.flatnonzero(~truncated)
     sub = lambda x: x[keep]  # noqa: E731
     sub_prompt = _one_row_prompt(config, keep[0])  # the finished row with its own image only
-    sub_grads, (sub_num, _, _) = _loss_grads(
-        params, sub_prompt, sub(r.completion), sub(r.completion_mask), sub(r.loss_mask), sub(r.old_logp), None,
-        sub(r.advantages), jnp.float32(1.0), config=config, grpo=grpo)
+    sub_rollout = Rollout.create(sub_prompt, sub(r.completion), sub(r.completion_mask), sub(r.old_logp), None,
+                                 sub(r.advantages), loss_mask=sub(r.loss_mask))
+    sub_grads, (sub_num, _, _) = loss_grads(params, sub_rollout, jnp.float32(1.0), config=config, grpo=grpo)
     np.testing.assert_allclose(float(num), float(sub_num), rtol=1e-5, atol=1e-7)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(sub_grads), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

@@ -93,7 +93,7 @@ def test_grpo_on_sayo_parquet(tmp_path):
     validate_config(config)
     run_, params = train._setup(config)
     batch = next(run_.data.grpo_iterator(config.grpo.prompts_per_step))
-    assert batch["region_tokens"].tolist() == [4] * batch["region_tokens"].shape[0]  # 4 of 16 visual tokens
+    assert batch.region_tokens.tolist() == [4] * batch.region_tokens.shape[0]  # 4 of 16 visual tokens
     summary = train._run_phases(run_, params, stop_after=None)
     assert summary["after"]["examples"] == 1 and "tas" in summary["after"]
 

@@ -24,7 +24,7 @@ sys.path.insert(0, ROOT)
 from sif_jax import checkpoint_loading as loading  # noqa: E402
 from sif_jax import train  # noqa: E402
 from sif_jax.checkpoint import Checkpointer, load_params_dir, load_run_params  # noqa: E402
-from sif_jax.rl.grpo import make_optimizer  # noqa: E402
+from sif_jax.optim import make_optimizer  # noqa: E402
 from tests.train.conftest import tiny_run_config  # noqa: E402
 
 

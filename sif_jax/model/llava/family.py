@@ -72,7 +72,7 @@ class LlavaFamily(BaseFamily):
         batch["num_patches"] = np.int32(pixel_values.shape[0])
         return batch
 
-    def model_view(self, config, rgb, batch):
+    def model_view(self, config, rgb, inputs):
         """(the S x S centre crop the model saw, uint8; the (24, 24) patch grid). ValueError for strategy
         "full" (its class token is no cell)."""
         if config.vision_feature_select_strategy != "default":

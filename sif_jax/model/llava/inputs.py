@@ -13,12 +13,13 @@ HF's `generate` computes them from the attention mask; int32 [1, B, L].
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from sif_jax.batch import ModelInputs, as_arrays
 from sif_jax.model.llava.config import LlavaConfig
 
 # HF's llava-1.5 chat template, one image and one user turn: "USER: <image>\n{text} ASSISTANT:".
@@ -164,8 +165,9 @@ def prepare_inputs(
 MODEL_INPUTS = ("input_ids", "attention_mask", "positions", "pixel_values", "image_token_index", "image_mask")
 
 
-def model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
-    """The subset of `prepare_inputs`' output that `Llava.__call__` takes."""
+def model_inputs(inputs: ModelInputs | Mapping[str, Any]) -> dict[str, Any]:
+    """The subset of `prepare_inputs`' output (or of a `sif_jax.batch.ModelInputs`) that `Llava.__call__` takes."""
+    inputs = as_arrays(inputs)
     return {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from sif_jax.batch import as_arrays
 from sif_jax.model.cache import KVCache
 from sif_jax.model.layers import DTYPES
 from sif_jax.model.qwen3_vl.config import Qwen3VLConfig
@@ -42,11 +43,13 @@ def prefill(
     visual_scale: jax.Array | None = None,
     return_attention_mass: Sequence[int] = (),
 ) -> tuple[jax.Array, KVCache, dict]:
-    """Runs the prompt batch (from `model.prepare_inputs`) and fills a cache of `max_length` slots.
+    """Runs the prompt batch (from `model.prepare_inputs`, or a `sif_jax.batch.ModelInputs`) and fills a
+    cache of `max_length` slots.
 
     Returns (logits float32 [B, L, vocab], cache, aux of the forward pass). Raises ValueError when
     `max_length` is shorter than the prompt.
     """
+    inputs = as_arrays(inputs)
     prompt_len = inputs["input_ids"].shape[1]
     if max_length < prompt_len:
         raise ValueError(f"max_length={max_length} is shorter than the prompt ({prompt_len} tokens)")

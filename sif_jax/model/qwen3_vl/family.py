@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from sif_jax.batch import as_arrays
 from sif_jax.model.family import BaseFamily, ImageInputs
 from sif_jax.model.qwen3_vl import model as qwen3_vl
 from sif_jax.model.qwen3_vl.config import PRESETS, Qwen3VLConfig
@@ -106,12 +107,12 @@ class Qwen3VLFamily(BaseFamily):
         batch["num_patches"] = np.int32(pixel_values.shape[0])
         return batch
 
-    def model_view(self, config, rgb, batch):
+    def model_view(self, config, rgb, inputs):
         """(the image resized as the model saw it, uint8 [H, W, 3]; its visual-token grid (rows, cols)) for a
-        one-row batch."""
+        one-row `ModelInputs` (or `prepare_inputs` dict)."""
         from sif_jax.data.image import resize_image
 
-        grid_thw = np.asarray(batch["image_grid_thw"])[0]
+        grid_thw = np.asarray(as_arrays(inputs)["image_grid_thw"])[0]
         m, ps = config.vision.spatial_merge_size, config.vision.patch_size
         shown = resize_image(np.asarray(rgb), int(grid_thw[1]) * ps, int(grid_thw[2]) * ps)
         return shown, (int(grid_thw[1]) // m, int(grid_thw[2]) // m)

@@ -11,7 +11,7 @@ Two layers of API, as `sif_jax.model.vlm` for Qwen2.5-VL:
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sif_jax.batch import ModelInputs, as_arrays
 from sif_jax.model.qwen3_vl.config import Qwen3VLConfig
 from sif_jax.model.qwen3_vl.geometry import vision_geometry
 from sif_jax.model.qwen3_vl.language import Qwen3VLDecoder
@@ -268,8 +269,9 @@ def _batched_images(
     return out
 
 
-def model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
-    """The subset of `prepare_inputs`' output that `Qwen3VL.__call__` takes."""
+def model_inputs(inputs: ModelInputs | Mapping[str, Any]) -> dict[str, Any]:
+    """The subset of `prepare_inputs`' output (or of a `sif_jax.batch.ModelInputs`) that `Qwen3VL.__call__` takes."""
+    inputs = as_arrays(inputs)
     return {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
 
 

@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sif_jax.infer.adaptvis import AdaptVisConfig, generate_adaptvis
+from sif_jax.infer.sampler import SamplingConfig
 from sif_jax.model import family
-from sif_jax.rl.adaptvis import AdaptVisConfig, generate_adaptvis
-from sif_jax.rl.sampler import SamplingConfig
 
 
 def test_adaptvis_scales_only_the_last_prompt_row_in_prefill(llava_loaded, llava_io):

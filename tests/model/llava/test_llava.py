@@ -113,7 +113,7 @@ def test_remat_and_scan_do_not_change_the_loss_or_grads():
     batch["loss_mask"] = np.arange(ids.shape[1])[None] >= ids.shape[1] - 6
 
     def loss_and_grads(config, p):
-        return jax.value_and_grad(lambda q: sft_loss_terms(q, batch, config=config)[0])(p)
+        return jax.value_and_grad(lambda q: sft_loss_terms(q, batch, batch["loss_mask"], config=config)[0])(p)
 
     want_loss, want_grads = loss_and_grads(base, params)
     from sif_jax.model.layout import stack_layers, unstack_layers

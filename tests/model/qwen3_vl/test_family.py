@@ -83,15 +83,15 @@ def test_collated_batch_matches_hf_logits_and_greedy(loaded, qwen3_io):
 
 
 def test_batch_axes_cover_the_collated_model_inputs(loaded, qwen3_io):
-    from sif_jax.train import BATCH_AXES
+    from sif_jax.batch import ModelInputs, batch_axis
 
     config, _ = loaded
     family = family_of(config)
     batch = family.collate_images(config, qwen3_io["input_ids"], qwen3_io["attention_mask"],
                                   _rows(qwen3_io, config), pad_to=48)
     for key, value in family.model_inputs(batch).items():
-        assert key in BATCH_AXES, key
-        assert value.shape[BATCH_AXES[key]] == 2, key
+        assert batch_axis(ModelInputs, key) is not None, key
+        assert value.shape[batch_axis(ModelInputs, key)] == 2, key
 
 
 def test_process_example_image_matches_the_hf_processor_and_marks_regions(loaded, qwen3_io):

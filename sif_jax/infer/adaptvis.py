@@ -33,14 +33,16 @@ The confidence is always the alpha = 1 pass's: it is what the threshold compared
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
+from sif_jax.batch import ModelInputs, as_arrays
+from sif_jax.infer.sampler import Samples, SamplingConfig, generate
 from sif_jax.model.config import ModelConfig
-from sif_jax.rl.sampler import Samples, SamplingConfig, generate
 
 Params = Any
 ANSWER_TAG = "<answer>"
@@ -137,7 +139,7 @@ class AdaptVisResult:
 
 def generate_adaptvis(
     params: Params,
-    inputs: dict[str, jax.Array],
+    inputs: ModelInputs | Mapping[str, jax.Array],
     rng: jax.Array,
     *,
     config: ModelConfig,
@@ -148,7 +150,7 @@ def generate_adaptvis(
     answer_tag: tuple[int, ...] = (),
 ) -> AdaptVisResult:
     """The two passes of the module doc; `answer_tag` from `answer_tag_ids` (() = plain format)."""
-    batch = inputs["input_ids"].shape[0]
+    batch = as_arrays(inputs)["input_ids"].shape[0]
     ones = jnp.ones((batch,), jnp.float32)
     zeros = jnp.zeros((batch,), jnp.int32)
     probe_sampling = sampling if answer_tag else dataclasses.replace(sampling, max_new_tokens=1)

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
+from sif_jax.batch import ModelInputs, as_arrays
+from sif_jax.infer.groups import repeat_cache, repeat_rows, shares_prompts, unique_prompts
 from sif_jax.model.cache import decode_step, prefill
 from sif_jax.model.config import ModelConfig
-from sif_jax.rl.groups import repeat_cache, repeat_rows, shares_prompts, unique_prompts
 
 Params = Any
 NEG_INF = -1e30
@@ -215,7 +217,7 @@ def sample_token(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) ->
 @functools.partial(jax.jit, static_argnames=("config", "sampling", "eos_token_id", "pad_token_id", "group_size"))
 def generate(
     params: Params,
-    inputs: dict[str, jax.Array],
+    inputs: ModelInputs | Mapping[str, jax.Array],
     rng: jax.Array,
     *,
     config: ModelConfig,
@@ -230,8 +232,9 @@ def generate(
 
     Args:
       params: model params (traced: no recompilation when they change).
-      inputs: left-padded prompt batch from `vlm.prepare_inputs` (every row ends with a real
-        token, so the last position's logits start every row).
+      inputs: left-padded prompt batch: a `ModelInputs` (`data.batching.collate(...).inputs`) or the
+        family's `prepare_inputs` dict (every row ends with a real token, so the last position's
+        logits start every row).
       rng: PRNG key.
       visual_scale: float [N] AdaptVis alpha for the one query row that produces completion token
         `scale_step` (METHODS §3: only the row that produces the first answer token is scaled);
@@ -251,6 +254,7 @@ def generate(
       ValueError: `visual_scale` with group_size > 1 (a per-row alpha changes the prompt's cache),
         or the conditions of `groups.unique_prompts`.
     """
+    inputs = as_arrays(inputs)
     steps = sampling.max_new_tokens
     banned = vision_control_ids(config)
     batch, prompt_len = inputs["input_ids"].shape

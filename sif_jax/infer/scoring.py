@@ -9,16 +9,18 @@ head runs over vocabulary chunks inside a scan, so [N, T, V] logits are never al
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
+from sif_jax.batch import ModelInputs, as_arrays
+from sif_jax.infer.groups import repeat_rows, shares_prompts, unique_prompts
+from sif_jax.infer.lm_head import chunked_token_stats
 from sif_jax.model.family import family_of
 from sif_jax.model.vlm import Qwen25VL
-from sif_jax.rl.groups import repeat_rows, shares_prompts, unique_prompts
 
 Params = Any
 
@@ -33,59 +35,18 @@ class Scores:
     visual_mass: jax.Array
 
 
-def chunked_token_stats(
-    hidden: jax.Array, kernel: jax.Array, targets: jax.Array, *, temperature: float, chunk: int
-) -> tuple[jax.Array, jax.Array]:
-    """Log-prob of `targets` and entropy under softmax(hidden @ kernel / temperature).
-
-    Args:
-      hidden: [N, T, E]; kernel: [E, V]; targets: int [N, T].
-      chunk: vocabulary chunk size; the logits of one chunk [N, T, chunk] are live at a time.
-
-    Returns:
-      logprobs, entropies: float32 [N, T]. An online log-sum-exp accumulates m (max),
-      s = sum exp(l - m) and u = sum exp(l - m) * l, so entropy = lse - u / s.
-    """
-    vocab = kernel.shape[1]
-    n_chunks = -(-vocab // chunk)
-    kernel = jnp.pad(kernel, ((0, 0), (0, n_chunks * chunk - vocab)))
-    kernel = kernel.reshape(kernel.shape[0], n_chunks, chunk).transpose(1, 0, 2)
-    inv_t = 1.0 / (temperature if temperature > 0 else 1.0)
-    shape = targets.shape
-
-    def body(carry, xs):
-        m, s, u, target_logit = carry
-        index, w = xs
-        logits = jnp.einsum("nte,ev->ntv", hidden, w.astype(hidden.dtype)).astype(jnp.float32) * inv_t
-        ids = index * chunk + jnp.arange(chunk)
-        logits = jnp.where(ids < vocab, logits, -jnp.inf)
-        new_m = jnp.maximum(m, jnp.max(logits, axis=-1))
-        correction = jnp.exp(m - new_m)
-        p = jnp.exp(logits - new_m[..., None])
-        s = s * correction + jnp.sum(p, axis=-1)
-        u = u * correction + jnp.sum(jnp.where(p > 0, p * logits, 0.0), axis=-1)
-        hit = ids[None, None, :] == targets[..., None]
-        target_logit = target_logit + jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
-        return (new_m, s, u, target_logit), None
-
-    init = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32),
-            jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
-    (m, s, u, target_logit), _ = jax.lax.scan(body, init, (jnp.arange(n_chunks), kernel))
-    lse = m + jnp.log(s)
-    return target_logit - lse, lse - u / s
-
-
-def prompt_image_mask(prompt: dict[str, jax.Array], image_token_id: int) -> jax.Array:
+def prompt_image_mask(prompt: ModelInputs | Mapping[str, jax.Array], image_token_id: int) -> jax.Array:
     """bool [N, L]: the prompt's image positions: its `image_mask`, else its image-pad tokens (as
     the prefill of `cache.prefill` reads them; `vlm.prepare_inputs` has checked them against the images)."""
+    prompt = as_arrays(prompt)
     if "image_mask" in prompt:
         return jnp.asarray(prompt["image_mask"]).astype(bool)
     return jnp.asarray(prompt["input_ids"]) == image_token_id
 
 
 def score_inputs(
-    prompt: dict[str, jax.Array], completion: jax.Array, completion_mask: jax.Array, *, image_token_id: int,
-    config: Any = None,
+    prompt: ModelInputs | Mapping[str, jax.Array], completion: jax.Array, completion_mask: jax.Array, *,
+    image_token_id: int, config: Any = None,
 ) -> dict[str, jax.Array]:
     """Prompt batch + completions -> model inputs over [N, L + T].
 
@@ -101,6 +62,7 @@ def score_inputs(
         from sif_jax.model.vlm import model_inputs
     else:
         model_inputs = family_of(config).model_inputs
+    prompt = as_arrays(prompt)
     n, steps = completion.shape
     next_position = jnp.max(prompt["positions"], axis=(0, 2)) + 1
     completion_positions = next_position[:, None] + jnp.arange(steps)[None, :]
@@ -123,7 +85,7 @@ def score_inputs(
 @functools.partial(jax.jit, static_argnames=("config", "mass_layers", "temperature", "vocab_chunk", "group_size"))
 def score(
     params: Params,
-    prompt: dict[str, jax.Array],
+    prompt: ModelInputs | Mapping[str, jax.Array],
     completion: jax.Array,
     completion_mask: jax.Array,
     region_mask: jax.Array | None = None,
@@ -137,7 +99,7 @@ def score(
     """Teacher-forced pass; differentiable in `params` through `logprobs`.
 
     Args:
-      prompt: left-padded prompt batch [N, L] from the family's `prepare_inputs`.
+      prompt: left-padded prompt batch [N, L]: a `ModelInputs` or the family's `prepare_inputs` dict.
       config: any family's config (`sif_jax.model.family`).
       completion: int [N, T]; completion_mask: bool [N, T].
       region_mask: bool [N, L] prompt keys inside the target region (None: no masses).
@@ -155,6 +117,7 @@ def score(
     of the KV-cache decode (`sampler.generate`) that produced them. Log-probs are of the model's
     full-vocabulary distribution (no top-k / top-p, no banned ids).
     """
+    prompt = as_arrays(prompt)
     prompt_len = prompt["input_ids"].shape[1]
     steps = completion.shape[1]
     family = family_of(config)
@@ -192,7 +155,7 @@ def score(
 
 def shared_prefix_hidden(
     params: Params,
-    prompt: dict[str, jax.Array],
+    prompt: ModelInputs | Mapping[str, jax.Array],
     completion: jax.Array,
     completion_mask: jax.Array,
     region_mask: jax.Array | None,
@@ -216,6 +179,7 @@ def shared_prefix_hidden(
       (hidden [N, T, hidden]: position L - 1 + t of the full forward for token t, aux of the
       completion pass, whose masses are [N, heads, T] over the completion's own query rows).
     """
+    prompt = as_arrays(prompt)
     unique = unique_prompts(prompt, group_size, config)
     _, prompt_aux = Qwen25VL(config).apply({"params": params}, **unique, return_kv=True, return_hidden=True)
     keys, values = prompt_aux["kv"]
