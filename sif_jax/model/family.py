@@ -108,6 +108,7 @@ class ModelFamily(Protocol):
                     system: str | None) -> list[int]: ...
     def chat_prompt_parts(self, tokenizer: Any, parts: Any, system: str | None) -> list[int]: ...
     def pixel_bounds(self, config: Config) -> tuple[int, int]: ...
+    def text_rope(self, config: Config, positions: Any) -> tuple[Any, Any]: ...
     def load_tokenizer(self, path: str) -> Any: ...
     def model_view(self, config: Config, rgb: np.ndarray,
                    batch: Mapping[str, Any]) -> tuple[np.ndarray, tuple[int, int]]: ...
@@ -226,6 +227,14 @@ class BaseFamily:
         import flax.linen as nn
 
         return nn.get_partition_spec(self.abstract_boxed_params(config))
+
+    def text_rope(self, config: Config, positions: Any) -> tuple[Any, Any]:
+        """The decoder's rotary tables: cos, sin float32 [B, L, head_dim] for `positions` int
+        [position_axes, B, L] (`language.rope_cos_sin`: Qwen2.5-VL's M-RoPE, LLaMA's 1-D RoPE). For
+        analyses that recompute attention from a layer's queries and keys (`sif_jax.attention_map`)."""
+        from sif_jax.model.language import rope_cos_sin
+
+        return rope_cos_sin(positions, config.text)
 
     def pixel_bounds(self, config: Config) -> tuple[int, int]:
         """(min_pixels, max_pixels): the released processor's bounds on an image's resized area, in

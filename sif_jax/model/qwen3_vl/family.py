@@ -85,6 +85,12 @@ class Qwen3VLFamily(BaseFamily):
 
         return chat_prompt(tokenizer, question, num_image_tokens, system)
 
+    def text_rope(self, config, positions):
+        """Qwen3-VL's interleaved M-RoPE tables (`qwen3_vl.language.interleaved_mrope_cos_sin`)."""
+        from sif_jax.model.qwen3_vl.language import interleaved_mrope_cos_sin
+
+        return interleaved_mrope_cos_sin(positions, config.text)
+
     def pixel_bounds(self, config):
         """Qwen3-VL's released preprocessor_config.json: size {"shortest_edge": 65536, "longest_edge":
         16777216}, i.e. min 256 x 256 and max 4096 x 4096 pixels (`QWEN3_VL_MIN_PIXELS` /
