@@ -52,9 +52,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.whatsup_seed = 0  # shuffles WhatsUp's caption options
     c.data.strict_records = False  # files: False skips (and counts) invalid records; True fails on any
     c.data.instruction = "sif"  # appended to each question: sif (SIFThinker grammar) | none | <text>
-    c.data.prompt = "builtin"  # builtin (system turn + data.instruction) | sifthinker | sayo (data/prompts.py)
+    # builtin (system turn + data.instruction) | sifthinker (RGB + depth images) | sifthinker_sft | sifthinker_grpo
+    # | sayo (data/prompts.py)
+    c.data.prompt = "builtin"
     c.data.length_buckets = (192, 256, 512, 1024, 2048)  # prompt lengths; a longer prompt is an error
     c.data.patch_buckets = ()  # patches per image; () = next power of two
-    c.data.min_pixels = 56 * 56  # Qwen2.5-VL processor defaults
-    c.data.max_pixels = 28 * 28 * 1280
+    # Resized image area bounds in pixels; None = the model family's processor defaults
+    # (Qwen2.5-VL 56*56 .. 28*28*1280, Qwen3-VL 65536 .. 16777216; family.pixel_bounds).
+    c.data.min_pixels = ml_collections.config_dict.placeholder(int)
+    c.data.max_pixels = ml_collections.config_dict.placeholder(int)
     return c

@@ -46,7 +46,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.source = "builtin"
     c.data.eval_source = ""  # "" = held out from data.source (tfds: its test split); or another source
     c.data.strict_records = False  # files: False skips (and counts) invalid records; True fails on any
-    c.data.prompt = "builtin"  # builtin | sifthinker | sayo (sif_jax/data/prompts.py)
+    # builtin | sifthinker (RGB + depth images) | sifthinker_sft | sifthinker_grpo | sayo (sif_jax/data/prompts.py)
+    c.data.prompt = "builtin"
+    # Resized image area bounds in pixels; None = the model family's processor defaults
+    # (Qwen2.5-VL 56*56 .. 28*28*1280, Qwen3-VL 65536 .. 16777216; family.pixel_bounds).
+    c.data.min_pixels = ml_collections.config_dict.placeholder(int)
+    c.data.max_pixels = ml_collections.config_dict.placeholder(int)
     c.data.image_size = 224
     c.data.eval_examples = 64
     c.data.length_buckets = (192, 512, 640)  # prompts ~165 tokens; prompt + trace (SFT) ~280-520

@@ -64,7 +64,8 @@ def validate_eval_config(c: Any) -> None:
     need(len(c.data.length_buckets) > 0 and list(c.data.length_buckets) == sorted(c.data.length_buckets),
          "data.length_buckets", "must be a non-empty increasing list")
     need(all(b % 4 == 0 for b in c.data.patch_buckets), "data.patch_buckets", "must be multiples of 4")
-    need(0 < c.data.min_pixels <= c.data.max_pixels, "data.min_pixels", "must lie in (0, data.max_pixels]")
+    if c.data.min_pixels is not None and c.data.max_pixels is not None:  # None: the model family's bounds
+        need(0 < c.data.min_pixels <= c.data.max_pixels, "data.min_pixels", "must lie in (0, data.max_pixels]")
     from sif_jax.data.prompts import PROMPTS
 
     need(c.data.get("prompt", "builtin") in PROMPTS, "data.prompt", f"choose one of {sorted(PROMPTS)}")
@@ -100,7 +101,7 @@ def run_eval(c: Any) -> dict[str, Any]:
     if prompt_name != "builtin":  # a seed's wording (data/prompts.py) instead of data.instruction
         prompt = get_prompt(prompt_name)
         options = dataclasses.replace(options, system_prompt=prompt.system, instruction=prompt.instruction,
-                                      instruction_separator=prompt.separator)
+                                      instruction_separator=prompt.separator, depth_image=prompt.depth_image)
     pre = Preprocessor(tok, config, options)
     adaptvis = None
     if c.decoding == "adaptvis":

@@ -6,7 +6,10 @@
 
 --format=hf     config.json + model.safetensors (sharded with an index above 5 GB) in the
                 released Qwen2.5-VL layout (`convert.hf.save_hf_checkpoint`), which
-                `Qwen2_5_VLForConditionalGeneration.from_pretrained` and `load_hf_checkpoint` read.
+                `Qwen2_5_VLForConditionalGeneration.from_pretrained` and `load_hf_checkpoint` read,
+                and the processor files (`convert.hf_processor`): preprocessor_config.json and, with a
+                Hugging Face tokenizer, tokenizer.json, tokenizer_config.json and chat_template.jinja,
+                so `transformers.AutoProcessor.from_pretrained(out)` loads the processor.
 --format=orbax  `params/` (an orbax StandardCheckpointer pytree: params only, no optimizer or
                 reference copy) for JAX inference.
 --format=peft   a LoRA run's adapters as a PEFT directory (`adapter_config.json` +
@@ -113,8 +116,11 @@ def export(checkpoint: str, fmt: str, out: str, *, dtype: str = "", model: str =
             meta["tokenizer"] = "tokenizer.json"
         if fmt == "hf":
             from sif_jax.convert.hf import save_hf_checkpoint
+            from sif_jax.convert.hf_processor import write_processor_files
 
             save_hf_checkpoint(config, params, tmp, max_shard_bytes=max_shard_bytes)
+            meta["processor_files"] = write_processor_files(
+                config, tmp, None if isinstance(tok, BuiltinTokenizer) else tok.path)
         elif fmt == "peft":
             from sif_jax.checkpoint import load_run_adapters
             from sif_jax.lora import LoraConfig

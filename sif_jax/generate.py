@@ -16,20 +16,16 @@ tokens** (each token's own query row in a teacher-forced pass over prompt + comp
 included — the same rows and reduction as the TAS scoring pass), plus the boxes of the final
 `<area>` (solid) and of the earlier areas (dashed, lighter).
 
-How the per-token map is computed (`visual_attention_map`): the region-attention kernel returns,
-per query row, the attention mass on the keys of a `region_mask`. The vision tower and embedding
-run once; the decoder then runs on K copies of the sequence whose region masks are one-hot on the
-K visual tokens (in chunks of `--heatmap_chunk` copies), so copy j's region mass is exactly the
-probability on visual key j, through the same kernel and numerics as training. That is K/chunk
-extra decoder passes (K = 64 for a 224 px image) — fine for one image, never the attention
-matrix. Summed over the tokens the map equals the visual mass of the scoring pass (tested).
-The teacher-forced pass applies no AdaptVis scaling: it shows the model's own attention while it
-wrote the completion AdaptVis chose.
+How the per-token map is computed: `sif_jax.attention_map.visual_attention_map` (one teacher-forced
+forward pass that records the layers' queries and keys, then the completion rows' attention
+probabilities; the scanned layer layout falls back to one-hot region masks through the kernel, in
+chunks of `--heatmap_chunk` copies, with a progress bar). Summed over the tokens the map equals the
+visual mass of the scoring pass (tested). The teacher-forced pass applies no AdaptVis scaling: it
+shows the model's own attention while it wrote the completion AdaptVis chose.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -39,113 +35,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from sif_jax.infer.scoring import score_inputs
-from sif_jax.model.config import ModelConfig
+from sif_jax.attention_map import visual_attention_map
 from sif_jax.model.family import family_of
 
-Params = Any
-
-
-# ---------------------------------------------------------------------------- per-token attention
-
-
-@functools.partial(jax.jit, static_argnames=("config",))
-def _embed(params: Params, inputs: dict[str, jax.Array], *,
-           config: ModelConfig) -> tuple[jax.Array, jax.Array | None]:
-    """(the decoder's input embeddings [B, L, hidden], DeepStack features [levels, B, L, hidden] or None).
-
-    Families whose `embed` returns a pair (Qwen3-VL: embeddings and DeepStack levels) give both; the
-    others give their embeddings and None."""
-    family = family_of(config)
-    module = family.module(config)
-    images = {k: v for k, v in family.model_inputs(inputs).items() if k not in ("attention_mask", "positions")}
-    out = module.apply({"params": params}, **images, method=type(module).embed)
-    return out if isinstance(out, tuple) else (out, None)
-
-
-def _decoder_masses(module: Any, embeddings, positions, kv_valid, visual_mask, region_mask, layers, deepstack=None):
-    extra = {} if deepstack is None else {"deepstack": deepstack}
-    _, aux = module.text(embeddings, positions, kv_valid=kv_valid, visual_mask=visual_mask, region_mask=region_mask,
-                         mass_layers=layers, return_hidden=True, **extra)
-    return aux["attention_mass"]
-
-
-@functools.partial(jax.jit, static_argnames=("config", "layers"))
-def _one_hot_masses(params: Params, embeddings: jax.Array, positions: jax.Array, kv_valid: jax.Array,
-                    visual_mask: jax.Array, region_masks: jax.Array, deepstack: jax.Array | None = None, *,
-                    config: ModelConfig, layers: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
-    """One sequence ([1, L, ...]; DeepStack [levels, 1, L, hidden]) run as K copies, copy k with region
-    mask `region_masks[k]`. Returns region mass [K, L] and visual mass [K, L], averaged over `layers`
-    and heads."""
-    k, length = region_masks.shape
-    rep = lambda x: jnp.broadcast_to(x, (k, *x.shape[1:]))
-    if deepstack is not None:
-        deepstack = jnp.broadcast_to(deepstack, (deepstack.shape[0], k, *deepstack.shape[2:]))
-    masses = family_of(config).module(config).apply(
-        {"params": params}, rep(embeddings), jnp.broadcast_to(positions, (positions.shape[0], k, length)),
-        rep(kv_valid),
-        rep(visual_mask), region_masks, layers, deepstack, method=_decoder_masses)
-    region = jnp.mean(jnp.stack([masses[i]["region"] for i in layers]), axis=(0, 2))
-    visual = jnp.mean(jnp.stack([masses[i]["visual"] for i in layers]), axis=(0, 2))
-    return region, visual
-
-
-def visual_attention_map(
-    params: Params,
-    prompt: dict[str, Any],
-    completion: jax.Array,
-    completion_mask: jax.Array,
-    *,
-    config: ModelConfig,
-    layers: Sequence[int] = (-1,),
-    chunk: int = 16,
-) -> tuple[np.ndarray, float]:
-    """Attention each visual token received, averaged over `layers`, heads and the completion tokens.
-
-    Args:
-      prompt: the model inputs of a one-row prompt batch (`batching.collate(...).inputs`); completion
-        int [1, T]; completion_mask bool [1, T].
-      layers: decoder layers (negative = from the end).
-      chunk: copies of the sequence per decoder pass.
-
-    Returns:
-      (heat float32 [N] over the row's visual tokens in raster order, the mean visual mass of the
-      same rows — equal to heat.sum() up to float error).
-    """
-    prompt = family_of(config).model_inputs(prompt)
-    if np.shape(prompt["input_ids"])[0] != 1:
-        raise ValueError("visual_attention_map: expects a one-row prompt batch")
-    layers = tuple(sorted({int(i) % config.text.num_layers for i in layers}))
-    inputs = score_inputs(prompt, jnp.asarray(completion), jnp.asarray(completion_mask),
-                          image_token_id=config.image_token_id, config=config)
-    ids = np.asarray(inputs["input_ids"])
-    valid = np.asarray(inputs["attention_mask"]).astype(bool)
-    is_visual = np.asarray(inputs["image_mask"]) & valid  # the prompt's image positions only
-    visual_positions = np.flatnonzero(is_visual[0])
-    prompt_len = np.shape(prompt["input_ids"])[1]
-    mask = np.asarray(completion_mask, bool)[0]
-    rows = prompt_len + np.flatnonzero(mask)
-    if len(visual_positions) == 0 or len(rows) == 0:
-        return np.zeros(len(visual_positions), np.float32), 0.0
-    embeddings, deepstack = _embed(params, inputs, config=config)
-    length = ids.shape[1]
-    chunk = max(1, min(chunk, len(visual_positions)))
-    heat = np.zeros(len(visual_positions), np.float64)
-    visual_mass = 0.0
-    for start in range(0, len(visual_positions), chunk):
-        part = visual_positions[start:start + chunk]
-        one_hot = np.zeros((chunk, length), bool)
-        one_hot[np.arange(len(part)), part] = True  # padding copies: an all-false mask
-        region, visual = _one_hot_masses(params, embeddings, inputs["positions"], jnp.asarray(valid),
-                                         jnp.asarray(is_visual), jnp.asarray(one_hot), deepstack, config=config,
-                                         layers=layers)
-        region = np.asarray(region, np.float64)
-        heat[start:start + len(part)] = region[: len(part)][:, rows].mean(axis=1)
-        visual_mass = float(np.asarray(visual, np.float64)[0, rows].mean())
-    return heat.astype(np.float32), visual_mass
+__all__ = ["visual_attention_map", "all_areas", "pretty_trace", "save_heatmap", "run_generate", "main"]
 
 
 # ---------------------------------------------------------------------------- text and boxes
@@ -247,8 +142,8 @@ def _parser():
     p.add_argument("--instruction", default="sif", help="appended to the question: sif | none | <text>")
     p.add_argument("--max_new_tokens", type=int, default=320)
     p.add_argument("--max_prompt_tokens", type=int, default=2048, help="longest prompt (image + question) allowed")
-    p.add_argument("--min_pixels", type=int, default=56 * 56)
-    p.add_argument("--max_pixels", type=int, default=28 * 28 * 1280)
+    p.add_argument("--min_pixels", type=int, default=None, help="default: the model family's (Qwen2.5-VL 3136)")
+    p.add_argument("--max_pixels", type=int, default=None, help="default: the model family's (Qwen2.5-VL 1003520)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
@@ -370,7 +265,7 @@ def run_generate(args: Any) -> dict[str, Any]:
     print(line)
     if args.heatmap:
         heat, visual_mass = visual_attention_map(loaded.params, batch.inputs, tokens, mask, config=config,
-                                                 layers=layers, chunk=args.heatmap_chunk)
+                                                 layers=layers, chunk=args.heatmap_chunk, progress=True)
         shown, grid = family_of(config).model_view(config, image, batch.inputs)
         areas = all_areas(text)
         layer_names = ",".join(str(i % config.text.num_layers) for i in layers)

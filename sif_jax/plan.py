@@ -71,7 +71,6 @@ from sif_jax import lora as lora_lib
 from sif_jax import parallel, train
 from sif_jax.batch import Batch, ModelInputs, batch_axis
 from sif_jax.data.batching import pick_bucket
-from sif_jax.data.pipeline import PreprocessConfig
 from sif_jax.infer.sampler import generate
 from sif_jax.infer.scoring import score
 from sif_jax.model.cache import decode_step, prefill
@@ -151,12 +150,15 @@ def topology_devices(accelerator: str) -> tuple[list[jax.Device], Chip]:
 
 
 def example_image(config: ml_collections.ConfigDict, model: Any) -> tuple[ImageInputs, int]:
-    """(the family's processing of a blank `data.image_size` square image at the pipeline's default
-    min / max pixels, its patch bucket from `data.patch_buckets`)."""
-    options = PreprocessConfig()
+    """(the family's processing of a blank `data.image_size` square image at the min / max
+    pixels (`data.min_pixels` / `data.max_pixels`, else the family's `pixel_bounds`), its patch bucket
+    from `data.patch_buckets`)."""
+    family = family_of(model)
+    low, high = family.pixel_bounds(model)
+    low, high = config.data.get("min_pixels") or low, config.data.get("max_pixels") or high
     side = config.data.image_size
-    img = family_of(model).process_example_image(np.zeros((side, side, 3), np.uint8), np.zeros((0, 4), np.float32),
-                                                 model, min_pixels=options.min_pixels, max_pixels=options.max_pixels)
+    img = family.process_example_image(np.zeros((side, side, 3), np.uint8), np.zeros((0, 4), np.float32),
+                                       model, min_pixels=low, max_pixels=high)
     return img, pick_bucket(img.num_patches, tuple(config.data.patch_buckets), "patches of one image")
 
 

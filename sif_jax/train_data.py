@@ -117,8 +117,8 @@ class TrainData:
     def _preprocessor(self) -> pipeline.Preprocessor:
         assert self.model is not None, "call check_model first"
         prompt = get_prompt(self.config.data.get("prompt", "builtin"))
-        return pipeline.Preprocessor(self.tokenizer, self.model, pipeline.PreprocessConfig(
-            system_prompt=prompt.system, instruction=prompt.instruction, instruction_separator=prompt.separator))
+        return pipeline.Preprocessor(self.tokenizer, self.model, pipeline.PreprocessConfig.from_prompt(
+            prompt, min_pixels=self.config.data.get("min_pixels"), max_pixels=self.config.data.get("max_pixels")))
 
     def _dataset(self, source: Any, *, batch_size: int, repeat: int, sft: bool, shuffle: bool,
                  num_epochs: int | None, seed: int) -> Any:

@@ -314,6 +314,21 @@ def decode_spectral_depth(rgb: np.ndarray, chunk: int = 65536) -> np.ndarray:
     return (1.0 - index.reshape(a.shape[:2]).astype(np.float32) / 255.0).astype(np.float32)
 
 
+def encode_spectral_depth(depth: np.ndarray) -> np.ndarray:
+    """float [H, W] depth in [0, 1] (0 = near) -> uint8 [H, W, 3], the Spectral_r picture SIFThinker shows
+    the model as its depth image: palette index k = round((1 - depth) * 255) (`spectral_r_palette`), the
+    inverse of `decode_spectral_depth` on the 256 levels. Used for the two-image prompt when a source
+    has a depth map but no stored depth picture (built-in scenes, TFDS builds). Values outside [0, 1]
+    are clipped; ValueError for a non-2-D array or NaN."""
+    d = np.asarray(depth, np.float32)
+    if d.ndim != 2:
+        raise ValueError(f"depth map: expected float [H, W], got shape {d.shape}")
+    if np.isnan(d).any():
+        raise ValueError("depth map: holds NaN")
+    index = np.round((1.0 - np.clip(d, 0.0, 1.0)) * 255.0).astype(np.int64)
+    return spectral_r_palette()[index]
+
+
 def is_grey(rgb: np.ndarray, tolerance: int = GREY_TOLERANCE) -> bool:
     """True when every pixel's three channels differ by at most `tolerance` (SIFThinker's test)."""
     a = np.asarray(rgb).astype(np.int32)

@@ -50,13 +50,14 @@ import numpy as np
 from PIL import Image
 
 from sif_jax.data.batching import DEFAULT_LENGTH_BUCKETS, collate, collate_sft
-from sif_jax.data.image import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, load_image
+from sif_jax.data.image import encode_spectral_depth, load_image
+from sif_jax.data.prompts import Prompt
 from sif_jax.data.questions import sample_question
 from sif_jax.data.scenes import SceneConfig, generate_scene
 from sif_jax.data.tokenizer import DEFAULT_SYSTEM_PROMPT, SIF_INSTRUCTION, Tokenizer, check_tokenizer
 from sif_jax.data.traces import TraceConfig, build_trace
 from sif_jax.model.config import ModelConfig
-from sif_jax.model.family import family_of
+from sif_jax.model.family import ImageInputs, family_of
 
 __all__ = [
     "BuiltinSource", "TfdsSource", "PreprocessConfig", "Preprocessor", "make_dataset", "collate", "collate_sft",
@@ -177,12 +178,23 @@ class PreprocessConfig:
     """Per-example options. `instruction` is appended to the question after `instruction_separator`
     (None: not); `prompts.PROMPTS` holds the wordings a config can choose."""
 
-    min_pixels: int = DEFAULT_MIN_PIXELS
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_pixels: int | None = None  # None: the model family's (`family.pixel_bounds`)
+    max_pixels: int | None = None
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     instruction: str | None = SIF_INSTRUCTION
     depth_size: int | None = None  # None: full-resolution float32 (see the module doc)
     instruction_separator: str = "\n"  # between the question and the instruction (`prompts.Prompt`)
+    depth_image: bool = False  # SIFThinker's two-image user turn: RGB, then the depth picture (`prompts`)
+
+    @classmethod
+    def from_prompt(cls, prompt: Prompt, **kwargs: Any) -> PreprocessConfig:
+        """The options of a `prompts.Prompt` wording (system turn, instruction, separator, images)."""
+        return cls(system_prompt=prompt.system, instruction=prompt.instruction,
+                   instruction_separator=prompt.separator, depth_image=prompt.depth_image, **kwargs)
+
+    @property
+    def prompt(self) -> Prompt:
+        return Prompt(self.system_prompt, self.instruction, self.instruction_separator, self.depth_image)
 
 
 def downsample_depth(depth: np.ndarray, size: int | None) -> np.ndarray:
@@ -227,6 +239,31 @@ def preprocess_within_bucket(
     return out
 
 
+def depth_picture(example: dict[str, Any]) -> np.ndarray:
+    """uint8 [H, W, 3]: the depth image a two-image prompt shows: the stored picture (`depth_image`, a
+    path or PNG bytes, read like any image: SIF-50K's Spectral_r PNGs as SIFThinker feeds them), else the
+    float `depth` map drawn in Spectral_r (`image.encode_spectral_depth`). ValueError when the example
+    has neither."""
+    stored = example.get("depth_image")
+    if stored is not None and not (isinstance(stored, str) and not stored):
+        return load_image(stored)
+    depth = example.get("depth")
+    if depth is None:
+        raise ValueError("the prompt shows a depth image (data.prompt 'sifthinker' / 'sifthinker_sft'), but the "
+                         "record has no depth map ('depth_image' in SIF-50K records)")
+    return encode_spectral_depth(depth)
+
+
+def two_images(rgb: ImageInputs, depth: ImageInputs) -> ImageInputs:
+    """One example's RGB and depth images as the two images of one prompt: each array concatenated
+    along axis 0 (Qwen: pixel_values [N_rgb + N_depth, D], image_grid_thw [2, 3]), the tokens added,
+    the region cells those of the RGB image (the depth image's all False) and `num_patches` the larger
+    image's (the per-image patch bucket)."""
+    arrays = {k: np.concatenate([np.asarray(rgb.arrays[k]), np.asarray(depth.arrays[k])]) for k in rgb.arrays}
+    cells = np.concatenate([np.asarray(rgb.region_cells, bool), np.zeros(depth.num_tokens, bool)])
+    return ImageInputs(arrays, rgb.num_tokens + depth.num_tokens, cells, max(rgb.num_patches, depth.num_patches))
+
+
 class Preprocessor:
     """Raw example -> the per-example dict `collate` consumes (see the module doc)."""
 
@@ -235,11 +272,16 @@ class Preprocessor:
         self.config = config
         self.options = options or PreprocessConfig()
         self.family = family_of(config)
+        family_min, family_max = self.family.pixel_bounds(config)
+        self.min_pixels = family_min if self.options.min_pixels is None else int(self.options.min_pixels)
+        self.max_pixels = family_max if self.options.max_pixels is None else int(self.options.max_pixels)
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(f"Preprocessor: min_pixels={self.min_pixels} and max_pixels={self.max_pixels} must "
+                             "satisfy 0 < min_pixels <= max_pixels")
         check_tokenizer(tokenizer, config, what="Preprocessor")
 
     def question_text(self, problem: str) -> str:
-        ins = self.options.instruction
-        return problem if not ins else f"{problem}{self.options.instruction_separator}{ins}"
+        return self.options.prompt.question(problem)
 
     def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
         """Raises ValueError naming the record (`id`, `index`) for any bad field or image."""
@@ -252,10 +294,18 @@ class Preprocessor:
         opt = self.options
         boxes = np.asarray(example["boxes"], np.float32).reshape(-1, 4)
         img = self.family.process_example_image(load_image(example["image"]), boxes, self.config,
-                                                min_pixels=opt.min_pixels, max_pixels=opt.max_pixels,
+                                                min_pixels=self.min_pixels, max_pixels=self.max_pixels,
                                                 focus=example.get("focus"))
-        prompt = self.family.chat_prompt(self.tokenizer, self.question_text(example["problem"]), img.num_tokens,
-                                         opt.system_prompt)
+        if opt.depth_image:
+            depth_img = self.family.process_example_image(depth_picture(example), np.zeros((0, 4), np.float32),
+                                                          self.config, min_pixels=self.min_pixels,
+                                                          max_pixels=self.max_pixels)
+            img = two_images(img, depth_img)
+            tokens = [img.num_tokens - depth_img.num_tokens, depth_img.num_tokens]
+        else:
+            tokens = [img.num_tokens]
+        parts = opt.prompt.user_parts(example["problem"], tokens)
+        prompt = self.family.chat_prompt_parts(self.tokenizer, parts, opt.system_prompt)
         target = self.tokenizer.encode(example.get("trace") or "")
         depth = example.get("depth")
         choices = list(example.get("choices") or [])

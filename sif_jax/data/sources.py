@@ -203,6 +203,7 @@ def record_to_example(record: rec.SIFRecord, index: int) -> dict[str, Any]:
         "id": record.id or str(index),
         "image": image,
         "depth": depth,
+        "depth_image": record.depth_image or None,  # the stored picture, for two-image prompts
         "problem": record.problem,
         "answer": record.response,
         "choices": [str(c) for c in (record.choices or [])],

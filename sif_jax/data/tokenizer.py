@@ -41,6 +41,8 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from sif_jax.model.config import (
     TINY_BOS_TOKEN_ID,
     TINY_EOS_TOKEN_ID,
@@ -351,11 +353,12 @@ def chat_prompt(
     `<|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n<|vision_start|>` +
     `<|image_pad|>` x num_image_tokens + `<|vision_end|>{question}<|im_end|>\\n<|im_start|>assistant\\n`
 
-    (`system=None` leaves the system turn out). Control ids come only from this template; the text
-    between them is encoded piece by piece with `tokenizer.encode` (which never parses control
-    tokens), which is what HF's processor produces for text without control-token strings (HF
-    splits on added special tokens first); for a question *with* them, the ids equal HF's with
-    `split_special_tokens=True` on the question.
+    (`system=None` leaves the system turn out): `chat_prompt_parts(tokenizer, [num_image_tokens,
+    question], system)`. Control ids come only from this template; the text between them is encoded
+    piece by piece with `tokenizer.encode` (which never parses control tokens), which is what HF's
+    processor produces for text without control-token strings (HF splits on added special tokens
+    first); for a question *with* them, the ids equal HF's with `split_special_tokens=True` on the
+    question.
 
     Raises:
       ValueError: num_image_tokens < 0, or a tokenizer whose `encode` returns a control id for
@@ -363,11 +366,29 @@ def chat_prompt(
     """
     if num_image_tokens < 0:
         raise ValueError(f"chat_prompt: num_image_tokens={num_image_tokens} must be >= 0")
+    return chat_prompt_parts(tokenizer, [num_image_tokens, question], system)
+
+
+def chat_prompt_parts(
+    tokenizer: Tokenizer,
+    parts: Sequence[str | int],
+    system: str | None = DEFAULT_SYSTEM_PROMPT,
+) -> list[int]:
+    """Qwen's chat template for one user turn whose content is `parts` in order: a str is text, an int
+    n is an image of n tokens (`<|vision_start|>` + `<|image_pad|>` x n + `<|vision_end|>`), as HF's
+    Qwen2.5-VL / Qwen3-VL chat template renders a content list of {"type": "text"} / {"type": "image"}
+    items. E.g. SIFThinker's two-image turn: `["Original image: ", n_rgb, "\\nDepth image: ", n_depth,
+    "\\n" + question]`. Ends with the assistant header; `system=None` leaves the system turn out.
+
+    Raises:
+      ValueError: an image with a negative or non-integer token count, a part that is neither str
+        nor int, or a tokenizer whose `encode` returns a control id for text.
+    """
     t = tokenizer
     control = {t.im_start_id, t.eos_id, t.vision_start_id, t.vision_end_id, t.image_pad_id, t.pad_id}
 
     def text(s: str) -> list[int]:
-        ids = t.encode(s)
+        ids = t.encode(s) if s else []
         bad = sorted(control.intersection(ids))
         if bad:
             raise ValueError(f"chat_prompt: the tokenizer encoded text {s[:80]!r} to control id(s) {bad}; "
@@ -377,9 +398,16 @@ def chat_prompt(
     ids: list[int] = []
     if system is not None:
         ids += [t.im_start_id, *text(f"system\n{system}"), t.eos_id, *text("\n")]
-    ids += [t.im_start_id, *text("user\n"), t.vision_start_id]
-    ids += [t.image_pad_id] * num_image_tokens
-    ids += [t.vision_end_id, *text(question), t.eos_id, *text("\n")]
+    ids += [t.im_start_id, *text("user\n")]
+    for i, part in enumerate(parts):
+        if isinstance(part, str):
+            ids += text(part)
+        elif isinstance(part, int | np.integer) and not isinstance(part, bool) and part >= 0:
+            ids += [t.vision_start_id, *[t.image_pad_id] * int(part), t.vision_end_id]
+        else:
+            raise ValueError(f"chat_prompt_parts: parts[{i}]={part!r} must be text (str) or an image's token "
+                             "count (int >= 0)")
+    ids += [t.eos_id, *text("\n")]
     ids += [t.im_start_id, *text("assistant\n")]
     return ids
 

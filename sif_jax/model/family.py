@@ -109,6 +109,9 @@ class ModelFamily(Protocol):
                        examples: list[Mapping[str, Any]], pad_to: int) -> dict[str, np.ndarray]: ...
     def chat_prompt(self, tokenizer: Any, question: str, num_image_tokens: int,
                     system: str | None) -> list[int]: ...
+    def chat_prompt_parts(self, tokenizer: Any, parts: Any, system: str | None) -> list[int]: ...
+    def pixel_bounds(self, config: Config) -> tuple[int, int]: ...
+    def text_rope(self, config: Config, positions: Any) -> tuple[Any, Any]: ...
     def load_tokenizer(self, path: str) -> Any: ...
     def model_view(self, config: Config, rgb: np.ndarray,
                    inputs: ModelInputs | Mapping[str, Any]) -> tuple[np.ndarray, tuple[int, int]]: ...
@@ -228,6 +231,34 @@ class BaseFamily:
         import flax.linen as nn
 
         return nn.get_partition_spec(self.abstract_boxed_params(config))
+
+    def text_rope(self, config: Config, positions: Any) -> tuple[Any, Any]:
+        """The decoder's rotary tables: cos, sin float32 [B, L, head_dim] for `positions` int
+        [position_axes, B, L] (`language.rope_cos_sin`: Qwen2.5-VL's M-RoPE, LLaMA's 1-D RoPE). For
+        analyses that recompute attention from a layer's queries and keys (`sif_jax.attention_map`)."""
+        from sif_jax.model.language import rope_cos_sin
+
+        return rope_cos_sin(positions, config.text)
+
+    def pixel_bounds(self, config: Config) -> tuple[int, int]:
+        """(min_pixels, max_pixels): the released processor's bounds on an image's resized area, in
+        pixels, used when a run does not set `data.min_pixels` / `data.max_pixels`. This default is
+        Qwen2-VL / Qwen2.5-VL's (`Qwen2VLImageProcessor.size`: 56 * 56 and 28 * 28 * 1280); a family
+        whose processor ignores them (LLaVA's fixed crop) keeps it unused."""
+        from sif_jax.data.image import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+
+        return DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS
+
+    def chat_prompt_parts(self, tokenizer: Any, parts: Any, system: str | None) -> list[int]:
+        """The chat template over a user turn of text (str) and images (int token counts), in order
+        (`sif_jax.data.tokenizer.chat_prompt_parts`). This default takes one image followed by text
+        (`[n, question]`, through `chat_prompt`); a family whose template places several images
+        overrides it. ValueError otherwise, naming the family."""
+        if len(parts) == 2 and isinstance(parts[0], int) and isinstance(parts[1], str):
+            return self.chat_prompt(tokenizer, parts[1], parts[0], system)
+        raise ValueError(f"{getattr(self, 'display_name', type(self).__name__)} prompts take one image before the "
+                         "question; a two-image prompt (data.prompt='sifthinker' / 'sifthinker_sft') needs a Qwen "
+                         "model family")
 
     def lm_head_kernel(self, params: Params, config: Config) -> Any:
         """The output projection as [hidden, vocab] (the embedding, transposed, when tied)."""

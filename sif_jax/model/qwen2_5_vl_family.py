@@ -66,6 +66,13 @@ class Qwen25VLFamily(BaseFamily):
 
         return chat_prompt(tokenizer, question, num_image_tokens, system)
 
+    def chat_prompt_parts(self, tokenizer, parts, system):
+        """Qwen's chat template over text and images in order (`tokenizer.chat_prompt_parts`), e.g.
+        SIFThinker's RGB + depth turn."""
+        from sif_jax.data.tokenizer import chat_prompt_parts
+
+        return chat_prompt_parts(tokenizer, parts, system)
+
     def collate_images(self, config, input_ids, attention_mask, examples, pad_to):
         """Batched-image layout: one image per row, each padded to `pad_to` patches."""
         pixel_values = np.concatenate([ex["pixel_values"] for ex in examples])

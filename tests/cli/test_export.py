@@ -29,7 +29,7 @@ def test_export_hf_round_trip(cli_files, tmp_path):
     out = tmp_path / "hf"
     proc = run_cli("export", f"--checkpoint={cli_files['run']}", "--format=hf", f"--out={out}")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "sif_jax.json"]
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "preprocessor_config.json", "sif_jax.json"]
     assert "model.safetensors" in proc.stdout
     config, params, _ = load_run_params(cli_files["run"])
     hf_config, hf_params = load_hf_checkpoint(out)

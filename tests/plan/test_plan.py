@@ -86,6 +86,7 @@ def test_every_program_of_a_qwen3_vl_run_compiles_for_v5p_8():
     sharded with the rows) and DeepStack in every program that runs the model."""
     c = small_config()
     c.model = "qwen3_vl_tiny"  # 56 px -> 64 px: 4 x 4 patches of 16 px, 4 image tokens
+    c.data.min_pixels = 56 * 56  # below Qwen3-VL's released floor (256 x 256), to keep the image small
     c.attention_backend = "xla"
     result = plan_lib.plan(c, "v5p-8")
     assert [r.name for r in result.rows] == ["sft_grads", "sft_update", *GRPO_PROGRAMS]

@@ -18,6 +18,7 @@ def qwen3_vl_run(tmp_path_factory):
     c = tiny_run_config(str(tmp_path_factory.mktemp("qwen3_vl") / "run"))
     c.model = "qwen3_vl_tiny"
     c.data.length_buckets = (160, 448)  # 112 px -> 128 px: 16 image tokens of 32 px
+    c.data.min_pixels = 56 * 56  # below Qwen3-VL's released 256 x 256 floor, to keep the images small
     c.sft.steps = 2
     c.sft.batch_size = 2
     c.grpo.steps = 2
@@ -40,7 +41,8 @@ def test_qwen3_vl_tiny_trains_sft_and_grpo(qwen3_vl_run):
 def test_qwen3_vl_tiny_evaluates_with_adaptvis(qwen3_vl_run, tmp_path):
     out = tmp_path / "report.json"
     proc = run_cli("evaluate", "--config=configs/eval.py", f"--config.checkpoint={qwen3_vl_run}",
-                   "--config.data.image_size=112", "--config.max_new_tokens=4", "--config.data.length_buckets=(160,)",
+                   "--config.data.image_size=112",
+                   "--config.data.min_pixels=3136", "--config.max_new_tokens=4", "--config.data.length_buckets=(160,)",
                    "--config.data.num_examples=2", "--config.batch_size=2", "--config.decoding=adaptvis",
                    "--config.threshold=0.3", f"--config.output={out}")
     assert proc.returncode == 0, proc.stderr

@@ -1,5 +1,6 @@
 """Training on files in the seeds' formats: SIF-50K records with Spectral_r depth PNGs through SFT then
-GRPO, and SAYO parquet records through GRPO (tiny model, a step or two, 112 px images)."""
+GRPO with SIFThinker's two-image prompt (RGB + depth picture), and SAYO parquet records through GRPO (tiny
+model, a step or two, 112 px images)."""
 
 import io
 import json
@@ -75,6 +76,16 @@ def test_sft_then_grpo_on_sif50k_records(tmp_path, capsys):
     again = train.run(config)  # a re-run resumes and says so
     assert "SFT: resumed from step 1 of 1" in capsys.readouterr().out
     assert again["after"] == summary["after"]
+
+    # SIFThinker's prompt: every row carries the RGB image, then the depth picture; the region is in the RGB one.
+    run_, _ = train._setup(config)
+    batch = next(run_.data.grpo_iterator(config.grpo.prompts_per_step))
+    rows = batch.inputs.input_ids.shape[0]
+    assert batch.inputs.image_grid_thw.shape == (2 * rows, 3) and batch.inputs.pixel_values.shape[0] == 2 * rows
+    assert (batch.inputs.input_ids == run_.model.vision_start_token_id).sum(axis=1).tolist() == [2] * rows
+    for row in range(rows):
+        first_image_end = np.flatnonzero(batch.inputs.input_ids[row] == run_.model.vision_end_token_id)[0]
+        assert batch.region_mask[row].any() and np.flatnonzero(batch.region_mask[row]).max() < first_image_end
 
 
 def test_grpo_on_sayo_parquet(tmp_path):

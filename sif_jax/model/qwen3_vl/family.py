@@ -86,6 +86,28 @@ class Qwen3VLFamily(BaseFamily):
 
         return chat_prompt(tokenizer, question, num_image_tokens, system)
 
+    def text_rope(self, config, positions):
+        """Qwen3-VL's interleaved M-RoPE tables (`qwen3_vl.language.interleaved_mrope_cos_sin`)."""
+        from sif_jax.model.qwen3_vl.language import interleaved_mrope_cos_sin
+
+        return interleaved_mrope_cos_sin(positions, config.text)
+
+    def pixel_bounds(self, config):
+        """Qwen3-VL's released preprocessor_config.json: size {"shortest_edge": 65536, "longest_edge":
+        16777216}, i.e. min 256 x 256 and max 4096 x 4096 pixels (`QWEN3_VL_MIN_PIXELS` /
+        `QWEN3_VL_MAX_PIXELS`). transformers maps qwen3_vl to `Qwen2VLImageProcessor`, whose class
+        defaults (56 * 56, 28 * 28 * 1280) are Qwen2-VL's; the checkpoint's file overrides them."""
+        from sif_jax.model.qwen3_vl.config import QWEN3_VL_MAX_PIXELS, QWEN3_VL_MIN_PIXELS
+
+        return QWEN3_VL_MIN_PIXELS, QWEN3_VL_MAX_PIXELS
+
+    def chat_prompt_parts(self, tokenizer, parts, system):
+        """Qwen's chat template over text and images in order (`tokenizer.chat_prompt_parts`), e.g.
+        SIFThinker's RGB + depth turn."""
+        from sif_jax.data.tokenizer import chat_prompt_parts
+
+        return chat_prompt_parts(tokenizer, parts, system)
+
     def collate_images(self, config, input_ids, attention_mask, examples, pad_to):
         """Batched-image layout: one image per row, each padded to `pad_to` patches.
 
