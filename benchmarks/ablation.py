@@ -72,6 +72,7 @@ class Settings:
     adaptvis_arm: str = "b"
     adaptvis_examples: int = 128  # relation + attribute questions per split (validation and test)
     adaptvis_seeds: int | None = None  # the AdaptVis study on the first this many seeds (None: all)
+    chance_examples: int = 2000  # generated questions behind the chance rows (`data.chance`)
     alpha_low: tuple[float, ...] = (0.5, 0.8)
     alpha_high: tuple[float, ...] = (1.2, 1.5, 2.0)
     threshold: tuple[float, ...] = (0.3, 0.5, 0.7)
@@ -80,7 +81,7 @@ class Settings:
 
 SMOKE = Settings(
     config_arg="runlocal", seeds=(0, 1), sft_steps=1, grpo_steps=1, eval_examples=4, adaptvis_examples=4,
-    adaptvis_seeds=1,
+    adaptvis_seeds=1, chance_examples=100,
     alpha_low=(0.5,), alpha_high=(1.5,), threshold=(0.3, 0.6),
     overrides=(("sft.batch_size", 2), ("grpo.prompts_per_step", 2), ("grpo.micro_batch_prompts", 2),
                ("grpo.group_size", 2), ("grpo.max_new_tokens", 8), ("data.length_buckets", (160, 448))),
@@ -382,8 +383,7 @@ def run_ablation(settings: Settings, out: str, sft_checkpoint: str = "") -> dict
                                            seed))
     c = base_config(settings)
     size = c.data.image_size
-    chance = chance_by_family(builtin_examples(max(400, 4 * (c.data.eval_examples or 0)), 0,
-                                               SceneConfig(height=size, width=size)))
+    chance = chance_by_family(builtin_examples(settings.chance_examples, 0, SceneConfig(height=size, width=size)))
     table = aggregate(runs)
     seconds = time.time() - t0
     md = markdown(settings, sft_summary, chance, table, adaptvis, seconds)
