@@ -15,6 +15,11 @@ Variants (`get_config(arg)`, comma-separated; from Python `configs.grpo.get_conf
   phase=sft    the warm-up only, saved in workdir/sft as a run directory GRPO can start from
   runlocal     the small settings of the tests and notebooks: 112 px scenes, 8 SFT steps,
                20 GRPO steps of 4 prompts x 4 samples, completions of up to 24 tokens
+  small        the `small` preset (~20M parameters, same code path and tokenizer as `tiny`): 1200 SFT
+               steps of 8 traces at lr 1e-3, 40 GRPO steps at lr 2e-5, 256 held-out examples (per-family
+               accuracy resolves to about +-0.06); about 2 hours on a 2-core CPU, minutes on one accelerator.
+               The tiny model (0.3M) stops at an SFT loss of ~1.7 without completing a trace (format 0
+               after 100 steps): 59% of the trace tokens are box digits, and the answer is 1.7% of them.
 """
 
 import ml_collections
@@ -25,7 +30,7 @@ PHASES = ("grpo", "sft")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, phase="grpo", runlocal=False)
+    arg = common.parse_arg(arg, phase="grpo", runlocal=False, small=False)
     if arg.phase not in PHASES:
         raise ValueError(f"config argument phase={arg.phase!r}: expected one of {PHASES}")
     c = ml_collections.ConfigDict()
@@ -140,9 +145,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.grpo.group_size = 4
         c.grpo.max_new_tokens = 24
         c.checkpoint_every = 1000  # only the final checkpoint of each phase
+    if arg.small:
+        c.model = "small"
+        c.workdir = "workdir/grpo_small"
+        c.data.eval_examples = 256
+        c.sft.steps = 1200
+        c.sft.batch_size = 8
+        c.sft.learning_rate = 1e-3
+        c.sft.warmup_fraction = 0.05
+        c.grpo.steps = 40
+        c.grpo.learning_rate = 2e-5
+        c.grpo.max_new_tokens = 384  # 0.6% of built-in traces are longer than 320 tokens, 0.13% than 352
+        c.checkpoint_every = 100
     if arg.phase == "sft":
-        c.workdir = "workdir/sft"
+        c.workdir = "workdir/sft_small" if arg.small else "workdir/sft"
         c.grpo.steps = 0
-        if not arg.runlocal:
+        if not arg.runlocal and not arg.small:
             c.sft.steps = 600
     return c

@@ -79,8 +79,8 @@ def _check_files(c: ml_collections.ConfigDict, check_paths: bool) -> None:
         _need(not check_paths or os.path.isfile(c.tokenizer), "tokenizer", c.tokenizer,
               "is not a file (expected tokenizer.json, or 'builtin')")
     elif c.tokenizer == "builtin" or not c.init_checkpoint:
-        _need((c.model == "tiny" or c.model.endswith("_tiny")) and not hf_init, "tokenizer", c.tokenizer,
-              "the built-in tokenizer only fits the tiny preset; give the checkpoint's tokenizer.json")
+        _need((c.model in ("tiny", "small") or c.model.endswith("_tiny")) and not hf_init, "tokenizer", c.tokenizer,
+              "the built-in tokenizer only fits the tiny and small presets; give the checkpoint's tokenizer.json")
 
 
 def _check_fields(c: ml_collections.ConfigDict) -> None:

@@ -278,6 +278,23 @@ def _nearest_candidates(scene: Scene, rng: np.random.Generator, m: Margins, mc: 
     return out
 
 
+def _balanced_count_picks(cands: Sequence[tuple], rng: np.random.Generator, k: int) -> list[int]:
+    """Up to `k` count candidates, drawn answer first: a count value uniformly among the scene's
+    values, then one of its questions. Drawn uniformly over questions instead, "1" (one red
+    object among 2-6 objects of 8 colours) would be ~63% of the count answers, which a model
+    can reach without looking; answer-first drawing brings it to ~45% (`data.chance`)."""
+    by_answer: dict[str, list[int]] = {}
+    for i, c in enumerate(cands):
+        by_answer.setdefault(c[3], []).append(i)
+    values = sorted(by_answer, key=int)
+    picks: list[int] = []
+    for v in rng.permutation(len(values)):
+        group = by_answer[values[int(v)]]
+        picks.append(group[int(rng.integers(len(group)))])
+    picks += [i for i in rng.permutation(len(cands)) if int(i) not in picks]
+    return [int(i) for i in picks[:k]]
+
+
 def generate_questions(
     scene: Scene,
     seed: int,
@@ -289,7 +306,8 @@ def generate_questions(
     """Up to `per_family` questions of each family for `scene`, deterministic given `seed`.
 
     A family with no unambiguous question in this scene contributes none. Ids are
-    `"{scene.seed}-{family}-{k}"`.
+    `"{scene.seed}-{family}-{k}"`. Count questions are drawn answer first
+    (`_balanced_count_picks`), the others uniformly among the scene's candidates.
     """
     margins = margins or Margins()
     rng = np.random.default_rng([seed, scene.seed])
@@ -308,7 +326,8 @@ def generate_questions(
             cands = _nearest_candidates(scene, rng, margins, mc)
         if not cands:
             continue
-        picks = rng.permutation(len(cands))[:per_family]
+        picks = _balanced_count_picks(cands, rng, per_family) if family == "count" else \
+            rng.permutation(len(cands))[:per_family]
         for k, p in enumerate(picks):
             rel, anchor, text, answer, choices, targets, params = cands[int(p)]
             out.append(

@@ -3,7 +3,7 @@
 The presets `qwen2_5_vl_3b` and `qwen2_5_vl_7b` carry the sizes of the released
 Qwen2.5-VL-3B/7B-Instruct `config.json` files; `tiny` keeps every code path of the real
 architecture (2x2 merge, window attention with a full-attention block, GQA, M-RoPE) at toy width
-so that it trains on two CPU cores.
+so that it trains on two CPU cores; `small` is the same code path at ~20M parameters.
 """
 
 from __future__ import annotations
@@ -340,6 +340,30 @@ def tiny() -> ModelConfig:
     )
 
 
+def small() -> ModelConfig:
+    """~20M parameters: `tiny`'s code path and built-in tokenizer (vocabulary 1024) at a width that
+    can learn the built-in task (configs/grpo.py:small). Vision: 6 blocks of width 192 (3 heads of 64,
+    full attention in blocks 2 and 5, 4x4-token windows as the released models); text: 8 layers of
+    width 384 (6 heads of 64, 2 KV heads, M-RoPE sections (8, 12, 12) as the released 16/24/24 halved)."""
+    return ModelConfig(
+        vision=VisionConfig(
+            depth=6, hidden_size=192, intermediate_size=768, num_heads=3,
+            window_size=112, fullatt_block_indexes=(2, 5), out_hidden_size=384,
+        ),
+        text=TextConfig(
+            vocab_size=1024, hidden_size=384, intermediate_size=1536, num_layers=8,
+            num_heads=6, num_kv_heads=2, mrope_section=(8, 12, 12), tie_word_embeddings=True,
+        ),
+        image_token_id=TINY_IMAGE_TOKEN_ID,
+        video_token_id=TINY_VIDEO_TOKEN_ID,
+        vision_start_token_id=TINY_VISION_START_TOKEN_ID,
+        vision_end_token_id=TINY_VISION_END_TOKEN_ID,
+        eos_token_id=TINY_EOS_TOKEN_ID,
+        bos_token_id=TINY_BOS_TOKEN_ID,
+        pad_token_id=TINY_PAD_TOKEN_ID,
+    )
+
+
 def qwen2_5_vl_3b() -> ModelConfig:
     """Qwen2.5-VL-3B-Instruct, as in its released config.json (tied embeddings)."""
     return ModelConfig(
@@ -366,11 +390,11 @@ def qwen2_5_vl_7b() -> ModelConfig:
     )
 
 
-PRESETS = {"tiny": tiny, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b}
+PRESETS = {"tiny": tiny, "small": small, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b}
 
 
 def get_preset(name: str) -> ModelConfig:
-    """Returns the named preset: one of `tiny`, `qwen2_5_vl_3b`, `qwen2_5_vl_7b`."""
+    """Returns the named preset: one of `tiny`, `small`, `qwen2_5_vl_3b`, `qwen2_5_vl_7b`."""
     try:
         return PRESETS[name]()
     except KeyError:

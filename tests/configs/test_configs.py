@@ -45,10 +45,16 @@ def test_variants():
     assert sft.get_config().to_dict() == warmup.to_dict()
     assert sft.get_config("runlocal").to_dict() == grpo.get_config("runlocal,phase=sft").to_dict()
     assert (grpo_7b.get_config().model, grpo_3b.get_config().model) == ("qwen2_5_vl_7b", "qwen2_5_vl_3b")
+    small_model = grpo.get_config("small")
+    assert (small_model.model, small_model.data.image_size, small_model.sft.steps, small_model.grpo.steps) == (
+        "small", 224, 1200, 40)
+    assert (grpo.get_config("small,phase=sft").workdir, grpo.get_config("small,phase=sft").sft.steps) == (
+        "workdir/sft_small", 1200)
 
 
 @pytest.mark.parametrize("module, arg", [(grpo, None), (grpo, "runlocal"), (grpo, "phase=sft"),
-                                         (grpo, "runlocal,phase=sft"), (sft, None), (grpo_7b, None), (grpo_3b, None)])
+                                         (grpo, "runlocal,phase=sft"), (grpo, "small"), (sft, "small"),
+                                         (sft, None), (grpo_7b, None), (grpo_3b, None)])
 def test_every_variant_is_a_valid_run_config(module, arg):
     validate_config(module.get_config(arg), check_files=False)
 

@@ -44,6 +44,15 @@ def test_tiny_preset_is_a_few_hundred_thousand_parameters():
     assert 100_000 < n < 1_000_000
 
 
+def test_small_preset_is_tens_of_millions_with_the_tiny_vocabulary():
+    small, tiny = get_preset("small"), get_preset("tiny")
+    n = count_params(jax.eval_shape(functools.partial(init_params, small), jax.random.key(0)))
+    assert 10_000_000 < n < 50_000_000
+    assert small.text.vocab_size == tiny.text.vocab_size  # the built-in tokenizer fits both
+    ids = ("image_token_id", "eos_token_id", "pad_token_id", "vision_start_token_id", "vision_end_token_id")
+    assert [getattr(small, k) for k in ids] == [getattr(tiny, k) for k in ids]
+
+
 def test_released_7b_config_parses_to_the_preset():
     parsed = ModelConfig.from_hf_config(RELEASED_7B, dtype="bfloat16", param_dtype="bfloat16")
     assert parsed == get_preset("qwen2_5_vl_7b")
