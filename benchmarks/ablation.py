@@ -16,7 +16,7 @@ Reported per arm: held-out accuracy (overall and per question family) and TAS af
 mean ± sample std over seeds and a 95% confidence interval for the mean (Student t, n - 1
 degrees of freedom), next to chance (`sif_jax.data.chance`) and the SFT checkpoint's accuracy.
 
-AdaptVis (Chen et al. 2025; `sif_jax.rl.adaptvis`): for each seed, the final model of arm
+AdaptVis (Chen et al. 2025; `sif_jax.infer.adaptvis`): for each seed, the final model of arm
 `--adaptvis_arm` decodes the relation and attribute questions (the families with an anchor,
 hence a familiar/unfamiliar split). alpha_1, alpha_2 and beta are chosen by grid search on a
 validation split (other scenes, `BuiltinSource(seed + VALIDATION_SEED, split="test")`) for the
@@ -190,8 +190,8 @@ def _evaluate(params: Any, model: Any, config: Any, examples: list[dict[str, Any
     from sif_jax.data.pipeline import PreprocessConfig, Preprocessor
     from sif_jax.data.prompts import get_prompt
     from sif_jax.data.tokenizer import BuiltinTokenizer
-    from sif_jax.evaluate import eval_batches, evaluate_batches
-    from sif_jax.rl.adaptvis import answer_tag_ids
+    from sif_jax.evaluation import eval_batches, evaluate_batches
+    from sif_jax.infer.adaptvis import answer_tag_ids
 
     tok = BuiltinTokenizer()
     prompt = get_prompt(config.data.prompt)
@@ -215,7 +215,7 @@ def _accuracy(rows: list[dict], split: str | None = None) -> float | None:
 def adaptvis_study(settings: Settings, run_dir: str, seed: int) -> dict:
     """Grid search of (alpha_1, alpha_2, beta) on validation, then greedy vs the chosen AdaptVis on test."""
     from sif_jax.checkpoint import load_run_params
-    from sif_jax.rl.adaptvis import AdaptVisConfig
+    from sif_jax.infer.adaptvis import AdaptVisConfig
 
     config = base_config(settings)
     model, params, _ = load_run_params(run_dir)

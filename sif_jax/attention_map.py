@@ -35,10 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sif_jax.infer.scoring import score_inputs
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.family import family_of
 from sif_jax.model.layers import apply_rotary
-from sif_jax.rl.scoring import score_inputs
 
 Params = Any
 METHODS = ("probabilities", "one_hot")
