@@ -159,7 +159,8 @@ def visual_attention_map(
     """Attention each visual token received, averaged over `layers`, heads and the completion tokens.
 
     Args:
-      prompt: the `ModelInputs` of a one-row prompt batch (`batching.collate(...).inputs`); completion int [1, T]; completion_mask bool [1, T].
+      prompt: the `ModelInputs` of a one-row prompt batch (`batching.collate(...).inputs`);
+        completion int [1, T]; completion_mask bool [1, T].
       layers: decoder layers (negative = from the end).
       chunk: copies of the sequence per decoder pass (method "one_hot").
       method: "probabilities" or "one_hot" (module doc); None = "probabilities", or "one_hot" for a
