@@ -20,12 +20,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
 from etils import epath
 from tqdm import tqdm
@@ -39,7 +41,7 @@ StepFn = Callable[[Any, int], tuple[Any, dict[str, Any]]]
 
 
 def _numeric(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
 
 
 class MetricsWriter:
@@ -60,15 +62,22 @@ class MetricsWriter:
         self.remote = "://" in str(workdir) if remote is None else remote
         self._lines: list[str] = []  # remote: every row of the file, flushed or not
         self._dirty = False
-        self._tb = None
-        if self.enabled and tensorboard:
-            logdir = str(epath.Path(workdir) / "tensorboard" / tensorboard)
+        self._tb: Any = None
+        self._tb_logdir = str(epath.Path(workdir) / "tensorboard" / tensorboard) if tensorboard else ""
+        self._purge_step: int | None = None
+
+    def _tensorboard(self) -> Any:
+        """The event-file writer, opened at the first row. After a resume from step N its purge step
+        is N + 1: TensorBoard drops the events of later steps written before the resume."""
+        if self._tb is None and self._tb_logdir:
             try:  # gs:// logdirs need google-cloud-storage (tensorboardX's GCS writer)
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(logdir)
+                self._tb = SummaryWriter(self._tb_logdir, purge_step=self._purge_step)
             except ImportError as e:
-                logging.warning("no TensorBoard events in %s: %s", logdir, e)
+                logging.warning("no TensorBoard events in %s: %s", self._tb_logdir, e)
+                self._tb_logdir = ""
+        return self._tb
 
     def resume(self, step: int) -> list[dict[str, Any]]:
         """The rows of steps <= `step` already in the file (the run resumes after `step`); rows of
@@ -76,6 +85,7 @@ class MetricsWriter:
         rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()] \
             if self.path.exists() else []
         kept = [r for r in rows if r.get("step", 0) <= step]
+        self._purge_step = step + 1 if step > 0 else None
         self._lines = [json.dumps(r, sort_keys=True) for r in kept] if self.remote else []
         if self.enabled and len(kept) != len(rows):
             self.path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
@@ -91,10 +101,11 @@ class MetricsWriter:
         else:
             with open(self.path, "a") as f:
                 f.write(line + "\n")
-        if self._tb is not None:
+        tb = self._tensorboard()
+        if tb is not None:
             for key, value in row.items():
                 if key != "step" and _numeric(value) and math.isfinite(value):
-                    self._tb.add_scalar(key, value, global_step=row["step"])
+                    tb.add_scalar(key, float(value), global_step=row["step"])
 
     def flush(self) -> None:
         if not self.enabled:

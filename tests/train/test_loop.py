@@ -15,19 +15,26 @@ from sif_jax.checkpoint import Checkpointer
 from sif_jax.loop import PREEMPTED_EXIT_CODE, MetricsWriter, Phase, run_loop
 
 
-def read_events(logdir: str) -> dict[str, list[tuple[int, float]]]:
-    """Scalars of the TensorBoard event files under `logdir`, read with the TFRecord framing
-    (u64 length, u32 crc, payload, u32 crc) and tensorboardX's Event protobuf: tag -> [(step, value)]."""
-    scalars: dict[str, list[tuple[int, float]]] = {}
+def events(logdir: str) -> list[event_pb2.Event]:
+    """The events of the TensorBoard event files under `logdir` (oldest file first), read with the
+    TFRecord framing (u64 length, u32 crc, payload, u32 crc) and tensorboardX's Event protobuf."""
+    out = []
     for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
         data = open(path, "rb").read()
         pos = 0
         while pos < len(data):
             (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            out.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
             pos += 12 + length + 4
-            for value in event.summary.value:
-                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return out
+
+
+def read_events(logdir: str) -> dict[str, list[tuple[int, float]]]:
+    """Scalars of the event files under `logdir`: tag -> [(step, value)]."""
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for event in events(logdir):
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
     return scalars
 
 
@@ -51,6 +58,16 @@ def test_metric_rows_go_to_jsonl_and_tensorboard(tmp_path):
     for key, got in scalars.items():
         assert [s for s, _ in got] == [1, 2]
         np.testing.assert_allclose([v for _, v in got], [r[key] for r in rows], rtol=1e-7, err_msg=key)
+
+    # resumed from step 1: TensorBoard is told to drop the old events of steps >= 2 (purge step)
+    again = MetricsWriter(str(tmp_path), "metrics", tensorboard="grpo", enabled=True)
+    assert [r["step"] for r in again.resume(1)] == [1]
+    again.write({"step": 2, "reward": 9.0})
+    again.close()
+    assert [r["reward"] for r in rows_of(tmp_path / "metrics.jsonl")] == [0.5, 9.0]
+    logdir = str(tmp_path / "tensorboard" / "grpo")
+    assert any(e.step == 2 and e.session_log.status == event_pb2.SessionLog.START for e in events(logdir))
+    assert read_events(logdir)["reward"][-1] == (2, 9.0)
 
 
 def test_object_store_rows_are_buffered_until_a_flush(tmp_path):
