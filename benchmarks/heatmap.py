@@ -36,8 +36,9 @@ def prepare(root: str) -> None:
 
 def main(argv: list[str]) -> None:
     from sif_jax.attention_map import visual_attention_map
-    from sif_jax.cli import load_model, read_image
+    from sif_jax.checkpoint_loading import load_model
     from sif_jax.data.batching import collate
+    from sif_jax.data.image import read_image_file as read_image
     from sif_jax.data.pipeline import Preprocessor
 
     root, methods = argv[0], argv[1:] or ["probabilities"]
@@ -54,8 +55,8 @@ def main(argv: list[str]) -> None:
     for method in methods:
         for call in range(2 if method == "probabilities" else 1):
             start = time.perf_counter()
-            heat, visual = visual_attention_map(loaded.params, batch, completion, mask, config=config, layers=(-1,),
-                                                method=method, chunk=16, progress=True)
+            heat, visual = visual_attention_map(loaded.params, batch.inputs, completion, mask, config=config,
+                                                layers=(-1,), method=method, chunk=16, progress=True)
             print(f"{method} call {call + 1}: {time.perf_counter() - start:.1f} s ({heat.size} visual tokens, "
                   f"heat sum {heat.sum():.6f}, visual mass {visual:.6f})", flush=True)
 

@@ -3,8 +3,9 @@
 A step directory holds two items:
   state — the array pytree (params, optimizer state, reference params, RNG key data), saved
           sharded by orbax and restored onto the shardings the caller asks for;
-  meta  — JSON: step, reward history (per-prompt group means), data-iterator state, metrics
-          history and the config, so a resumed run continues with the same data order.
+  meta  — JSON: the data-iterator state, the reward state (per-prompt group means), the phase and
+          the model config, so a resumed run continues with the same data order (the metric rows
+          live in the run's metrics files, `loop.MetricsWriter`, not in every checkpoint).
 Saves are atomic (orbax writes to a temporary directory and renames, or on gs:// marks a finished
 step with commit_success.txt); readers only take finished steps (`finalized_steps`). Loading for
 inference or as an initialisation restores onto the *current* devices (`load_run_params`,

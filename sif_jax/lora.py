@@ -75,9 +75,9 @@ class LoraConfig:
 
 
 def from_run_config(config: Any) -> LoraConfig | None:
-    """The `config.lora` block of a run config as a LoraConfig; None when `lora.rank` is 0 (off)
-    or the config has no `lora` block."""
-    c = config.get("lora") if hasattr(config, "get") else None
+    """The `config.lora` block of a run config (a ConfigDict or a `run_config.RunConfig`) as a
+    LoraConfig; None when `lora.rank` is 0 (off) or the config has no `lora` block."""
+    c = config.get("lora") if hasattr(config, "get") else getattr(config, "lora", None)
     if c is None or int(c.rank) == 0:
         return None
     return LoraConfig(rank=int(c.rank), alpha=float(c.alpha), dropout=float(c.dropout),

@@ -77,7 +77,7 @@ from sif_jax.model.cache import decode_step, prefill
 from sif_jax.model.family import ImageInputs, family_of, get_preset
 from sif_jax.rl import grpo as grpo_lib
 from sif_jax.rl.types import Rollout
-from sif_jax.run_config import validate_config
+from sif_jax.run_config import RunConfig, validate_config
 from sif_jax.sft import sft_grads
 
 GIB = 2**30
@@ -149,20 +149,20 @@ def topology_devices(accelerator: str) -> tuple[list[jax.Device], Chip]:
 # --- abstract batches ----------------------------------------------------------------------------
 
 
-def example_image(config: ml_collections.ConfigDict, model: Any) -> tuple[ImageInputs, int]:
+def example_image(config: RunConfig, model: Any) -> tuple[ImageInputs, int]:
     """(the family's processing of a blank `data.image_size` square image at the min / max
     pixels (`data.min_pixels` / `data.max_pixels`, else the family's `pixel_bounds`), its patch bucket
     from `data.patch_buckets`)."""
     family = family_of(model)
     low, high = family.pixel_bounds(model)
-    low, high = config.data.get("min_pixels") or low, config.data.get("max_pixels") or high
+    low, high = config.data.min_pixels or low, config.data.max_pixels or high
     side = config.data.image_size
     img = family.process_example_image(np.zeros((side, side, 3), np.uint8), np.zeros((0, 4), np.float32),
                                        model, min_pixels=low, max_pixels=high)
     return img, pick_bucket(img.num_patches, tuple(config.data.patch_buckets), "patches of one image")
 
 
-def abstract_batch(config: ml_collections.ConfigDict, model: Any, mesh, rows: int, length: int, *,
+def abstract_batch(config: RunConfig, model: Any, mesh, rows: int, length: int, *,
                    sft: bool) -> Batch:
     """A collated batch of `rows` rows padded to `length` tokens as ShapeDtypeStructs (its model
     inputs the family's module takes, `region_mask`, and with `sft` `loss_mask` bool [rows, length]),
@@ -305,7 +305,7 @@ def len_devices(mesh: dict[str, int]) -> int:
     return math.prod(mesh.values())
 
 
-def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program]:
+def _programs(config: RunConfig, run: train.Run) -> list[Program]:
     """Every jitted program of a run with abstract, sharded arguments (train.py's shapes and shardings)."""
     model, mesh = run.model, run.mesh
     rep = parallel.replicated(mesh)
@@ -313,7 +313,7 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
     params_bytes = per_chip_bytes(params)
     longest = max(config.data.length_buckets)
     programs: list[Program] = []
-    lora = lora_lib.from_run_config(config)
+    lora = config.lora.config
     adapters = None
     if lora is not None:
         adapter_shardings = train._state_shardings(run, optax.identity(), reference=False, lora=lora).params
@@ -445,7 +445,7 @@ def _compile(program: Program, mesh: jax.sharding.Mesh, chip: Chip) -> Row:
     return row
 
 
-def plan(config: ml_collections.ConfigDict, accelerator: str, *, hbm_gib: float | None = None,
+def plan(config: ml_collections.ConfigDict | RunConfig, accelerator: str, *, hbm_gib: float | None = None,
          programs: Sequence[str] = (), log: Callable[[str], None] | None = None) -> Plan:
     """Compiles every program of the run `config` for `accelerator` (see the module doc).
 
@@ -459,11 +459,11 @@ def plan(config: ml_collections.ConfigDict, accelerator: str, *, hbm_gib: float 
     Raises:
       ValueError: an unknown accelerator, program name, or a bad config field (named).
     """
-    config = ml_collections.ConfigDict(config.to_dict())
-    validate_config(config, check_files=False)
-    config.attention_backend = config.attention_backend or "pallas_tpu"  # what a TPU run picks
+    config = validate_config(config, check_files=False)
+    backend = config.model.attention_backend or "pallas_tpu"  # what a TPU run picks
+    config = config.replace(model=dataclasses.replace(config.model, attention_backend=backend))
     devices, chip = topology_devices(accelerator)
-    run = train.layout(config, get_preset(config.model), devices=devices)
+    run = train.layout(config, get_preset(config.model.preset), devices=devices)
     todo = _programs(config, run)
     known = [p.name for p in todo]
     unknown = sorted(set(programs) - set(known))
@@ -487,7 +487,7 @@ def plan(config: ml_collections.ConfigDict, accelerator: str, *, hbm_gib: float 
         by_name["sampler_generate"].seconds = (by_name["sampler_prefill"].seconds
                                                + steps * by_name["sampler_decode"].seconds)
     mesh = {k: int(v) for k, v in run.mesh.shape.items()}
-    return Plan(accelerator, chip, mesh, config.model, config.attention_backend, hbm, rows,
+    return Plan(accelerator, chip, mesh, config.model.preset, config.model.attention_backend, hbm, rows,
                 scanned_layers=run.model.scan_layers)
 
 

@@ -1,19 +1,19 @@
 """`python -m sif_jax.train --config=configs/grpo.py`: SFT warm-up, then GRPO-SIF + SAYO.
 
-Runs sharded over every device (a ('data', 'fsdp', 'tensor') mesh from the config), saves orbax
-checkpoints every `checkpoint_every` steps and on SIGTERM, and resumes from the newest one with
-the same data order. Metrics go to a tqdm bar, a log line every `log_every` steps and
-`<workdir>/metrics.jsonl`; held-out accuracy and TAS before and after GRPO to `summary.json`.
+Runs sharded over every device (a ('data', 'fsdp', 'tensor') mesh from the config). The config
+file's ConfigDict is read once into a typed `run_config.RunConfig`. Each phase is a step function
+(`sft_step`, `grpo_step`) plus its checkpoint metadata, run by `loop.run_loop`: orbax checkpoints
+every `checkpoint_every` steps and on SIGTERM, resume from the newest one with the same data order,
+a tqdm bar, a log line every `log_every` steps, and metric rows in `<workdir>/metrics.jsonl`
+(`sft_metrics.jsonl`) and TensorBoard (`<workdir>/tensorboard/`); held-out accuracy and TAS before
+and after GRPO go to `summary.json`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
-import sys
-import time
 from typing import Any
 
 import jax
@@ -24,31 +24,25 @@ import optax
 from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
-from tqdm import tqdm
 
 from sif_jax import lora as lora_lib
 from sif_jax import parallel
 from sif_jax.batch import Batch
-from sif_jax.checkpoint import (
-    Checkpointer,
-    PreemptionGuard,
-    abstract_with_shardings,
-    load_run_params,
-    run_checkpoint_meta,
-)
+from sif_jax.checkpoint import Checkpointer, load_run_params, run_checkpoint_meta
 from sif_jax.convert.hf import load_hf_checkpoint
 from sif_jax.evaluation import evaluate_batches
 from sif_jax.infer.adaptvis import answer_tag_ids
-from sif_jax.infer.sampler import SamplingConfig
+from sif_jax.loop import MetricsWriter, Phase, run_loop, say
 from sif_jax.lora import LoraConfig
 from sif_jax.lora_peft import load_peft_adapter
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.family import family_of, get_preset
 from sif_jax.model.layout import is_stacked, to_layout
 from sif_jax.optim import make_optimizer
-from sif_jax.rl.grpo import GRPOConfig, TrainState, grpo_step
-from sif_jax.rl.rewards import REWARD_NAMES, RewardConfig, RewardState
-from sif_jax.run_config import validate_config
+from sif_jax.rl import grpo as grpo_lib
+from sif_jax.rl.grpo import GRPOConfig, TrainState
+from sif_jax.rl.rewards import RewardConfig, RewardState
+from sif_jax.run_config import RunConfig, build, validate_config
 from sif_jax.sft import sft_grads
 from sif_jax.train_data import TrainData
 
@@ -57,31 +51,6 @@ _VALIDATE_ONLY = flags.DEFINE_bool("validate_only", False, "Check the config and
                                    "exist), print 'config ok' and exit: launch/tpu_vm.sh runs this before a VM.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks (as absl's -v 1, which also shows INFO logs).")
 FLAGS = flags.FLAGS
-
-
-class MetricsWriter:
-    """One JSON object per line in <workdir>/<name>.jsonl (process 0 only).
-
-    Local files are appended to; object stores (gs://) cannot append, so there the file is
-    rewritten with all rows each time (rows are small).
-    """
-
-    def __init__(self, workdir: str, name: str = "metrics") -> None:
-        self.path = epath.Path(workdir) / f"{name}.jsonl"
-        self.enabled = jax.process_index() == 0
-        self.remote = "://" in str(workdir)
-        self.lines = self.path.read_text().splitlines() if self.remote and self.path.exists() else []
-
-    def write(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        line = json.dumps(row, sort_keys=True)
-        if self.remote:
-            self.lines.append(line)
-            self.path.write_text("\n".join(self.lines) + "\n")
-        else:
-            with open(self.path, "a") as f:
-                f.write(line + "\n")
 
 
 def init_params(model: Any, rng: jax.Array) -> Any:
@@ -96,10 +65,15 @@ def abstract_boxed_params(model: Any) -> Any:
     return family_of(model).abstract_boxed_params(model)
 
 
-def _model_config(config: ml_collections.ConfigDict, base: ModelConfig) -> ModelConfig:
-    return base.replace(attention_backend=config.attention_backend or None,
-                        scan_layers=bool(config.get("scan_layers", False)),
-                        remat_policy=config.get("remat_policy", "none"))
+def as_run_config(config: ml_collections.ConfigDict | RunConfig) -> RunConfig:
+    """The typed run config (`run_config.build` without the file checks); a RunConfig passes through."""
+    return build(config, check_files=False)
+
+
+def _model_config(config: RunConfig, base: ModelConfig) -> ModelConfig:
+    m = config.model
+    return base.replace(attention_backend=m.attention_backend or None, scan_layers=m.scan_layers,
+                        remat_policy=m.remat_policy)
 
 
 def _place(batch: Batch, mesh) -> Batch:
@@ -110,7 +84,7 @@ def _place(batch: Batch, mesh) -> Batch:
 class Run:
     """What every phase shares: config, model, mesh, data, shardings."""
 
-    config: ml_collections.ConfigDict
+    config: RunConfig
     model: ModelConfig
     mesh: Any
     data: TrainData | None  # None when only planning (sif_jax.plan)
@@ -118,39 +92,43 @@ class Run:
     workdir: str
 
 
-def _setup(config: ml_collections.ConfigDict) -> tuple[Run, Any]:
+def _setup(config: ml_collections.ConfigDict | RunConfig) -> tuple[Run, Any]:
+    """The run's data, model, mesh and initial params (from `model.init_checkpoint` or fresh).
+    Raises ValueError naming the field for a config or checkpoint that does not fit."""
+    config = build(config)
+    m = config.model
     d = config.distributed
     parallel.initialize_distributed(d.coordinator_address or None, d.num_processes or None,
                                     d.process_id if d.process_id >= 0 else None)
     data = TrainData(config)
     params = None
     from_run = False
-    if not config.init_checkpoint:
-        base = get_preset(config.model)
+    if not m.init_checkpoint:
+        base = get_preset(m.preset)
     else:  # HF directory, `sif_jax.export` directory or a run directory (e.g. workdir/sft)
         from sif_jax.checkpoint_loading import load_params, load_tokenizer, read_checkpoint_info
         from sif_jax.errors import InputError
 
         try:
-            info = read_checkpoint_info(config.init_checkpoint)
-            if not config.tokenizer:  # the tokenizer the checkpoint names or holds
+            info = read_checkpoint_info(m.init_checkpoint)
+            if not m.tokenizer:  # the tokenizer the checkpoint names or holds
                 data.tokenizer = load_tokenizer("", info, flag="--config.tokenizer")
         except InputError as e:
-            raise ValueError(f"config.init_checkpoint={config.init_checkpoint!r}: {e}") from None
+            raise ValueError(f"config.init_checkpoint={m.init_checkpoint!r}: {e}") from None
         if info.kind == "hf":
-            base, params = load_hf_checkpoint(config.init_checkpoint)
+            base, params = load_hf_checkpoint(m.init_checkpoint)
         elif info.kind == "params":  # python -m sif_jax.export --format=orbax
             base, params = info.config, load_params(info)
         else:  # a run directory, restored below onto this mesh
-            base, _, _, _ = run_checkpoint_meta(config.init_checkpoint)
+            base, _, _, _ = run_checkpoint_meta(m.init_checkpoint)
             from_run = True
-    if config.init_checkpoint:
-        preset = get_preset(config.model)
+    if m.init_checkpoint:
+        preset = get_preset(m.preset)
         if type(base) is not type(preset) or (base.text, base.vision) != (preset.text, preset.vision):
             depth = getattr(base.vision, "depth", getattr(base.vision, "num_layers", None))
             raise ValueError(
-                f"config.init_checkpoint={config.init_checkpoint!r} holds a model of another size than "
-                f"config.model={config.model!r} (text {base.text.num_layers} layers x {base.text.hidden_size}, "
+                f"config.init_checkpoint={m.init_checkpoint!r} holds a model of another size than "
+                f"config.model={m.preset!r} (text {base.text.num_layers} layers x {base.text.hidden_size}, "
                 f"vision {depth} x {base.vision.hidden_size}); set config.model to its preset"
             )
     run_ = layout(config, base, data=data)
@@ -164,7 +142,7 @@ def _setup(config: ml_collections.ConfigDict) -> tuple[Run, Any]:
             abstract = jax.eval_shape(functools.partial(init_params, layout_), jax.random.key(0))
             return parallel.logical_shardings(abstract, param_logical_axes(layout_), mesh)
 
-        _, params, _ = load_run_params(config.init_checkpoint, sharding=saved_shardings)
+        _, params, _ = load_run_params(m.init_checkpoint, sharding=saved_shardings)
         params = to_layout(params, model)
     if params is None:
         params = jax.jit(functools.partial(init_params, run_.model), out_shardings=run_.param_shardings)(
@@ -175,13 +153,13 @@ def _setup(config: ml_collections.ConfigDict) -> tuple[Run, Any]:
     return run_, params
 
 
-def layout(config: ml_collections.ConfigDict, base: ModelConfig, *, data: TrainData | None = None,
+def layout(config: ml_collections.ConfigDict | RunConfig, base: ModelConfig, *, data: TrainData | None = None,
            devices: Any = None) -> Run:
     """The shape-level side of a run: the model config with the run's overrides, the mesh over
     `devices` (default: all) and the params' shardings. Nothing is materialised (the params'
     shapes come from `jax.eval_shape`), so `sif_jax.plan` uses it with compile-only devices."""
-    mesh = parallel.make_mesh({"data": config.mesh.data, "fsdp": config.mesh.fsdp, "tensor": config.mesh.tensor},
-                              devices)
+    config = as_run_config(config)
+    mesh = parallel.make_mesh(config.mesh.axes(), devices)
     model = _model_config(config, base)
     shapes = jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))
     shardings = parallel.logical_shardings(shapes, param_logical_axes(model), mesh)
@@ -205,15 +183,6 @@ def _state_shardings(run: Run, optimizer: optax.GradientTransformation, *, refer
     opt = parallel.optimizer_shardings(optimizer, abstract_boxed_params(run.model), run.mesh)
     return TrainState(step=rep, params=run.param_shardings, ref_params=run.param_shardings if reference else None,
                       opt_state=opt, rng=rep)
-
-
-@contextlib.contextmanager
-def _closing(ckpt: Checkpointer):
-    """Waits for in-flight async saves even when the loop raises, so no save is cut off."""
-    try:
-        yield ckpt
-    finally:
-        ckpt.close()
 
 
 def _make_apply(optimizer: optax.GradientTransformation, shardings: Any):
@@ -279,7 +248,7 @@ def _policy_params(run: Run, state: TrainState, lora: LoraConfig | None) -> Any:
         state.base, state.params)
 
 
-def _lora_meta(config: ml_collections.ConfigDict, lora: LoraConfig | None, base: str) -> dict:
+def _lora_meta(config: RunConfig, lora: LoraConfig | None, base: str) -> dict:
     """Checkpoint metadata of a LoRA phase: the adapter config and which base it belongs to."""
     if lora is None:
         return {}
@@ -287,10 +256,11 @@ def _lora_meta(config: ml_collections.ConfigDict, lora: LoraConfig | None, base:
                      "init_adapter": config.lora.init_adapter, "base": base}}
 
 
-def _base_name(config: ml_collections.ConfigDict, phase: str) -> str:
-    if phase == "grpo" and not config.init_checkpoint and config.sft.steps > 0:
+def _base_name(config: RunConfig, phase: str) -> str:
+    m = config.model
+    if phase == "grpo" and not m.init_checkpoint and config.sft.steps > 0:
         return "sft phase (its adapters merged into its base)"
-    return config.init_checkpoint or f"init_params(model={config.model}, seed={config.seed})"
+    return m.init_checkpoint or f"init_params(model={m.preset}, seed={config.seed})"
 
 
 def _dropout_key(lora: LoraConfig | None, state: TrainState) -> jax.Array | None:
@@ -306,153 +276,136 @@ def sft_schedule(steps: int, learning_rate: float, warmup_fraction: float) -> op
     return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup, steps)
 
 
-def sft_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def sft_optimizer(config: ml_collections.ConfigDict | RunConfig) -> optax.GradientTransformation:
     """AdamW with warm-up + cosine decay over `sft.steps` (`sft_schedule`); the vision tower trains."""
-    schedule = sft_schedule(config.sft.steps, config.sft.learning_rate, config.sft.warmup_fraction)
-    return make_optimizer(schedule, freeze_vision=False)
+    sft = as_run_config(config).sft
+    return make_optimizer(sft_schedule(sft.steps, sft.learning_rate, sft.warmup_fraction), freeze_vision=False)
 
 
-def grpo_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    return make_optimizer(config.grpo.learning_rate, freeze_vision=config.freeze_vision)
+def grpo_optimizer(config: ml_collections.ConfigDict | RunConfig) -> optax.GradientTransformation:
+    config = as_run_config(config)
+    return make_optimizer(config.grpo.learning_rate, freeze_vision=config.model.freeze_vision)
+
+
+def _checkpointer(run: Run, phase: str) -> Checkpointer:
+    c = run.config.checkpointing
+    return Checkpointer(str(epath.Path(run.workdir) / phase), every=c.every, max_to_keep=c.max_to_keep)
+
+
+def sft_step(state: TrainState, batch: Batch, *, run: Run, lora: LoraConfig | None,
+             apply: Any) -> tuple[TrainState, dict[str, float]]:
+    """One SFT step on a collated batch (placed on the mesh): the token-mean NLL of the masked
+    (assistant) tokens and its gradients (`sft.sft_grads`), then the optimizer update `apply`."""
+    denominator = jnp.maximum(jnp.sum(batch.loss_mask[:, 1:]), 1)
+    grads, (nll, tokens) = sft_grads(state.params, batch.inputs, batch.loss_mask, denominator, state.base,
+                                     _dropout_key(lora, state), config=run.model, lora=lora,
+                                     grad_shardings=parallel.sharding_leaves(state.params))
+    state = apply(state, grads)
+    return state, {"sft_loss": float(nll / tokens)}
 
 
 def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
-    """The SFT warm-up (resumable); returns the trained params."""
+    """The SFT warm-up (resumable from <workdir>/sft, `loop.run_loop`); returns the trained params."""
     config = run.config
     steps = config.sft.steps
     if steps <= 0:
         return params
     optimizer = sft_optimizer(config)
-    lora = lora_lib.from_run_config(config)
+    lora = config.lora.config
     shardings = _state_shardings(run, optimizer, reference=False, lora=lora)
     adapters = initial_adapters(run, lora, config.seed, config.lora.init_adapter) if lora else None
     state = _new_state(params, optimizer, config.seed, shardings, adapters)
-    ckpt = Checkpointer(str(epath.Path(run.workdir) / "sft"), every=config.checkpoint_every,
-                        max_to_keep=config.max_checkpoints)
     data_iter = run.data.sft_iterator(config.sft.batch_size)
-    start = 0
-    if ckpt.latest_step() is not None:
-        start, state, meta = ckpt.restore(abstract_with_shardings(state))
-        data_iter.set_state(meta["data_state"])
-        _say(f"SFT: resumed from step {start} of {steps} ({ckpt.directory})")
-    if start >= steps:
-        ckpt.close()
-        return _policy_params(run, state, lora)
     apply = _make_apply(optimizer, shardings)
-    writer = MetricsWriter(run.workdir, "sft_metrics")
-    preempted = False
-    bar = tqdm(range(start, steps), desc="SFT warm-up", initial=start, total=steps, disable=jax.process_index() != 0)
-    with PreemptionGuard() as guard, _closing(ckpt):
-        for step in bar:
-            t0 = time.perf_counter()
-            batch = _place(next(data_iter), run.mesh)
-            denominator = jnp.maximum(jnp.sum(batch.loss_mask[:, 1:]), 1)
-            grads, (nll, tokens) = sft_grads(state.params, batch.inputs, batch.loss_mask, denominator, state.base,
-                                             _dropout_key(lora, state), config=run.model, lora=lora,
-                                             grad_shardings=parallel.sharding_leaves(state.params))
-            state = apply(state, grads)
-            loss = float(nll / tokens)
-            bar.set_postfix(loss=f"{loss:.3f}")
-            writer.write({"step": step + 1, "sft_loss": loss, "seconds": time.perf_counter() - t0})
-            done = step + 1
-            preempted = parallel.any_process(guard.requested)  # all hosts stop at the same step
-            stop = preempted or (stop_after is not None and done >= stop_after)
-            ckpt.save(done, state, {"data_state": data_iter.get_state(), "phase": "sft", **_model_meta(run),
-                                    **_lora_meta(config, lora, _base_name(config, "sft"))},
-                      force=stop or done == steps)
-            if stop:
-                break
-    if preempted:
-        logging.warning("SIGTERM: SFT state saved at step %d", done)
-        sys.exit(143)
-    return _policy_params(run, state, lora)
+    static_meta = {"phase": "sft", **_model_meta(run), **_lora_meta(config, lora, _base_name(config, "sft"))}
 
+    def step_fn(state: TrainState, step: int) -> tuple[TrainState, dict[str, float]]:
+        return sft_step(state, _place(next(data_iter), run.mesh), run=run, lora=lora, apply=apply)
 
-def _say(line: str) -> None:
-    if jax.process_index() == 0:
-        tqdm.write(line)
+    phase = Phase(
+        name="SFT", steps=steps, checkpointer=_checkpointer(run, "sft"),
+        writer=MetricsWriter(run.workdir, "sft_metrics", tensorboard="sft"),
+        metadata=lambda: {"data_state": data_iter.get_state(), **static_meta},
+        restore=lambda meta: data_iter.set_state(meta["data_state"]),
+        desc="SFT warm-up", postfix=lambda row: {"loss": f"{row['sft_loss']:.3f}"})
+    result = run_loop(phase, state, step_fn, stop_after=stop_after)
+    return _policy_params(run, result.state, lora)
 
 
 def _model_meta(run: Run) -> dict:
     """What inference needs to rebuild the model from a checkpoint (see checkpoint.load_run_params)."""
-    return {"model": run.model.to_hf_config(), "dtype": run.model.param_dtype, "tokenizer": run.config.tokenizer}
+    return {"model": run.model.to_hf_config(), "dtype": run.model.param_dtype, "tokenizer": run.config.model.tokenizer}
 
 
-def grpo_settings(config: ml_collections.ConfigDict) -> tuple[GRPOConfig, RewardConfig]:
+def grpo_settings(config: ml_collections.ConfigDict | RunConfig) -> tuple[GRPOConfig, RewardConfig]:
+    """The `rl.grpo.GRPOConfig` and `rl.rewards.RewardConfig` of a run config."""
+    config = as_run_config(config)
     g = config.grpo
     grpo = GRPOConfig(
         group_size=g.group_size, mu=g.mu, beta=g.beta, eps_low=g.eps_low, eps_high=g.eps_high,
-        reduction=g.reduction, mass_layers=tuple(g.mass_layers),
-        sampling=SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                                top_k=g.top_k, candidates=int(g.get("sampling_candidates", 256))),
-        vocab_chunk=g.vocab_chunk, mask_truncated_completions=g.mask_truncated_completions,
-        share_prompts=g.get("share_prompts", True), lora=lora_lib.from_run_config(config),
+        reduction=g.reduction, mass_layers=tuple(g.mass_layers), sampling=g.sampling(), vocab_chunk=g.vocab_chunk,
+        mask_truncated_completions=g.mask_truncated_completions, share_prompts=g.share_prompts,
+        lora=config.lora.config,
     )
     r = config.rewards
-    weights = {k: float(r[k]) for k in REWARD_NAMES}
-    return grpo, RewardConfig(weights=weights, top_fraction=r.top_fraction)
+    return grpo, RewardConfig(weights=dict(r.weights), top_fraction=r.top_fraction)
+
+
+def grpo_step(state: TrainState, micro: list[Batch], reward_state: RewardState, *, run: Run,
+              grpo: GRPOConfig, reward_config: RewardConfig, optimizer: optax.GradientTransformation,
+              apply: Any) -> tuple[TrainState, RewardState, dict[str, float], str]:
+    """One GRPO step on a step's micro-batches of prompts (placed on the mesh): sample G completions
+    per prompt and score them (rewards, advantages), then `grpo.mu` policy updates.
+
+    Returns the new state, the reward state (running statistics some rewards normalise by), the
+    step's metrics (floats) and one decoded completion as an example."""
+    tok = run.data.tokenizer
+    return grpo_lib.grpo_step(state, micro, config=run.model, grpo=grpo, apply_updates=apply, decode=tok.decode,
+                              reward_config=reward_config, reward_state=reward_state, eos_token_id=tok.eos_id,
+                              pad_token_id=tok.pad_id)
 
 
 def run_grpo(run: Run, params: Any, *, stop_after: int | None = None) -> tuple[Any, list[dict]]:
-    """GRPO steps (resumable from <workdir>/grpo); returns the params and the metric rows."""
+    """GRPO steps (resumable from <workdir>/grpo, `loop.run_loop`); returns the params and the metric
+    rows of every step (those before a resume are read back from metrics.jsonl)."""
     config = run.config
-    steps = config.grpo.steps
     grpo, reward_config = grpo_settings(config)
     optimizer = grpo_optimizer(config)
     lora = grpo.lora
     shardings = _state_shardings(run, optimizer, reference=config.grpo.beta != 0, lora=lora)
     # A PEFT adapter starts the first phase that trains (GRPO's base already holds SFT's adapters).
-    init_adapter = config.lora.init_adapter if (config.init_checkpoint or config.sft.steps <= 0) else ""
+    init_adapter = config.lora.init_adapter if (config.model.init_checkpoint or config.sft.steps <= 0) else ""
     adapters = initial_adapters(run, lora, config.seed + 1, init_adapter) if lora else None
     state = _new_state(params, optimizer, config.seed + 1, shardings, adapters)
-    ckpt = Checkpointer(str(epath.Path(run.workdir) / "grpo"), every=config.checkpoint_every,
-                        max_to_keep=config.max_checkpoints)
     data_iter = run.data.grpo_iterator(config.grpo.prompts_per_step)
-    reward_state = RewardState()
-    rows: list[dict] = []
-    start = 0
-    if ckpt.latest_step() is not None:
-        start, state, meta = ckpt.restore(abstract_with_shardings(state))
-        data_iter.set_state(meta["data_state"])
-        reward_state = RewardState.from_json(meta["reward_state"])
-        rows = meta.get("history", [])
-        _say(f"GRPO: resumed from step {start} of {steps} ({ckpt.directory})")
     apply = _make_apply(optimizer, shardings)
-    writer = MetricsWriter(run.workdir)
-    tok = run.data.tokenizer
-    preempted = False
-    bar = tqdm(range(start, steps), desc="GRPO", initial=start, total=steps, disable=jax.process_index() != 0)
-    with PreemptionGuard() as guard, _closing(ckpt):
-        for step in bar:
-            t0 = time.perf_counter()
-            micro = [_place(next(data_iter), run.mesh) for _ in range(config.grpo.prompts_per_step
-                                                                       // config.grpo.micro_batch_prompts)]
-            state = state.replace(rng=jax.random.key_data(
-                jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)))
-            state, reward_state, metrics, example_text = grpo_step(
-                state, micro, config=run.model, grpo=grpo, apply_updates=apply, decode=tok.decode,
-                reward_config=reward_config, reward_state=reward_state, eos_token_id=tok.eos_id,
-                pad_token_id=tok.pad_id)
-            row = {"step": step + 1, **metrics, "seconds": time.perf_counter() - t0}
-            rows.append(row)
-            writer.write(row)
-            bar.set_postfix(reward=f"{row['reward']:.2f}", acc=f"{row.get('accuracy_s_mean', 0):.2f}",
-                            tas=f"{row.get('tas_mean', 0):.2f}")
-            if (step + 1) % config.log_every == 0 and jax.process_index() == 0:
-                tqdm.write(_log_line(row) + f"\n    sample: {example_text[:160]!r}")
-            done = step + 1
-            preempted = parallel.any_process(guard.requested)  # all hosts stop at the same step
-            stop = preempted or (stop_after is not None and done >= stop_after)
-            ckpt.save(done, state, {"data_state": data_iter.get_state(), "reward_state": reward_state.to_json(),
-                                    "history": rows, "phase": "grpo", **_model_meta(run),
-                                    **_lora_meta(config, lora, _base_name(config, "grpo"))},
-                      force=stop or done == steps)
-            if stop:
-                break
-    if preempted:
-        logging.warning("SIGTERM: GRPO state saved at step %d", done)
-        sys.exit(143)
-    return _policy_params(run, state, lora), rows
+    static_meta = {"phase": "grpo", **_model_meta(run), **_lora_meta(config, lora, _base_name(config, "grpo"))}
+    carry = {"reward_state": RewardState(), "example": ""}  # what the step hands to the next and to the log
+
+    def step_fn(state: TrainState, step: int) -> tuple[TrainState, dict[str, float]]:
+        micro = [_place(next(data_iter), run.mesh) for _ in range(config.grpo.micro_batches)]
+        state = state.replace(rng=jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)))
+        state, carry["reward_state"], metrics, carry["example"] = grpo_step(
+            state, micro, carry["reward_state"], run=run, grpo=grpo, reward_config=reward_config,
+            optimizer=optimizer, apply=apply)
+        return state, metrics
+
+    def restore(meta: dict) -> None:
+        data_iter.set_state(meta["data_state"])
+        carry["reward_state"] = RewardState.from_json(meta["reward_state"])
+
+    phase = Phase(
+        name="GRPO", steps=config.grpo.steps, checkpointer=_checkpointer(run, "grpo"),
+        writer=MetricsWriter(run.workdir, "metrics", tensorboard="grpo"),
+        metadata=lambda: {"data_state": data_iter.get_state(), "reward_state": carry["reward_state"].to_json(),
+                          **static_meta},
+        restore=restore, desc="GRPO",
+        postfix=lambda row: {"reward": f"{row['reward']:.2f}", "acc": f"{row.get('accuracy_s_mean', 0):.2f}",
+                             "tas": f"{row.get('tas_mean', 0):.2f}"},
+        log_line=lambda row: _log_line(row) + f"\n    sample: {carry['example'][:160]!r}",
+        log_every=config.log_every)
+    result = run_loop(phase, state, step_fn, stop_after=stop_after)
+    return _policy_params(run, result.state, lora), result.rows
 
 
 def _log_line(row: dict) -> str:
@@ -473,10 +426,10 @@ def evaluate_heldout(run: Run, params: Any) -> dict:
     return result.summary()
 
 
-def run(config: ml_collections.ConfigDict, *, stop_after: int | None = None) -> dict:
-    """The whole recipe; `stop_after` ends the GRPO phase early (as a preemption would)."""
-    validate_config(config)
-    run_, params = _setup(config)
+def run(config: ml_collections.ConfigDict | RunConfig, *, stop_after: int | None = None) -> dict:
+    """The whole recipe; `stop_after` ends the GRPO phase early (as a preemption would). The config
+    is read once (`run_config.build`, which raises ValueError naming a bad field)."""
+    run_, params = _setup(build(config))
     # The mesh context: the Pallas attention kernels shard_map over it (XLA cannot partition them).
     with jax.set_mesh(run_.mesh):
         return _run_phases(run_, params, stop_after=stop_after)
@@ -484,7 +437,7 @@ def run(config: ml_collections.ConfigDict, *, stop_after: int | None = None) -> 
 
 def _run_phases(run_: Run, params: Any, *, stop_after: int | None) -> dict:
     config = run_.config
-    if not config.init_checkpoint:
+    if not config.model.init_checkpoint:
         params = run_sft(run_, params)
     summary_path = epath.Path(run_.workdir) / "summary.json"
     summary: dict = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -492,7 +445,7 @@ def _run_phases(run_: Run, params: Any, *, stop_after: int | None) -> dict:
         summary["eval"] = evaluate_heldout(run_, params)
         _write_summary(summary_path, summary)
         _print_eval("held-out after SFT", summary["eval"])
-        _say(f"SFT checkpoints: {epath.Path(run_.workdir) / 'sft'}; metrics: "
+        say(f"SFT checkpoints: {epath.Path(run_.workdir) / 'sft'}; metrics: "
              f"{epath.Path(run_.workdir) / 'sft_metrics.jsonl'}; summary: {summary_path}\n"
              f"next: python -m sif_jax.train --config=configs/grpo.py --config.init_checkpoint={run_.workdir}")
         return summary
@@ -509,7 +462,7 @@ def _run_phases(run_: Run, params: Any, *, stop_after: int | None) -> dict:
     summary["sampler_tokens_per_s"] = float(np.mean([r["sampler_tokens_per_s"] for r in rows])) if rows else None
     _write_summary(summary_path, summary)
     _print_eval("held-out after GRPO", summary["after"])
-    _say(f"checkpoints: {epath.Path(run_.workdir) / 'grpo'}; metrics: {epath.Path(run_.workdir) / 'metrics.jsonl'}; "
+    say(f"checkpoints: {epath.Path(run_.workdir) / 'grpo'}; metrics: {epath.Path(run_.workdir) / 'metrics.jsonl'}; "
          f"summary: {summary_path}")
     return summary
 
@@ -548,8 +501,7 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
 
     def setup() -> tuple[Run, Any]:
-        validate_config(config)
-        return _setup(config)
+        return _setup(build(config))  # the config is read once, here
 
     run_, params = run_cli(setup, verbose, usage_errors=(ValueError, FileNotFoundError))
     run_cli(lambda: _run_phases(run_, params, stop_after=None), verbose)

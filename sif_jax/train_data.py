@@ -5,9 +5,7 @@ unless `data.eval_source` names the held-out data."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
-
-import ml_collections
+from typing import TYPE_CHECKING, Any
 
 from sif_jax.batch import Batch
 from sif_jax.data import pipeline, sources
@@ -15,6 +13,9 @@ from sif_jax.data.prompts import get_prompt
 from sif_jax.data.scenes import SceneConfig
 from sif_jax.data.tokenizer import BuiltinTokenizer, Tokenizer, check_tokenizer
 from sif_jax.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from sif_jax.run_config import RunConfig
 
 # Eval examples come from the "test" split (scene seeds offset by pipeline.TEST_SEED_OFFSET), so
 # they never coincide with training scenes.
@@ -37,31 +38,32 @@ class _Head:
 
 
 class TrainData:
-    """Builds the train / eval data of a run; iterators are checkpointable (get_state/set_state)."""
+    """Builds the train / eval data of a run (a typed `run_config.RunConfig`); iterators are
+    checkpointable (get_state/set_state)."""
 
-    def __init__(self, config: ml_collections.ConfigDict) -> None:
+    def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.tokenizer: Tokenizer = self._tokenizer(config)
         self.model: ModelConfig | None = None
         self._train_source, self._eval_source = self._sources()
-        if config.sft.steps > 0 and not config.init_checkpoint:
+        if config.sft.steps > 0 and not config.model.init_checkpoint:
             self.sft_source()  # no traces to imitate: an error now, not after compiling
 
     @staticmethod
-    def _tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
+    def _tokenizer(config: RunConfig) -> Tokenizer:
         """The run's tokenizer.json read by the model family's tokenizer, else ("" or "builtin"; with
         `train._setup` taking the one of config.init_checkpoint for "") the built-in one."""
-        if config.tokenizer in ("", "builtin"):
+        if config.model.tokenizer in ("", "builtin"):
             return BuiltinTokenizer()
         from sif_jax.model.family import family_of, get_preset
 
-        return family_of(get_preset(config.model)).load_tokenizer(config.tokenizer)
+        return family_of(get_preset(config.model.preset)).load_tokenizer(config.model.tokenizer)
 
     def _sources(self) -> tuple[Any, Any]:
         """(train, held-out) raw-example sources of `config.data.source` (`data.sources`)."""
         data = self.config.data
         kind, _ = sources.check_spec(data.source)
-        eval_spec = data.get("eval_source", "")
+        eval_spec = data.eval_source
         if kind == "builtin":
             scene = SceneConfig(height=data.image_size, width=data.image_size)
             train = pipeline.BuiltinSource(seed=self.config.seed, size=TRAIN_SIZE, split="train", scene_config=scene)
@@ -71,7 +73,7 @@ class TrainData:
             train = sources.tfds_source(data.source, "train")
             held = sources.tfds_source(data.source, "test") if data.eval_examples > 0 and not eval_spec else None
         else:
-            strict = bool(data.get("strict_records", False))
+            strict = data.strict_records
             records = sources.read_records(data.source, progress=True)
             good, skipped = sources.usable(records, data.source, strict=strict)
             sources.report_skipped(data.source, skipped)
@@ -91,7 +93,7 @@ class TrainData:
             raise ValueError(f"config.data.eval_source={spec!r}: leave it empty for the built-in task")
         if kind == "tfds":
             return sources.tfds_source(spec, "test", "config.data.eval_source")
-        src = sources.open_records(spec, strict=bool(self.config.data.get("strict_records", False)), progress=True,
+        src = sources.open_records(spec, strict=bool(self.config.data.strict_records), progress=True,
                                    field="config.data.eval_source")
         sources.report_skipped(spec, src.skipped)
         return src
@@ -116,9 +118,9 @@ class TrainData:
 
     def _preprocessor(self) -> pipeline.Preprocessor:
         assert self.model is not None, "call check_model first"
-        prompt = get_prompt(self.config.data.get("prompt", "builtin"))
+        prompt = get_prompt(self.config.data.prompt)
         return pipeline.Preprocessor(self.tokenizer, self.model, pipeline.PreprocessConfig.from_prompt(
-            prompt, min_pixels=self.config.data.get("min_pixels"), max_pixels=self.config.data.get("max_pixels")))
+            prompt, min_pixels=self.config.data.min_pixels, max_pixels=self.config.data.max_pixels))
 
     def _dataset(self, source: Any, *, batch_size: int, repeat: int, sft: bool, shuffle: bool,
                  num_epochs: int | None, seed: int) -> Any:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sif_jax import train
-from sif_jax.checkpoint import PreemptionGuard, load_run_params
+from sif_jax.checkpoint import PreemptionGuard, load_run_params, run_checkpoint_meta
 from sif_jax.run_config import validate_config
 
 from .conftest import ROOT, tiny_run_config
@@ -63,6 +63,8 @@ def test_resume_gives_identical_metrics(tmp_path):
     for ra, rb in zip(a, b, strict=True):
         for key in COMPARED:
             np.testing.assert_allclose(rb[key], ra[key], rtol=1e-6, atol=1e-7, err_msg=f"step {ra['step']} {key}")
+    _, meta, _, step = run_checkpoint_meta(resumed.workdir)
+    assert step == 6 and "history" not in meta  # the metric rows live in metrics.jsonl only
 
     # A new run can start from this run directory (init_checkpoint): it gets the trained params.
     follow_up = tiny_run_config(str(tmp_path / "follow_up"))
