@@ -19,7 +19,9 @@ program a run executes, with the same jitted functions the trainer calls:
 
 With `lora.rank` > 0 the state is the LoRA one (`train.initial_state(..., adapters=...)`): the
 trainable params and the optimizer moments are the adapters', the base is frozen and there is
-no reference copy (the reference scores with the base). The loss and update programs take the
+no reference copy (the reference scores with the base). With `lora.base_dtype` ("int8",
+"float8_e4m3fn") the base's adapted kernels are the quantised ones (`lora.quantize_base`) in the
+state and in the loss, merge and reference programs, which dequantise them inside. The loss and update programs take the
 adapters (plus the base), the sampler and scorers the merged params (a transient as large as the
 base, counted as their argument while the whole state stays resident).
 
@@ -311,18 +313,21 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
     longest = max(config.data.length_buckets)
     programs: list[Program] = []
     lora = lora_lib.from_run_config(config)
-    adapters = None
+    adapters, base = None, None
     if lora is not None:
-        adapter_shardings = train._state_shardings(run, optax.identity(), reference=False, lora=lora).params
-        adapters = with_shardings(lora_lib.adapter_shapes(train.adapter_specs(run, lora), lora.rank),
-                                  adapter_shardings)
+        specs = train.adapter_specs(run, lora)
+        lora_shardings = train._state_shardings(run, optax.identity(), reference=False, lora=lora)
+        adapters = with_shardings(lora_lib.adapter_shapes(specs, lora.rank), lora_shardings.params)
+        # the frozen base (its adapted kernels quantised under lora.base_dtype)
+        base = with_shardings(jax.eval_shape(lambda p: lora_lib.quantize_base(p, specs, lora.base_dtype), params),
+                              lora_shardings.base)
     trainable = params if lora is None else adapters
     # bytes of the train-state arguments of a loss program: the trainable params (+ the frozen base)
-    loss_arg_bytes = params_bytes if lora is None else per_chip_bytes(adapters) + params_bytes
+    loss_arg_bytes = params_bytes if lora is None else per_chip_bytes(adapters) + per_chip_bytes(base)
 
     def state_of(optimizer, reference: bool, seed: int) -> Any:
         shapes = jax.eval_shape(lambda p, a: train.initial_state(p, optimizer, seed, reference=reference, adapters=a),
-                                params, adapters)
+                                params if lora is None else base, adapters)
         return with_shardings(shapes, train._state_shardings(run, optimizer, reference=reference, lora=lora))
 
     if config.sft.steps > 0:
@@ -332,7 +337,7 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
         batch.pop("region_mask")
         denominator = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
         programs.append(Program("sft_grads", lambda b=batch, d=denominator: sft_grads.lower(
-            trainable, b, d, None if lora is None else params, config=model, lora=lora,
+            trainable, b, d, base, config=model, lora=lora,
             grad_shardings=parallel.sharding_leaves(trainable)), per_chip_bytes(state) - loss_arg_bytes))
         apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=False, lora=lora))
         programs.append(Program("sft_update", lambda a=apply, s=state: a.lower(s, trainable)))
@@ -391,12 +396,12 @@ def _programs(config: ml_collections.ConfigDict, run: train.Run) -> list[Program
         accumulator = per_chip_bytes(trainable) if micro > 1 else 0
         programs.append(Program("grpo_loss_grads", lambda: grpo_lib._loss_grads.lower(
             trainable, prompt, completion, mask, mask, logp, logp if reference else None, advantages, denominator,
-            None if lora is None else params, config=model, grpo=g, grad_shardings=parallel.sharding_leaves(trainable)),
+            base, config=model, grpo=g, grad_shardings=parallel.sharding_leaves(trainable)),
             state_bytes - loss_arg_bytes + accumulator))
         apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=reference, lora=lora))
         programs.append(Program("grpo_update", lambda: apply.lower(state, trainable)))
         if lora is not None:
-            programs.append(Program("lora_merge", lambda: grpo_lib._merged.lower(params, adapters, lora.scale),
+            programs.append(Program("lora_merge", lambda: grpo_lib._merged.lower(base, adapters, lora.scale),
                                     state_bytes - loss_arg_bytes))
     return programs
 

@@ -66,6 +66,8 @@ def _check_lora(c: ml_collections.ConfigDict) -> None:
             re.compile(pattern)
         except re.error as e:
             _need(False, "lora.targets", pattern, f"is not a regular expression ({e})")
+    _need(lo.get("base_dtype", "") in ("", "int8", "float8_e4m3fn"), "lora.base_dtype", lo.get("base_dtype"),
+          "must be '' (the params' dtype), 'int8' or 'float8_e4m3fn'")
 
 
 def _check_files(c: ml_collections.ConfigDict, check_paths: bool) -> None:

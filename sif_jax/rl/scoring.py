@@ -16,6 +16,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from sif_jax.lora import dequantize_params
 from sif_jax.model.family import family_of
 from sif_jax.model.vlm import Qwen25VL
 from sif_jax.rl.groups import repeat_rows, shares_prompts, unique_prompts
@@ -153,8 +154,11 @@ def score(
     its attention masses from its own query row (position L + t). Image positions are the
     prompt's only (`score_inputs`), so for any sampled ids the log-probs and masses equal those
     of the KV-cache decode (`sampler.generate`) that produced them. Log-probs are of the model's
-    full-vocabulary distribution (no top-k / top-p, no banned ids).
+    full-vocabulary distribution (no top-k / top-p, no banned ids). `params` may be a LoRA base
+    with quantised kernels (`lora.quantize_base`, the adapter-off KL reference): they are
+    dequantised here, inside the jitted pass.
     """
+    params = dequantize_params(params)
     prompt_len = prompt["input_ids"].shape[1]
     steps = completion.shape[1]
     family = family_of(config)
