@@ -177,3 +177,43 @@ def test_quantized_shardings_drop_the_input_axes_of_the_scale():
     for i in range(spec.n_lead, spec.n_lead + spec.n_in):
         want[i] = None
     assert tuple(node["scale"].spec) == tuple(want)
+
+
+def test_lora_training_over_an_int8_base_runs_and_checkpoints_the_quantised_base(tmp_path):
+    import json
+    import math
+
+    import orbax.checkpoint as ocp
+
+    from sif_jax import train
+    from sif_jax.checkpoint import latest_run_checkpoint, load_run_params
+    from tests.lora.test_lora_train import lora_config
+
+    c = lora_config(str(tmp_path / "run"))
+    c.grpo.steps = 1
+    c.lora.base_dtype = "int8"
+    train.run(c)
+    with open(tmp_path / "run" / "sft_metrics.jsonl") as f:
+        sft = [json.loads(line) for line in f]
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        grpo = [json.loads(line) for line in f]
+    assert len(sft) == 2 and all(math.isfinite(r["sft_loss"]) for r in sft)
+    # fresh adapters (B = 0): the policy is the dequantised base, which is also the reference
+    assert len(grpo) == 1 and grpo[0]["kl_mean"] == 0.0 and math.isfinite(grpo[0]["loss"])
+    directory, step = latest_run_checkpoint(str(tmp_path / "run"))
+    manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
+                                    item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                                                   "meta": ocp.JsonCheckpointHandler()},
+                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    try:
+        saved = manager.item_metadata(step)["state"]
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    finally:
+        manager.close()
+    assert meta["lora"]["base_dtype"] == "int8"
+    q = saved["base"]["text"]["layers_0"]["q_proj"]["kernel"]
+    assert set(q) == {"quantized", "scale"} and q["quantized"].dtype == np.int8
+    assert saved["base"]["text"]["embed_tokens"]["embedding"].dtype == np.float32  # not adapted: as is
+    # inference loads the merged model: dequantised base + adapters, plain float32 kernels
+    _, params, _ = load_run_params(str(tmp_path / "run"))
+    assert params["text"]["layers_0"]["q_proj"]["kernel"].dtype == jnp.float32
