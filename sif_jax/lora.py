@@ -71,9 +71,9 @@ DEFAULT_TARGETS: tuple[str, ...] = (
 # Logical name of the adapters' rank axis (see `AdapterSpec.factor_axes`).
 RANK_AXIS = "lora_rank"
 # Kernels whose module contracts two input dims (`axis=(-2, -1)`: heads x head_dim); others one.
-_TWO_INPUT_DIMS = ("o_proj", "proj")
-# Kernels that are not a torch Linear in Hugging Face (a Conv3d), so no PEFT Linear adapter.
-_NOT_LINEAR = ("visual/patch_embed/kernel",)
+_TWO_INPUT_DIMS = ("o_proj", "proj", "out_proj")
+# Kernels that are not a torch Linear in Hugging Face (a Conv3d / Conv2d), so no PEFT Linear adapter.
+_NOT_LINEAR = ("visual/patch_embed/kernel", "vision_tower/patch_embedding/kernel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +167,7 @@ def adapter_specs(boxed_params: Params, lora: LoraConfig) -> dict[str, AdapterSp
         if not any(hits) or not path.endswith("/kernel"):
             continue
         if path in _NOT_LINEAR:
-            raise ValueError(f"lora.targets: {path!r} (a Conv3d in Hugging Face) cannot take a LoRA adapter")
+            raise ValueError(f"lora.targets: {path!r} (a convolution in Hugging Face) cannot take a LoRA adapter")
         used = [u or h for u, h in zip(used, hits, strict=True)]
         axes = tuple(leaf.names) if isinstance(leaf, nn.LogicallyPartitioned) else (None,) * leaf.ndim
         value = leaf.value if isinstance(leaf, nn.LogicallyPartitioned) else leaf

@@ -273,7 +273,7 @@ def initial_adapters(run: Run, lora: LoraConfig, seed: int, init_adapter: str = 
     specs = adapter_specs(run, lora)
     shardings = _state_shardings(run, optax.identity(), reference=False, lora=lora).params
     if init_adapter:
-        return jax.device_put(load_peft_adapter(init_adapter, specs, lora), shardings)
+        return jax.device_put(load_peft_adapter(init_adapter, specs, lora, run.model), shardings)
     return jax.jit(lambda k: lora_lib.init_adapters(specs, lora.rank, k), out_shardings=shardings)(
         jax.random.key(seed))
 
