@@ -172,6 +172,8 @@ def abstract_batch(config: ml_collections.ConfigDict, model: Any, mesh, rows: in
     family = family_of(model)
     img, patches = example_image(config, model)
     start, end = getattr(model, "vision_start_token_id", None), getattr(model, "vision_end_token_id", None)
+    # a family without vision start / end tokens (LLaVA) has None or a negative id there
+    start, end = (t if t is not None and t >= 0 else None for t in (start, end))
     image_ids = [*([start] if start is not None else []), *[model.image_token_id] * img.num_tokens,
                  *([end] if end is not None else [])]
     if length < len(image_ids) + 1:
