@@ -107,6 +107,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # language model (q/k/v/o, gate/up/down), not the vision tower, embeddings or LM head.
     c.lora.targets = (r"^text/layers(_\d+)?/(q_proj|k_proj|v_proj|o_proj|mlp/(gate_proj|up_proj|down_proj))/kernel$",)
     c.lora.init_adapter = ""  # a PEFT adapter directory to start from (same r and alpha)
+    # Storage of the frozen base's adapted kernels (QLoRA-style): "" = the params' dtype, "int8" or
+    # "float8_e4m3fn" with one absmax scale per output channel, dequantised inside each program.
+    c.lora.base_dtype = ""
 
     c.rewards = ml_collections.ConfigDict()
     c.rewards.format = 1.0

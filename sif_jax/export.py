@@ -130,7 +130,7 @@ def export(checkpoint: str, fmt: str, out: str, *, dtype: str = "", model: str =
             lo = run_meta["lora"]
             lora = LoraConfig(rank=int(lo["rank"]), alpha=float(lo["alpha"]), dropout=float(lo["dropout"]),
                               targets=tuple(lo["targets"]))
-            save_peft_adapter(adapters, lora, tmp, base_model=str(lo.get("base", "")))
+            save_peft_adapter(adapters, lora, tmp, base_model=str(lo.get("base", "")), config=config)
             meta["lora"] = lo
         else:
             import orbax.checkpoint as ocp

@@ -28,6 +28,23 @@ merged weight this becomes a feature mask on A's input rows, `A * m / (1 - p)` w
 m ~ Bernoulli(1 - p) over the `in` dims, one mask per step shared by every token (same
 expectation, coarser noise). It applies only where a `dropout_rng` is given (the training
 losses), never in sampling, scoring or export.
+
+Quantised frozen base (`LoraConfig.base_dtype`, QLoRA-style; Dettmers et al. 2023,
+arXiv:2305.14314): the adapted kernels of the frozen base may be stored as "int8" or
+"float8_e4m3fn" with one float32 scale per output channel (absmax, as LLM.int8()'s vector-wise
+quantisation, Dettmers et al. 2022, arXiv:2208.07339; QLoRA's NF4 blocks are not implemented):
+
+    s[*lead, *out] = max over *in of |W| / Q      (Q = 127 for int8, 448 for float8_e4m3fn;
+                                                   s = 1 / Q where the channel is all zero)
+    int8:  q = clip(round(W / s), -127, 127)      float8: q = float8_e4m3fn(W / s) (round to nearest)
+    dequantised W~ = float32(q) * s               (|W~ - W| <= s / 2 for int8)
+
+Such a kernel's entry in the base tree is the dict {"quantized": q [same shape as W], "scale": s
+float32 [*lead, 1 per in dim, *out]} (`quantize_kernel`). `merge` dequantises it where it builds
+W_eff = W~ + (alpha / r) A @ B, inside the jitted loss / sampler / scorer, to the dtype of the
+base's unquantised params; `dequantize_params` turns a whole base into plain params (the
+adapter-off reference, also inside the scorer's jit). The quantised base is what stays resident;
+W~ exists only as a transient of the programs that use it.
 """
 
 from __future__ import annotations
@@ -54,9 +71,9 @@ DEFAULT_TARGETS: tuple[str, ...] = (
 # Logical name of the adapters' rank axis (see `AdapterSpec.factor_axes`).
 RANK_AXIS = "lora_rank"
 # Kernels whose module contracts two input dims (`axis=(-2, -1)`: heads x head_dim); others one.
-_TWO_INPUT_DIMS = ("o_proj", "proj")
-# Kernels that are not a torch Linear in Hugging Face (a Conv3d), so no PEFT Linear adapter.
-_NOT_LINEAR = ("visual/patch_embed/kernel",)
+_TWO_INPUT_DIMS = ("o_proj", "proj", "out_proj")
+# Kernels that are not a torch Linear in Hugging Face (a Conv3d / Conv2d), so no PEFT Linear adapter.
+_NOT_LINEAR = ("visual/patch_embed/kernel", "vision_tower/patch_embedding/kernel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +85,7 @@ class LoraConfig:
     alpha: float
     dropout: float = 0.0
     targets: tuple[str, ...] = DEFAULT_TARGETS
+    base_dtype: str = ""  # "" (the params' own dtype), "int8" or "float8_e4m3fn": see the module doc
 
     @property
     def scale(self) -> float:
@@ -81,7 +99,7 @@ def from_run_config(config: Any) -> LoraConfig | None:
     if c is None or int(c.rank) == 0:
         return None
     return LoraConfig(rank=int(c.rank), alpha=float(c.alpha), dropout=float(c.dropout),
-                      targets=tuple(c.targets) or DEFAULT_TARGETS)
+                      targets=tuple(c.targets) or DEFAULT_TARGETS, base_dtype=str(c.get("base_dtype", "")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +167,7 @@ def adapter_specs(boxed_params: Params, lora: LoraConfig) -> dict[str, AdapterSp
         if not any(hits) or not path.endswith("/kernel"):
             continue
         if path in _NOT_LINEAR:
-            raise ValueError(f"lora.targets: {path!r} (a Conv3d in Hugging Face) cannot take a LoRA adapter")
+            raise ValueError(f"lora.targets: {path!r} (a convolution in Hugging Face) cannot take a LoRA adapter")
         used = [u or h for u, h in zip(used, hits, strict=True)]
         axes = tuple(leaf.names) if isinstance(leaf, nn.LogicallyPartitioned) else (None,) * leaf.ndim
         value = leaf.value if isinstance(leaf, nn.LogicallyPartitioned) else leaf
@@ -244,12 +262,15 @@ def merge(base: Params, adapters: Params | None, scale: float, *, dropout: float
           dropout_rng: jax.Array | None = None) -> Params:
     """The params the model runs with: every adapted kernel W replaced by
     (W + scale * A @ B) in W's dtype (the sum in float32); other leaves are the base's own.
-    `adapters=None` returns `base` (the adapter-off model, e.g. the KL reference).
+    `adapters=None` returns `base` (the adapter-off model, e.g. the KL reference). Quantised
+    kernels of `base` (`quantize_base`) enter as W~ = float32(q) * s, in the dtype of the base's
+    unquantised params.
 
     Raises ValueError naming an adapter whose kernel the base lacks or whose shapes do not fit it.
     """
     if adapters is None:
-        return base
+        return dequantize_params(base)
+    dtype = _plain_dtype(base)
     flat = flatten(adapters)
     out = dict(base)
     for i, (path, ab) in enumerate(sorted(flat.items())):
@@ -263,6 +284,8 @@ def merge(base: Params, adapters: Params | None, scale: float, *, dropout: float
         w = node.get(keys[-1])
         if w is None:
             raise ValueError(f"LoRA adapter {path!r}: the base params have no such kernel")
+        if is_quantized(w):
+            w = dequantize_kernel(w, dtype)
         a, b = ab["a"], ab["b"]
         if dropout > 0 and dropout_rng is not None:
             a = _dropout_a(a, dropout, jax.random.fold_in(dropout_rng, i))
@@ -271,9 +294,131 @@ def merge(base: Params, adapters: Params | None, scale: float, *, dropout: float
             raise ValueError(f"LoRA adapter {path!r}: A {tuple(a.shape)} @ B {tuple(b.shape)} gives {d.shape}, "
                              f"the kernel is {tuple(w.shape)}")
         node[keys[-1]] = (w.astype(jnp.float32) + scale * d).astype(w.dtype)
-    return out
+    return dequantize_params(out)
 
 
 def count(adapters: Params) -> int:
     """Number of trainable adapter parameters."""
     return int(sum(math.prod(x.shape) for x in jax.tree.leaves(adapters)))
+
+
+# --- quantised frozen base (see the module doc) ----------------------------------------------------
+
+BASE_DTYPES = ("", "int8", "float8_e4m3fn")
+_QMAX = {"int8": 127.0, "float8_e4m3fn": 448.0}  # int8: symmetric [-127, 127]; e4m3fn's largest finite value
+BASE_DTYPES = ("", *_QMAX)  # lora.base_dtype: "" keeps the params' dtype
+_QKEYS = frozenset(("quantized", "scale"))
+
+
+def is_quantized(node: Any) -> bool:
+    """Whether a base-tree node is a quantised kernel (`quantize_kernel`'s dict)."""
+    return isinstance(node, dict) and set(node) == _QKEYS
+
+
+def quantize_kernel(w: jax.Array, n_lead: int, n_in: int, base_dtype: str) -> dict[str, jax.Array]:
+    """{"quantized": q [w.shape] int8 / float8_e4m3fn, "scale": s float32 [*lead, 1 x n_in, *out]}
+    of a kernel [*lead, *in, *out], one absmax scale per output channel (module doc formula).
+
+    Raises ValueError for a `base_dtype` not in ("int8", "float8_e4m3fn")."""
+    if base_dtype not in _QMAX:
+        raise ValueError(f"lora.base_dtype: {base_dtype!r} is not a quantised dtype; choose one of {sorted(_QMAX)}")
+    qmax = _QMAX[base_dtype]
+    w32 = w.astype(jnp.float32)
+    absmax = jnp.max(jnp.abs(w32), axis=tuple(range(n_lead, n_lead + n_in)), keepdims=True)
+    s = jnp.where(absmax > 0, absmax, 1.0) / qmax
+    if base_dtype == "int8":
+        q = jnp.clip(jnp.round(w32 / s), -qmax, qmax).astype(jnp.int8)
+    else:
+        q = jnp.clip(w32 / s, -qmax, qmax).astype(jnp.float8_e4m3fn)
+    return {"quantized": q, "scale": s}
+
+
+def dequantize_kernel(qk: dict[str, jax.Array], dtype: Any = jnp.float32) -> jax.Array:
+    """W~ = float32(q) * s in `dtype` (same shape as the original kernel)."""
+    return (qk["quantized"].astype(jnp.float32) * qk["scale"].astype(jnp.float32)).astype(dtype)
+
+
+def _plain_dtype(tree: Params) -> Any:
+    """The dtype of the first unquantised floating leaf (what quantised kernels dequantise to)."""
+    found: list[Any] = []
+
+    def visit(node):
+        if found:
+            return
+        if is_quantized(node):
+            return
+        if isinstance(node, dict):
+            for k in sorted(node):
+                visit(node[k])
+        elif hasattr(node, "dtype") and jnp.issubdtype(node.dtype, jnp.floating):
+            found.append(node.dtype)
+
+    visit(tree)
+    return found[0] if found else jnp.float32
+
+
+def dequantize_params(tree: Params) -> Params:
+    """`tree` with every quantised kernel replaced by W~ in the dtype of its unquantised params;
+    a tree without quantised kernels is returned as is."""
+    if not _has_quantized(tree):
+        return tree
+    dtype = _plain_dtype(tree)
+
+    def walk(node):
+        if is_quantized(node):
+            return dequantize_kernel(node, dtype)
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        return node
+
+    return walk(tree)
+
+
+def _has_quantized(node: Any) -> bool:
+    if is_quantized(node):
+        return True
+    return isinstance(node, dict) and any(_has_quantized(v) for v in node.values())
+
+
+def _replace_kernels(tree: Params, specs: dict[str, AdapterSpec], fn) -> Params:
+    """`tree` (nested dicts) with the leaf at each spec's path replaced by fn(leaf, spec)."""
+    out = dict(tree)
+    for path, spec in sorted(specs.items()):
+        keys = path.split("/")
+        node = out
+        for k in keys[:-1]:
+            if not isinstance(node, dict) or k not in node:
+                raise ValueError(f"lora.base_dtype: the base params have no kernel {path!r}")
+            node[k] = dict(node[k])
+            node = node[k]
+        if keys[-1] not in node:
+            raise ValueError(f"lora.base_dtype: the base params have no kernel {path!r}")
+        node[keys[-1]] = fn(node[keys[-1]], spec)
+    return out
+
+
+def quantize_base(params: Params, specs: dict[str, AdapterSpec], base_dtype: str) -> Params:
+    """The frozen base with the kernels of `specs` (the adapted ones) quantised to `base_dtype`
+    (`quantize_kernel`); `base_dtype=""` returns `params`. Traceable (jit / eval_shape).
+
+    Raises ValueError for an unknown `base_dtype` or a spec path missing from `params`."""
+    if not base_dtype:
+        return params
+    if base_dtype not in BASE_DTYPES:
+        raise ValueError(f"lora.base_dtype: {base_dtype!r} is not one of {BASE_DTYPES}")
+    return _replace_kernels(params, specs, lambda w, spec: quantize_kernel(w, spec.n_lead, spec.n_in, base_dtype))
+
+
+def quantized_shardings(param_shardings: Params, specs: dict[str, AdapterSpec], base_dtype: str) -> Params:
+    """Shardings of `quantize_base`'s tree from the params' (NamedSharding leaves): q keeps its
+    kernel's sharding, the scale the same without the (size-1) input dims' mesh axes."""
+    if not base_dtype:
+        return param_shardings
+
+    def fn(sharding, spec: AdapterSpec):
+        pspec = list(sharding.spec) + [None] * (len(spec.shape) - len(sharding.spec))
+        for i in range(spec.n_lead, spec.n_lead + spec.n_in):
+            pspec[i] = None
+        return {"quantized": sharding, "scale": jax.sharding.NamedSharding(sharding.mesh, PartitionSpec(*pspec))}
+
+    return _replace_kernels(param_shardings, specs, fn)

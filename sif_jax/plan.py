@@ -19,7 +19,9 @@ program a run executes, with the same jitted functions the trainer calls:
 
 With `lora.rank` > 0 the state is the LoRA one (`train.initial_state(..., adapters=...)`): the
 trainable params and the optimizer moments are the adapters', the base is frozen and there is
-no reference copy (the reference scores with the base). The loss and update programs take the
+no reference copy (the reference scores with the base). With `lora.base_dtype` ("int8",
+"float8_e4m3fn") the base's adapted kernels are the quantised ones (`lora.quantize_base`) in the
+state and in the loss, merge and reference programs, which dequantise them inside. The loss and update programs take the
 adapters (plus the base), the sampler and scorers the merged params (a transient as large as the
 base, counted as their argument while the whole state stays resident).
 
@@ -175,6 +177,8 @@ def abstract_batch(config: RunConfig, model: Any, mesh, rows: int, length: int, 
     family = family_of(model)
     img, patches = example_image(config, model)
     start, end = getattr(model, "vision_start_token_id", None), getattr(model, "vision_end_token_id", None)
+    # a family without vision start / end tokens (LLaVA) has None or a negative id there
+    start, end = (t if t is not None and t >= 0 else None for t in (start, end))
     image_ids = [*([start] if start is not None else []), *[model.image_token_id] * img.num_tokens,
                  *([end] if end is not None else [])]
     if length < len(image_ids) + 1:
@@ -314,18 +318,21 @@ def _programs(config: RunConfig, run: train.Run) -> list[Program]:
     longest = max(config.data.length_buckets)
     programs: list[Program] = []
     lora = config.lora.config
-    adapters = None
+    adapters, base = None, None
     if lora is not None:
-        adapter_shardings = train._state_shardings(run, optax.identity(), reference=False, lora=lora).params
-        adapters = with_shardings(lora_lib.adapter_shapes(train.adapter_specs(run, lora), lora.rank),
-                                  adapter_shardings)
+        specs = train.adapter_specs(run, lora)
+        lora_shardings = train._state_shardings(run, optax.identity(), reference=False, lora=lora)
+        adapters = with_shardings(lora_lib.adapter_shapes(specs, lora.rank), lora_shardings.params)
+        # the frozen base (its adapted kernels quantised under lora.base_dtype)
+        base = with_shardings(jax.eval_shape(lambda p: lora_lib.quantize_base(p, specs, lora.base_dtype), params),
+                              lora_shardings.base)
     trainable = params if lora is None else adapters
     # bytes of the train-state arguments of a loss program: the trainable params (+ the frozen base)
-    loss_arg_bytes = params_bytes if lora is None else per_chip_bytes(adapters) + params_bytes
+    loss_arg_bytes = params_bytes if lora is None else per_chip_bytes(adapters) + per_chip_bytes(base)
 
     def state_of(optimizer, reference: bool, seed: int) -> Any:
         shapes = jax.eval_shape(lambda p, a: train.initial_state(p, optimizer, seed, reference=reference, adapters=a),
-                                params, adapters)
+                                params if lora is None else base, adapters)
         return with_shardings(shapes, train._state_shardings(run, optimizer, reference=reference, lora=lora))
 
     if config.sft.steps > 0:
@@ -334,7 +341,7 @@ def _programs(config: RunConfig, run: train.Run) -> list[Program]:
         batch = abstract_batch(config, model, mesh, config.sft.batch_size, longest, sft=True)
         denominator = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
         programs.append(Program("sft_grads", lambda b=batch, d=denominator: sft_grads.lower(
-            trainable, b.inputs, b.loss_mask, d, None if lora is None else params, config=model, lora=lora,
+            trainable, b.inputs, b.loss_mask, d, base, config=model, lora=lora,
             grad_shardings=parallel.sharding_leaves(trainable)), per_chip_bytes(state) - loss_arg_bytes))
         apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=False, lora=lora))
         programs.append(Program("sft_update", lambda a=apply, s=state: a.lower(s, trainable)))
@@ -393,13 +400,13 @@ def _programs(config: RunConfig, run: train.Run) -> list[Program]:
         truncated = jax.ShapeDtypeStruct((rows,), jnp.bool_, sharding=advantages.sharding)
         rollout = Rollout(prompt, completion, mask, logp, logp if reference else None, advantages, truncated, mask)
         programs.append(Program("grpo_loss_grads", lambda: grpo_lib.loss_grads.lower(
-            trainable, rollout, denominator, None if lora is None else params, config=model, grpo=g,
+            trainable, rollout, denominator, base, config=model, grpo=g,
             grad_shardings=parallel.sharding_leaves(trainable)),
             state_bytes - loss_arg_bytes + accumulator))
         apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=reference, lora=lora))
         programs.append(Program("grpo_update", lambda: apply.lower(state, trainable)))
         if lora is not None:
-            programs.append(Program("lora_merge", lambda: grpo_lib._merged.lower(params, adapters, lora.scale),
+            programs.append(Program("lora_merge", lambda: grpo_lib._merged.lower(base, adapters, lora.scale),
                                     state_bytes - loss_arg_bytes))
     return programs
 

@@ -25,6 +25,7 @@ from sif_jax.data import sources
 from sif_jax.data.prompts import get_prompt
 from sif_jax.infer.sampler import SamplingConfig
 from sif_jax.kernels.region_attention.ops import BACKENDS as KERNEL_BACKENDS
+from sif_jax.lora import BASE_DTYPES as LORA_BASE_DTYPES
 from sif_jax.lora import DEFAULT_TARGETS, LoraConfig
 from sif_jax.model.config import REMAT_POLICIES
 from sif_jax.model.family import presets
@@ -219,11 +220,14 @@ class LoraSettings:
     dropout: float = 0.0
     targets: tuple[str, ...] = DEFAULT_TARGETS
     init_adapter: str = ""
+    base_dtype: str = ""  # "" (the params' dtype) | int8 | float8_e4m3fn: the frozen base, quantised (`lora`)
 
     def __post_init__(self) -> None:
         _need(_is_int(self.rank) and self.rank >= 0, "lora.rank", self.rank, "must be an integer >= 0 (0 = off)")
         if self.rank == 0:
             return
+        _need(self.base_dtype in LORA_BASE_DTYPES, "lora.base_dtype", self.base_dtype,
+              "must be '' (the params' dtype), 'int8' or 'float8_e4m3fn'")
         _need(self.alpha > 0, "lora.alpha", self.alpha, "must be > 0")
         _need(0 <= self.dropout < 1, "lora.dropout", self.dropout, "must lie in [0, 1)")
         _need(len(self.targets) > 0 and all(isinstance(t, str) and t for t in self.targets), "lora.targets",
@@ -240,7 +244,7 @@ class LoraSettings:
         if self.rank == 0:
             return None
         return LoraConfig(rank=self.rank, alpha=float(self.alpha), dropout=float(self.dropout),
-                          targets=tuple(self.targets) or DEFAULT_TARGETS)
+                          targets=tuple(self.targets) or DEFAULT_TARGETS, base_dtype=self.base_dtype)
 
 
 @dataclasses.dataclass(frozen=True)

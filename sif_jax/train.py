@@ -179,7 +179,7 @@ def _state_shardings(run: Run, optimizer: optax.GradientTransformation, *, refer
                                               lora_lib.adapter_logical_axes(specs), run.mesh)
         opt = parallel.optimizer_shardings(optimizer, lora_lib.boxed_adapter_shapes(specs, lora.rank), run.mesh)
         return TrainState(step=rep, params=adapters, ref_params=None, opt_state=opt, rng=rep,
-                          base=run.param_shardings)
+                          base=lora_lib.quantized_shardings(run.param_shardings, specs, lora.base_dtype))
     opt = parallel.optimizer_shardings(optimizer, abstract_boxed_params(run.model), run.mesh)
     return TrainState(step=rep, params=run.param_shardings, ref_params=run.param_shardings if reference else None,
                       opt_state=opt, rng=rep)
@@ -235,9 +235,19 @@ def initial_adapters(run: Run, lora: LoraConfig, seed: int, init_adapter: str = 
     specs = adapter_specs(run, lora)
     shardings = _state_shardings(run, optax.identity(), reference=False, lora=lora).params
     if init_adapter:
-        return jax.device_put(load_peft_adapter(init_adapter, specs, lora), shardings)
+        return jax.device_put(load_peft_adapter(init_adapter, specs, lora, run.model), shardings)
     return jax.jit(lambda k: lora_lib.init_adapters(specs, lora.rank, k), out_shardings=shardings)(
         jax.random.key(seed))
+
+
+def frozen_base(run: Run, lora: LoraConfig | None, params: Any) -> Any:
+    """The LoRA phase's frozen base: `params`, or with `lora.base_dtype` their adapted kernels
+    quantised on the mesh (`lora.quantize_base`; the caller's full-precision `params` are not kept)."""
+    if lora is None or not lora.base_dtype:
+        return params
+    specs = adapter_specs(run, lora)
+    out = lora_lib.quantized_shardings(run.param_shardings, specs, lora.base_dtype)
+    return jax.jit(lambda p: lora_lib.quantize_base(p, specs, lora.base_dtype), out_shardings=out)(params)
 
 
 def _policy_params(run: Run, state: TrainState, lora: LoraConfig | None) -> Any:
@@ -253,7 +263,7 @@ def _lora_meta(config: RunConfig, lora: LoraConfig | None, base: str) -> dict:
     if lora is None:
         return {}
     return {"lora": {"rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout, "targets": list(lora.targets),
-                     "init_adapter": config.lora.init_adapter, "base": base}}
+                     "init_adapter": config.lora.init_adapter, "base": base, "base_dtype": lora.base_dtype}}
 
 
 def _base_name(config: RunConfig, phase: str) -> str:
@@ -314,7 +324,7 @@ def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:
     lora = config.lora.config
     shardings = _state_shardings(run, optimizer, reference=False, lora=lora)
     adapters = initial_adapters(run, lora, config.seed, config.lora.init_adapter) if lora else None
-    state = _new_state(params, optimizer, config.seed, shardings, adapters)
+    state = _new_state(frozen_base(run, lora, params), optimizer, config.seed, shardings, adapters)
     data_iter = run.data.sft_iterator(config.sft.batch_size)
     apply = _make_apply(optimizer, shardings)
     static_meta = {"phase": "sft", **_model_meta(run), **_lora_meta(config, lora, _base_name(config, "sft"))}
@@ -376,7 +386,7 @@ def run_grpo(run: Run, params: Any, *, stop_after: int | None = None) -> tuple[A
     # A PEFT adapter starts the first phase that trains (GRPO's base already holds SFT's adapters).
     init_adapter = config.lora.init_adapter if (config.model.init_checkpoint or config.sft.steps <= 0) else ""
     adapters = initial_adapters(run, lora, config.seed + 1, init_adapter) if lora else None
-    state = _new_state(params, optimizer, config.seed + 1, shardings, adapters)
+    state = _new_state(frozen_base(run, lora, params), optimizer, config.seed + 1, shardings, adapters)
     data_iter = run.data.grpo_iterator(config.grpo.prompts_per_step)
     apply = _make_apply(optimizer, shardings)
     static_meta = {"phase": "grpo", **_model_meta(run), **_lora_meta(config, lora, _base_name(config, "grpo"))}

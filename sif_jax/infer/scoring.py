@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from sif_jax.batch import ModelInputs, as_arrays
 from sif_jax.infer.groups import repeat_rows, shares_prompts, unique_prompts
 from sif_jax.infer.lm_head import chunked_token_stats
+from sif_jax.lora import dequantize_params
 from sif_jax.model.family import family_of
 from sif_jax.model.vlm import Qwen25VL
 
@@ -115,9 +116,12 @@ def score(
     its attention masses from its own query row (position L + t). Image positions are the
     prompt's only (`score_inputs`), so for any sampled ids the log-probs and masses equal those
     of the KV-cache decode (`sampler.generate`) that produced them. Log-probs are of the model's
-    full-vocabulary distribution (no top-k / top-p, no banned ids).
+    full-vocabulary distribution (no top-k / top-p, no banned ids). `params` may be a LoRA base
+    with quantised kernels (`lora.quantize_base`, the adapter-off KL reference): they are
+    dequantised here, inside the jitted pass.
     """
     prompt = as_arrays(prompt)
+    params = dequantize_params(params)
     prompt_len = prompt["input_ids"].shape[1]
     steps = completion.shape[1]
     family = family_of(config)

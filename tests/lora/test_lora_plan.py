@@ -39,3 +39,23 @@ def test_lora_plan_compiles_and_its_state_is_the_base_plus_adapters():
     # the reference scores with the base (adapters off): no reference copy in the state
     assert lora["score_reference"].resident < full["score_reference"].resident
     assert all(math.isfinite(r.total) and r.total > 0 for r in result.rows)
+
+
+def test_lora_plan_with_an_int8_base_keeps_the_quantised_base_resident():
+    c = small_config((1, 4, 1))
+    c.attention_backend = "xla"
+    c.sft.steps = 0
+    c.lora.rank = 4
+    c.lora.alpha = 8.0
+    plain = {r.name: r for r in plan_lib.plan(c, "v5p-8", programs=PROGRAMS).rows}
+    c.lora.base_dtype = "int8"
+    result = plan_lib.plan(c, "v5p-8", programs=PROGRAMS)
+    assert result.failure() is None
+    int8 = {r.name: r for r in result.rows}
+    # the loss takes adapters + the quantised base: its adapted kernels at 1 byte (+ scales) not 4
+    assert int8["grpo_loss_grads"].arguments < plain["grpo_loss_grads"].arguments
+    # the reference scorer's argument is the quantised base (dequantised inside the program)
+    assert int8["score_reference"].arguments < plain["score_reference"].arguments
+    # the merge still writes the full-precision merged params (the sampler's), from a smaller base
+    assert int8["lora_merge"].outputs == plain["lora_merge"].outputs
+    assert int8["lora_merge"].arguments < plain["lora_merge"].arguments
