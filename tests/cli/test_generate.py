@@ -42,8 +42,9 @@ def test_heatmap_sums_to_the_scoring_pass_visual_mass(cli_files, layers):
     samples = generate(loaded.params, prompt, jax.random.key(0), config=config,
                        sampling=SamplingConfig(max_new_tokens=5, temperature=0.0), eos_token_id=tok.eos_id,
                        pad_token_id=tok.pad_id)
-    heat, visual = visual_attention_map(loaded.params, batch.inputs, samples.tokens, samples.completion_mask, config=config,
-                                        layers=layers, chunk=6)  # 16 tokens: chunks of 6, 6, 4 (+2 padding copies)
+    # 16 tokens: chunks of 6, 6, 4 (+2 padding copies)
+    heat, visual = visual_attention_map(loaded.params, batch.inputs, samples.tokens, samples.completion_mask,
+                                        config=config, layers=layers, chunk=6)
     assert heat.shape == (int(batch.visual_tokens[0]),) and (heat >= 0).all()
     norm = tuple(sorted(i % config.text.num_layers for i in layers))
     scores = score(loaded.params, prompt, samples.tokens, samples.completion_mask, batch.region_mask,
