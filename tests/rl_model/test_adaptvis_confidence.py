@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sif_jax.batch import Batch, ModelInputs, RewardTargets
 from sif_jax.convert.hf import load_hf_checkpoint
 from sif_jax.evaluation import evaluate_batches
 from sif_jax.infer.adaptvis import (
@@ -130,10 +131,11 @@ def test_trace_format_reads_the_token_after_the_tag_and_scales_the_row_that_prod
 def _eval_batch(config, prompt, hf_tiny_io):
     n = prompt["input_ids"].shape[0]
     visual = np.asarray(prompt["input_ids"]) == config.image_token_id
-    return {**prompt, "prompt_ids": [f"p{i}" for i in range(n)], "answers": ["yes"] * n, "choices": [None] * n,
-            "target_boxes": [np.zeros((0, 4), np.float32)] * n, "depth_maps": [None] * n,
-            "region_mask": jnp.asarray(visual), "region_tokens": jnp.asarray(visual.sum(1), jnp.int32),
-            "visual_tokens": jnp.asarray(visual.sum(1), jnp.int32)}
+    targets = RewardTargets(answers=["yes"] * n, choices=[None] * n, target_boxes=[np.zeros((0, 4), np.float32)] * n,
+                            depth_maps=[None] * n, prompt_ids=[f"p{i}" for i in range(n)], metadata=[{}] * n)
+    return Batch(ModelInputs.from_arrays(prompt), region_mask=jnp.asarray(visual),
+                 region_tokens=jnp.asarray(visual.sum(1), jnp.int32),
+                 visual_tokens=jnp.asarray(visual.sum(1), jnp.int32), targets=targets)
 
 
 @pytest.mark.parametrize("trace", [False, True])

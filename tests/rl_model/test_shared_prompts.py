@@ -36,8 +36,8 @@ def setup():
 
 def test_unique_prompts_equal_the_unrepeated_batch(setup):
     config, _, batch, single = setup
-    got = unique_prompts(batch, G, config)
-    want = model_inputs(single)
+    got = unique_prompts(batch.inputs, G, config)
+    want = model_inputs(single.inputs)
     assert set(got) == set(want)
     for k in want:
         np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
