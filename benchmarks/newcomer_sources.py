@@ -10,7 +10,9 @@ Writes under DIR (images are built-in scenes, 112 x 112 px, with their exact box
   gqa/questions.json, scene_graphs.json, images/  GQA balanced questions + scene graphs (pixel x, y, w, h)
   sayo/sayo.parquet, sayo.json                     SAYO records (PNG bytes / base64, focus_area token
                                                    ranges on the 28 px grid: 4 x 4 for 112 px)
+  sayo/sayo448.parquet                             the same at SAYO's 448 x 448 px (16 x 16 grid)
   vsr/vsr.jsonl, images/                           VSR lines {image, caption, label, relation}
+  vsr/vsr_with_bad_lines.jsonl                     3 good lines, then no caption, label "maybe", a missing image
   whatsup/controlled_images_dataset.json           WhatsUp Controlled-A/B {image_path, caption_options}
   whatsup/coco_qa_one_obj.json, val2017/           COCO-spatial [image_id, true, false]
   whatsup/vg_qa_one_obj.json, vg_images/           VG-spatial [image_id, true, false]
@@ -52,6 +54,12 @@ def _focus(box) -> list[list[int]]:
     cols = SIZE // CELL
     x1, y1, x2, y2 = (int(np.clip(v * cols, 0, cols - 1e-6)) for v in box)
     return [[r * cols + x1, r * cols + x2] for r in range(y1, y2 + 1)]
+
+
+def _rows(focus: list[list[int]]) -> list[tuple[int, int, int]]:
+    """Inclusive one-row token ranges on the 4 x 4 grid -> (row, first column, last column)."""
+    cols = SIZE // CELL
+    return [(a // cols, a % cols, b % cols) for a, b in focus]
 
 
 def write_all(out: str, n: int) -> dict[str, str]:
@@ -108,6 +116,13 @@ def write_all(out: str, n: int) -> dict[str, str]:
              "focus_area": _focus(ex["boxes"][0])} for i, ex in enumerate(examples)]
     paths["sayo_parquet"] = os.path.join(out, "sayo", "sayo.parquet")
     pq.write_table(pa.Table.from_pylist(sayo), paths["sayo_parquet"])
+    # SAYO's own size: 448 x 448 px, focus_area on its 16 x 16 grid of 28 px tokens
+    sayo448 = [{**r, "image": _png(np.asarray(Image.fromarray(ex["image"]).resize((448, 448)))),
+                "focus_area": [[(4 * row + k) * 16 + 4 * a, (4 * row + k) * 16 + 4 * b + 3]
+                               for row, a, b in _rows(r["focus_area"]) for k in range(4)]}
+               for r, ex in zip(sayo, examples, strict=True)]
+    paths["sayo448"] = os.path.join(out, "sayo", "sayo448.parquet")
+    pq.write_table(pa.Table.from_pylist(sayo448), paths["sayo448"])
     paths["sayo_json"] = os.path.join(out, "sayo", "sayo.json")
     with open(paths["sayo_json"], "w") as f:
         json.dump([{**r, "image": base64.b64encode(r["image"]).decode()} for r in sayo], f)
@@ -123,6 +138,11 @@ def write_all(out: str, n: int) -> dict[str, str]:
     paths["vsr"] = os.path.join(out, "vsr", "vsr.jsonl")
     with open(paths["vsr"], "w") as f:
         f.write("\n".join(json.dumps(x) for x in lines) + "\n")
+    bad = [{"image": lines[0]["image"], "label": 1, "relation": "left of"},  # no caption
+           {**lines[1], "label": "maybe"}, {**lines[2], "image": "missing.jpg"}]
+    paths["vsr_bad"] = os.path.join(out, "vsr", "vsr_with_bad_lines.jsonl")
+    with open(paths["vsr_bad"], "w") as f:
+        f.write("\n".join(json.dumps(x) for x in lines[:3] + bad) + "\n")
     # WhatsUp: Controlled-A/B, COCO-spatial, VG-spatial
     wu = os.path.join(out, "whatsup")
     for sub in ("data/controlled_images", "val2017", "vg_images"):

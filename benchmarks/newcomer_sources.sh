@@ -18,13 +18,15 @@ SMALL=(--config.sft.steps=2 --config.grpo.steps=1 --config.data.eval_examples=2)
 GRPO_ONLY=(--config.sft.steps=0 --config.grpo.steps=1 --config.data.eval_examples=2)  # SAYO has no traces
 EVAL=(--config=configs/eval.py "--config.checkpoint=$R/sif" --config.data.num_examples=4 --config.max_new_tokens=32
       --config.output=)
+EVAL_ALL=(--config=configs/eval.py "--config.checkpoint=$R/sif" --config.data.num_examples=0 --config.max_new_tokens=32)
 
 step() {  # step NAME CMD...
   local name=$1
   shift
   if [ ${#STEPS[@]} -gt 0 ] && [[ ! " ${STEPS[*]} " =~ " $name " ]]; then return; fi
-  local log=$DIR/logs/$name.log start rc
-  echo "\$ $*" | tee "$log"
+  local log=$DIR/logs/$name.log start rc shown="" a
+  for a in "$@"; do if [[ $a =~ [\ \(\)] ]]; then shown+="\"$a\" "; else shown+="$a "; fi; done
+  echo "\$ ${shown% }" | tee "$log"
   start=$(date +%s.%N)
   "$@" >>"$log" 2>&1
   rc=$?
@@ -46,6 +48,10 @@ step sayo_parquet $PY -m sif_jax.train --config=configs/grpo.py:runlocal \
 step sayo_json $PY -m sif_jax.train --config=configs/grpo.py:runlocal \
   "--config.data.source=sayo:$F/sayo/sayo.json" --config.data.prompt=sayo --config.rewards.sayo_format=1 \
   "--config.init_checkpoint=$R/sif" "--config.workdir=$R/sayo_json" "${GRPO_ONLY[@]}"
+step sayo448 $PY -m sif_jax.train --config=configs/grpo.py:runlocal \
+  "--config.data.source=sayo:$F/sayo/sayo448.parquet" --config.data.prompt=sayo --config.rewards.sayo_format=1 \
+  "--config.init_checkpoint=$R/sif" "--config.workdir=$R/sayo448" "${GRPO_ONLY[@]}" \
+  "--config.data.patch_buckets=(1024,)" "--config.data.length_buckets=(384, 640)"  # 448 px: 32 x 32 patches
 step tfds_local_build $PY -m sif_jax.data.tfds_sif "--local=$F/sif/SIF-50K.json" "--data_dir=$DIR/tfds_local"
 step tfds_local $PY -m sif_jax.train --config=configs/grpo.py:runlocal "--config.data.source=tfds:$DIR/tfds_local" \
   "--config.workdir=$R/tfds_local" --config.sft.steps=2 --config.grpo.steps=1 \
@@ -54,7 +60,13 @@ step eval_sif $PY -m sif_jax.evaluate "${EVAL[@]}" "--config.data.source=sif_jso
   --config.data.prompt=sifthinker
 step eval_gqa $PY -m sif_jax.evaluate "${EVAL[@]}" \
   "--config.data.source=gqa:$F/gqa/questions.json:$F/gqa/scene_graphs.json:$F/gqa/images"
+step eval_sayo448 $PY -m sif_jax.evaluate "${EVAL[@]}" "--config.data.source=sayo:$F/sayo/sayo448.parquet" \
+  --config.data.prompt=sayo
 step eval_vsr $PY -m sif_jax.evaluate "${EVAL[@]}" "--config.data.source=vsr:$F/vsr/vsr.jsonl:$F/vsr/images"
+step eval_vsr_bad $PY -m sif_jax.evaluate "${EVAL_ALL[@]}" "--config.output=$DIR/vsr_bad_report.json" \
+  "--config.data.source=vsr:$F/vsr/vsr_with_bad_lines.jsonl:$F/vsr/images"
+step eval_vsr_strict $PY -m sif_jax.evaluate "${EVAL_ALL[@]}" --config.output= --config.data.strict_records=True \
+  "--config.data.source=vsr:$F/vsr/vsr_with_bad_lines.jsonl:$F/vsr/images"
 step eval_whatsup_controlled $PY -m sif_jax.evaluate "${EVAL[@]}" \
   "--config.data.source=whatsup:$F/whatsup/controlled_images_dataset.json:$F/whatsup"
 step eval_whatsup_coco $PY -m sif_jax.evaluate "${EVAL[@]}" \
