@@ -81,7 +81,7 @@ def config_fields(config_path: str) -> list[str]:
     import importlib.util
 
     try:
-        spec = importlib.util.spec_from_file_location("sif_config_for_suggestions", config_path)
+        spec = importlib.util.spec_from_file_location("sif_config_for_suggestions", config_path.split(":")[0])
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)  # type: ignore[union-attr]
         config = module.get_config()

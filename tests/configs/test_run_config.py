@@ -80,9 +80,10 @@ def test_unknown_and_missing_fields():
     assert rc.grpo.share_prompts is True and rc.model.remat_policy == "none"
 
 
-def test_cli_names_the_closest_field_of_a_typo(tmp_path):
+@pytest.mark.parametrize("config", ["configs/grpo.py", "configs/grpo.py:runlocal"])  # a variant after the file
+def test_cli_names_the_closest_field_of_a_typo(tmp_path, config):
     result = subprocess.run(
-        [sys.executable, "-m", "sif_jax.train", "--config=configs/grpo.py", "--config.grpo.grup_size=4",
+        [sys.executable, "-m", "sif_jax.train", f"--config={config}", "--config.grpo.grup_size=4",
          f"--config.workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "did you mean --config.grpo.group_size?" in result.stderr.strip().splitlines()[-1]
