@@ -70,8 +70,7 @@ class TrainData:
             held = pipeline.BuiltinSource(seed=self.config.seed, size=max(1, data.eval_examples), split="test",
                                           scene_config=scene)
         elif kind == "tfds":
-            train = sources.tfds_source(data.source, "train")
-            held = sources.tfds_source(data.source, "test") if data.eval_examples > 0 and not eval_spec else None
+            train, held = sources.tfds_train_and_held(data.source, 0 if eval_spec else data.eval_examples)
         else:
             strict = data.strict_records
             records = sources.read_records(data.source, progress=True)

@@ -150,21 +150,28 @@ def focus_region_mask(
     """bool [t * R * C]: a focus mask given on a coarser token grid (SAYO's `focus_area`, bool
     [r, c] on 28 px tokens of the stored image) on this model's merged-token grid (R, C).
 
-    Exact re-mapping: each focus cell covers an (R / r) x (C / c) block of model tokens, which
-    needs R and C to be whole multiples of r and c (the same grid, or the image resized by an
-    integer factor). Raises ValueError naming both grids and `cell_size` otherwise.
+    Exact re-mapping when one grid refines the other along each axis: on a finer model grid each
+    focus cell covers an (R / r) x (C / c) block of model tokens (the same grid, or the image
+    enlarged by an integer factor); on a coarser one (r and c whole multiples of R and C, e.g.
+    SAYO's 16 x 16 on a shrunk image's 4 x 4) a model token is in the region when any focus cell
+    it covers is, the rule boxes follow (`region_mask`: a token whose cell overlaps a box). An
+    axis may refine and the other coarsen. Raises ValueError naming both grids and `cell_size`
+    when an axis does neither.
     """
     focus = np.asarray(focus, bool)
     if focus.ndim != 2 or 0 in focus.shape:
         raise ValueError(f"focus mask: expected bool [rows, cols], got shape {focus.shape}")
     t, rows, cols = merged_grid(image_grid_thw, spatial_merge_size)
     fr, fc = focus.shape
-    if rows % fr or cols % fc:
+    if (rows % fr and fr % rows) or (cols % fc and fc % cols):
         raise ValueError(
             f"the focus area is given on a {fr} x {fc} token grid, but the model sees this image as {rows} x {cols} "
-            f"tokens of {cell_size} px, which does not divide into it exactly; keep the image at a size where "
-            f"{rows} x {cols} is a multiple of {fr} x {fc} (e.g. data.max_pixels / min_pixels) or use a model "
-            f"with {cell_size} px tokens on an image of {fr * cell_size} x {fc * cell_size} px"
+            f"tokens of {cell_size} px, and neither grid refines the other on each axis; keep the image at a size "
+            f"where {rows} x {cols} is a multiple or a divisor of {fr} x {fc} (data.max_pixels / min_pixels) or "
+            f"use a model with {cell_size} px tokens on an image of {fr * cell_size} x {fc * cell_size} px"
         )
-    mask = np.kron(focus, np.ones((rows // fr, cols // fc), bool)).astype(bool)
+    up_r, up_c = max(rows // fr, 1), max(cols // fc, 1)  # refine each focus cell into model tokens
+    fine = np.kron(focus, np.ones((up_r, up_c), bool)).astype(bool)
+    down_r, down_c = fine.shape[0] // rows, fine.shape[1] // cols  # then pool blocks: any focus cell
+    mask = fine.reshape(rows, down_r, cols, down_c).any(axis=(1, 3))
     return np.tile(mask.reshape(-1), t)

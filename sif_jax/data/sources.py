@@ -313,6 +313,37 @@ def tfds_source(source: str, split: str, field: str = "config.data.source") -> A
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
+def tfds_split_names(source: str, field: str = "config.data.source") -> list[str]:
+    """The split names of a `tfds:` source's build (`sif_spatial/*`: train and test; a
+    `tfds_sif --local` build of `sif_local`: train only)."""
+    import tensorflow_datasets as tfds
+
+    from sif_jax.data import tfds_sif  # noqa: F401  (registers the builders)
+
+    _, fields = check_spec(source, field)
+    name, data_dir = resolve_tfds(fields, source, field)
+    return sorted(tfds.builder(name, data_dir=data_dir).info.splits.keys())
+
+
+def tfds_train_and_held(source: str, held_examples: int,
+                        field: str = "config.data.source") -> tuple[Any, Any | None]:
+    """(train, held-out) sources of a `tfds:` build: its test split when it has one, else (a
+    `sif_local` build has train only) the last `held_examples` of train, which the train source
+    then leaves out (TFDS split slicing, `train[:-n]` / `train[-n:]`). `held_examples` 0: no
+    held-out source. Raises ValueError naming the field when train is too small to hold out from."""
+    if held_examples <= 0:
+        return tfds_source(source, "train", field), None
+    if "test" in tfds_split_names(source, field):
+        return tfds_source(source, "train", field), tfds_source(source, "test", field)
+    train = tfds_source(source, "train", field)
+    if len(train) <= held_examples:
+        raise ValueError(f"{field}={source!r}: its build has a train split only, of {len(train)} examples, too few to "
+                         f"hold out config.data.eval_examples={held_examples}; lower it, or set "
+                         "config.data.eval_source")
+    return (tfds_source(source, f"train[:-{held_examples}]", field),
+            tfds_source(source, f"train[-{held_examples}:]", field))
+
+
 def report_skipped(what: str, skipped: rec.SkippedRecords) -> None:
     if skipped.count:
         print(f"warning: {what}: {skipped.summary('records')}", file=sys.stderr, flush=True)
@@ -337,6 +368,7 @@ def eval_source(data: Any) -> Sequence[dict[str, Any]]:
         scene = SceneConfig(height=data.image_size, width=data.image_size)
         return pipeline.BuiltinSource(seed=data.seed, size=data.num_examples, split="test", scene_config=scene)
     if kind == "tfds":
-        return tfds_source(data.source, "test")
+        # a `tfds_sif --local` build has a train split only: evaluate on it
+        return tfds_source(data.source, "test" if "test" in tfds_split_names(data.source) else "train")
     return open_records(data.source, strict=bool(data.get("strict_records", False)),
                         whatsup_seed=data.whatsup_seed, limit=data.num_examples, progress=True)

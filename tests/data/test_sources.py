@@ -175,6 +175,15 @@ def test_focus_mask_on_the_models_grid():
     np.testing.assert_array_equal(finer, np.kron(focus, np.ones((2, 2), bool)).reshape(-1))
     with pytest.raises(ValueError, match=r"2 x 2 token grid, but the model sees this image as 3 x 3 tokens of 32 px"):
         focus_region_mask(focus, (1, 6, 6), 32, 2)
+    # SAYO's 16 x 16 on a shrunk image's 4 x 4 tokens: a token is in when any of its 4 x 4 focus cells is
+    sayo = np.zeros((16, 16), bool)
+    sayo[5, 9] = sayo[12:14, 0:2] = True
+    coarse = focus_region_mask(sayo, (1, 8, 8), 28, 2).reshape(4, 4)
+    want = np.zeros((4, 4), bool)
+    want[1, 2] = want[3, 0] = True
+    np.testing.assert_array_equal(coarse, want)
+    mixed = focus_region_mask(np.array([[True, False, False, False]]), (1, 4, 4), 28, 2).reshape(2, 2)
+    np.testing.assert_array_equal(mixed, [[True, False], [True, False]])  # rows refine x2, columns pool /2
 
 
 def test_split_records_holds_out_a_seeded_subset():

@@ -115,6 +115,17 @@ def test_sif_local_round_trip(tmp_path, scenes):
         np.testing.assert_allclose(ex["depth"], sc.depth, atol=1 / 65535 + 1e-7)
         np.testing.assert_allclose(ex["boxes"], np.asarray(rec.boxes, np.float32))
         assert ex["messages"] == rec.messages
+    # a local build has a train split only: training holds out its last examples, evaluation reads it
+    from sif_jax.data import sources
+
+    spec = f"tfds:{tmp_path / 'data'}:sif_local"
+    assert sources.tfds_split_names(spec) == ["train"]
+    train, held = sources.tfds_train_and_held(spec, 2)
+    assert (len(train), len(held)) == (3, 2)
+    assert {train[i]["id"] for i in range(3)} | {held[i]["id"] for i in range(2)} == {r.id for r in records}
+    assert sources.tfds_train_and_held(spec, 0)[1] is None
+    with pytest.raises(ValueError, match="eval_examples=5"):
+        sources.tfds_train_and_held(spec, 5)
 
 
 def test_sif_local_rejects_bad_records(tmp_path):
