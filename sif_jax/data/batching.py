@@ -87,7 +87,8 @@ def _assemble(
         if len(seq) > longest:
             raise ValueError(
                 f"collate: example {i} ({_name(ex)}): {what} of {len(seq)} tokens "
-                f"(prompt {len(ex['prompt_tokens'])}) exceeds the largest length bucket {longest}"
+                f"(prompt {len(ex['prompt_tokens'])}) exceeds the largest length bucket {longest}; add a larger "
+                "one to config.data.length_buckets"
             )
     rows = _rows(examples, repeat)
     n_rows = len(rows)
