@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import numbers
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -73,7 +74,10 @@ class MetricsWriter:
             try:  # gs:// logdirs need google-cloud-storage (tensorboardX's GCS writer)
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(self._tb_logdir, purge_step=self._purge_step)
+                # a unique suffix: a writer reopened within the same second (a quick resume) must
+                # not overwrite the previous file, whose name holds only the time in seconds
+                self._tb = SummaryWriter(self._tb_logdir, purge_step=self._purge_step,
+                                         filename_suffix=f".{time.time_ns()}")
             except ImportError as e:
                 logging.warning("no TensorBoard events in %s: %s", self._tb_logdir, e)
                 self._tb_logdir = ""
@@ -154,6 +158,34 @@ class LoopResult:
     state: Any
     rows: list[dict[str, Any]]
     start: int
+
+
+def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+    """The scalars `MetricsWriter` wrote under `logdir` (`<workdir>/tensorboard/<phase>`): tag ->
+    [(step, value)] in step order, as TensorBoard shows them. A session start at step N (written
+    after a resume) drops the earlier events of steps >= N, TensorBoard's purge rule. Reads the
+    TFRecord framing (u64 length, u32 crc, payload, u32 crc; crcs not checked) with
+    tensorboardX's Event protobuf; no TensorFlow needed. Local paths only."""
+    import glob
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, dict[int, float]] = {}
+    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+        data = open(path, "rb").read()
+        pos = 0
+        while pos + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+                for values in scalars.values():
+                    for step in [s for s in values if s >= event.step]:
+                        del values[step]
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[int(event.step)] = float(value.simple_value)
+    return {tag: sorted(values.items()) for tag, values in scalars.items()}
 
 
 def say(line: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 from sif_jax.checkpoint import Checkpointer
-from sif_jax.loop import PREEMPTED_EXIT_CODE, MetricsWriter, Phase, run_loop
+from sif_jax.loop import PREEMPTED_EXIT_CODE, MetricsWriter, Phase, read_scalars, run_loop
 
 
 def events(logdir: str) -> list[event_pb2.Event]:
@@ -68,6 +68,10 @@ def test_metric_rows_go_to_jsonl_and_tensorboard(tmp_path):
     logdir = str(tmp_path / "tensorboard" / "grpo")
     assert any(e.step == 2 and e.session_log.status == event_pb2.SessionLog.START for e in events(logdir))
     assert read_events(logdir)["reward"][-1] == (2, 9.0)
+    # the library reader applies the purge: one value per step, the resumed run's at step 2
+    shown = read_scalars(logdir)
+    assert shown["reward"] == [(1, 0.5), (2, 9.0)]
+    assert shown["tas_mean"] == [(1, pytest.approx(rows[0]["tas_mean"]))]  # step 2's old value purged
 
 
 def test_object_store_rows_are_buffered_until_a_flush(tmp_path):
