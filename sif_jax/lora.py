@@ -94,12 +94,10 @@ class LoraConfig:
 
 def from_run_config(config: Any) -> LoraConfig | None:
     """The `config.lora` block of a run config (a ConfigDict or a `run_config.RunConfig`) as a
-    LoraConfig; None when `lora.rank` is 0 (off) or the config has no `lora` block."""
-    c = config.get("lora") if hasattr(config, "get") else getattr(config, "lora", None)
-    if c is None or int(c.rank) == 0:
-        return None
-    return LoraConfig(rank=int(c.rank), alpha=float(c.alpha), dropout=float(c.dropout),
-                      targets=tuple(c.targets) or DEFAULT_TARGETS, base_dtype=str(c.get("base_dtype", "")))
+    LoraConfig (`run_config.LoraSettings.config`); None when `lora.rank` is 0 (off)."""
+    from sif_jax.run_config import build  # run_config imports this module
+
+    return build(config, check_files=False).lora.config
 
 
 @dataclasses.dataclass(frozen=True)
