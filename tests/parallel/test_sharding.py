@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import PATIENT_COLLECTIVES
+from tests.conftest import run_simulated
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
@@ -24,10 +24,8 @@ def _env(**extra):
 def _sharded_loss(mesh: str, backend: str = "reference") -> dict:
     # One process per mesh: XLA's CPU all-reduce aborts when one process runs programs on
     # several meshes over the same simulated devices.
-    env = _env(XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {PATIENT_COLLECTIVES}", JAX_PLATFORMS="cpu")
     script = os.path.join(os.path.dirname(__file__), "sharded_loss.py")
-    out = subprocess.run([sys.executable, script, mesh, f"--backend={backend}"],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    out = run_simulated([sys.executable, script, mesh, f"--backend={backend}"], 8, cwd=ROOT, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])[mesh]
 
