@@ -472,6 +472,7 @@ def _run_phases(run_: Run, params: Any, *, stop_after: int | None) -> dict:
     summary["sampler_tokens_per_s"] = float(np.mean([r["sampler_tokens_per_s"] for r in rows])) if rows else None
     _write_summary(summary_path, summary)
     _print_eval("held-out after GRPO", summary["after"])
+    _print_family_table(summary["before"], summary["after"])
     say(f"checkpoints: {epath.Path(run_.workdir) / 'grpo'}; metrics: {epath.Path(run_.workdir) / 'metrics.jsonl'}; "
          f"summary: {summary_path}")
     return summary
@@ -490,6 +491,21 @@ def _print_eval(title: str, result: dict) -> None:
     if jax.process_index() == 0:
         print(f"{title}: accuracy={fmt('accuracy')} TAS={fmt('tas')} format={fmt('format')} "
               f"final-area IoU={fmt('final_iou')} ({result.get('examples', 0)} examples)", flush=True)
+
+
+def _print_family_table(before: dict, after: dict) -> None:
+    """Held-out accuracy per question family (`EvalResult.summary`'s groups), before → after GRPO."""
+    families = {**before.get("groups", {}).get("family", {}), **after.get("groups", {}).get("family", {})}
+    if not families or jax.process_index() != 0:
+        return
+
+    def acc(result: dict, family: str) -> str:
+        value = result.get("accuracy_by_family", {}).get(family)
+        return "n/a" if value is None else f"{value:.3f}"
+
+    lines = [f"  {f:<10} {acc(before, f)} -> {acc(after, f)}  ({g['examples']} examples)"
+             for f, g in sorted(families.items())]
+    print("held-out accuracy by question family, before -> after GRPO:\n" + "\n".join(lines), flush=True)
 
 
 def main(argv: list[str]) -> None:
