@@ -37,9 +37,11 @@ class SamplingConfig:
     """temperature 0 = greedy; top_k 0 = off; top_p 1 = off.
 
     candidates: top-p and top-k run on the `candidates` (at least top_k + 1) largest logits of each row
-      (`jax.lax.top_k`) instead of sorting the whole vocabulary; the result is the full sort's
-      whenever the kept set fits inside them (`candidate_logits`), and a step where some row's
-      does not fit falls back to the full sort for the whole batch. 0 = always the full sort.
+      (`jax.lax.top_k`) when they are under a quarter of the vocabulary; the result is that of the
+      whole vocabulary whenever the kept set fits inside them (`candidate_logits`), and a step where
+      some row's does not fit falls back to the whole vocabulary for the batch. The whole-vocabulary
+      path sorts nothing (`nucleus_logits`, O(32 V)); it is also the faster one for small
+      vocabularies. 0 = always the whole vocabulary.
     """
 
     max_new_tokens: int = 64
@@ -105,7 +107,10 @@ def max_prob(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
 
 
 def process_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
-    """Temperature, top-k and top-p applied to logits [N, V] (float32); masked entries -1e30."""
+    """Temperature, top-k and top-p applied to logits [N, V] (float32); masked entries -1e30.
+
+    The definition by a stable sort of the vocabulary: the oracle of `nucleus_logits` (which the
+    sampler uses, without the sort) and of `candidate_logits`."""
     logits = logits.astype(jnp.float32)
     if sampling.temperature > 0:
         logits = logits / sampling.temperature
@@ -124,6 +129,64 @@ def process_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
     return logits
 
 
+def _order_keys(x: jax.Array) -> jax.Array:
+    """uint32 keys ordered as the float32 values `x`, equal keys for equal values (-0.0 = +0.0 as
+    a sort sees them); no NaN."""
+    x = x.astype(jnp.float32)
+    bits = jax.lax.bitcast_convert_type(jnp.where(x == 0, jnp.float32(0), x), jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def nucleus_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
+    """`process_logits` without sorting the vocabulary: the same kept set, found by bisection.
+
+    Top-p keeps a token when the mass strictly before it in descending order (ties by lower id, as
+    the stable sort) is below top_p. That mass is monotone in the logit, so the kept set is every
+    token above a threshold logit t plus a prefix (by id) of the tokens equal to t; t is found by
+    bisecting the 2^32 float32 values in order (32 passes of an O(V) masked sum, no sort, no
+    scatter) and the ties at t by one cumulative sum. Top-k's k-th largest logit comes from
+    `lax.top_k` by a reduction (a slice of its output makes XLA:CPU sort the whole row).
+    Equal to `process_logits` up to float rounding of the masses (tested).
+
+    Args:
+      logits: [N, V] raw logits (banned ids at -inf or -1e30).
+
+    Returns:
+      float32 [N, V]: temperature-scaled logits, -1e30 where top-k / top-p drop them.
+    """
+    z = logits.astype(jnp.float32)
+    if sampling.temperature > 0:
+        z = z / sampling.temperature
+    vocab = z.shape[-1]
+    if 0 < sampling.top_k < vocab:
+        kth = jnp.min(jax.lax.top_k(z, sampling.top_k)[0], axis=-1, keepdims=True)
+        z = jnp.where(z < kth, NEG_INF, z)
+    if sampling.top_p >= 1.0:
+        return z
+    mass = jnp.exp(z - jnp.max(z, axis=-1, keepdims=True))  # unnormalised; 0 where dropped
+    target = sampling.top_p * jnp.sum(mass, axis=-1)
+    keys = _order_keys(z)
+
+    def mass_above(k: jax.Array) -> jax.Array:  # [N]: the mass of the tokens whose key exceeds k [N]
+        return jnp.sum(jnp.where(keys > k[:, None], mass, 0.0), axis=-1)
+
+    def bisect(_, bounds):  # the smallest key k with mass_above(k) < target lies in [lo, hi]
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        ok = mass_above(mid) < target
+        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+
+    rows = z.shape[0]
+    lo = jnp.zeros((rows,), jnp.uint32)
+    hi = jnp.full((rows,), 0xFFFFFFFF, jnp.uint32)
+    _, threshold = jax.lax.fori_loop(0, 32, bisect, (lo, hi))
+    tie = keys == threshold[:, None]
+    tie_mass = jnp.where(tie, mass, 0.0)
+    before = mass_above(threshold)[:, None] + jnp.cumsum(tie_mass, axis=-1) - tie_mass
+    keep = (keys > threshold[:, None]) | (tie & (before < target[:, None]))
+    return jnp.where(keep, z, NEG_INF)
+
+
 def candidate_logits(logits: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Temperature, top-k and top-p on the C largest logits of each row, without a vocabulary sort.
 
@@ -140,10 +203,10 @@ def candidate_logits(logits: jax.Array, sampling: SamplingConfig) -> tuple[jax.A
       dropped; ids int32 [N, C] their vocabulary ids, descending by logit, ties by lower id as the
       full stable sort; fits bool [N]: the kept set lies inside the candidates, so `processed`
       scattered to ids, -1e30 elsewhere, equals `process_logits(logits)`; where False the caller
-      must use the full sort). With top-k a row fits when its last candidate's logit is below the
-      k-th largest (no tie reaches past the candidates; top-p then only drops candidates); without,
-      when top-p drops its last candidate (the mass before it already reaches top_p, and the mass
-      only grows further down).
+      must use the whole vocabulary, `nucleus_logits`). With top-k a row fits when its last
+      candidate's logit is below the k-th largest (no tie reaches past the candidates; top-p then
+      only drops candidates); without, when top-p drops its last candidate (the mass before it
+      already reaches top_p, and the mass only grows further down).
     """
     z = logits.astype(jnp.float32)
     if sampling.temperature > 0:
@@ -179,7 +242,7 @@ def candidate_logits(logits: jax.Array, sampling: SamplingConfig) -> tuple[jax.A
 
 
 def _sample_full(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
-    processed = process_logits(logits, sampling)
+    processed = nucleus_logits(logits, sampling)
     logp = jax.nn.log_softmax(processed, axis=-1)
     if sampling.temperature == 0:
         token = jnp.argmax(logits, axis=-1)
@@ -202,12 +265,14 @@ def _sample_candidates(processed: jax.Array, ids: jax.Array, rng: jax.Array,
 def sample_token(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
     """(token int32 [N], its log-probability float32 [N]) from raw logits [N, V].
 
-    With top-p < 1 or top-k on, and `sampling.candidates` > 0, the draw runs on the candidate set
-    (`candidate_logits`); if any row's kept set does not fit, the whole batch takes the full sort
-    (`lax.cond`). Both give the distribution of `process_logits`; a given key draws different
-    tokens on the two paths (categorical over [N, C] vs [N, V]). Greedy is exact on both.
+    With top-p < 1 or top-k on, and 0 < 4 * `sampling.candidates` < V, the draw runs on the
+    candidate set (`candidate_logits`); if any row's kept set does not fit, the whole batch takes
+    the whole vocabulary (`nucleus_logits`, `lax.cond`). Both give the distribution of
+    `process_logits`; a given key draws different tokens on the two paths (categorical over
+    [N, C] vs [N, V]). Greedy is exact on both.
     """
-    if (sampling.top_p >= 1.0 and not 0 < sampling.top_k < logits.shape[-1]) or sampling.candidates == 0:
+    filtered = sampling.top_p < 1.0 or 0 < sampling.top_k < logits.shape[-1]
+    if not filtered or not 0 < 4 * sampling.candidates < logits.shape[-1]:
         return _sample_full(logits, rng, sampling)
     processed, ids, fits = candidate_logits(logits, sampling)
     return jax.lax.cond(jnp.all(fits), lambda: _sample_candidates(processed, ids, rng, sampling),

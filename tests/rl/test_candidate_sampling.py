@@ -5,7 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sif_jax.infer.sampler import NEG_INF, SamplingConfig, ban_tokens, candidate_logits, process_logits, sample_token
+from sif_jax.infer.sampler import (
+    NEG_INF,
+    SamplingConfig,
+    ban_tokens,
+    candidate_logits,
+    nucleus_logits,
+    process_logits,
+    sample_token,
+)
 
 VOCAB = 2000
 
@@ -98,3 +106,36 @@ def test_banned_ids_are_never_candidates_that_get_drawn():
 def test_candidates_must_be_non_negative():
     with pytest.raises(ValueError, match="candidates=-1"):
         SamplingConfig(candidates=-1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_sort_free_nucleus_keeps_what_the_full_sort_keeps(seed):
+    """`nucleus_logits` (bisection, no sort) against `process_logits` (stable sort): the same kept
+    set and values, with ties (coarse logits, -0.0 beside +0.0), banned ids and top-k."""
+    rng = np.random.default_rng(seed)
+    for _ in range(8):
+        sampling = SamplingConfig(temperature=float(rng.choice([0.0, 0.5, 1.0])),
+                                  top_p=float(rng.choice([rng.uniform(0.05, 0.99), 0.9, 1.0])),
+                                  top_k=int(rng.choice([0, 0, 5, 300])), candidates=0)
+        logits = random_logits(rng, 16, float(rng.choice([0.1, 1.0, 8.0])))
+        if rng.random() < 0.5:
+            logits = jnp.round(logits * 2) / 2  # many ties, and -0.0 beside +0.0
+        logits = ban_tokens(logits, (3, 11))
+        got, want = np.asarray(nucleus_logits(logits, sampling)), np.asarray(process_logits(logits, sampling))
+        np.testing.assert_array_equal(got > -1e29, want > -1e29)
+        np.testing.assert_array_equal(got[want > -1e29], want[want > -1e29])
+
+
+def test_the_vocabulary_path_draws_from_the_nucleus():
+    """Nearly flat logits: the 0.9-nucleus does not fit 64 candidates, the draw comes from the
+    sort-free whole-vocabulary path and never leaves the nucleus."""
+    rng = np.random.default_rng(5)
+    logits = random_logits(rng, 1, 0.5)
+    sampling = SamplingConfig(temperature=1.0, top_p=0.3, candidates=64)
+    assert not bool(candidate_logits(logits, sampling)[2][0])
+    keys = jax.random.split(jax.random.key(2), 2000)
+    tokens, logps = jax.vmap(lambda k: sample_token(logits, k, sampling))(keys)
+    reference = np.asarray(jax.nn.log_softmax(process_logits(logits, sampling))[0])
+    drawn = reference[np.asarray(tokens[:, 0])]
+    assert (drawn > -1e29).all()  # never outside the nucleus
+    np.testing.assert_allclose(logps[:, 0], reference[tokens[:, 0]], atol=1e-5)
