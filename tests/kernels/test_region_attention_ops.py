@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from sif_jax.kernels.region_attention import BACKENDS, attention
-from sif_jax.kernels.region_attention.reference import attention_reference
+from sif_jax.kernels.region_attention.reference import attention_reference, single_query_attention
 from sif_jax.kernels.region_attention.tpu import region_attention_tpu
 from tests.kernels.cases import Case
 
@@ -147,3 +147,37 @@ def test_mass_properties_reference(seed, visual, region, valid, alpha_on, causal
 def test_mass_properties_kernel(seed, visual, region, valid, alpha_on, causal):
     _check_properties(lambda *a: _kernel(a[-1])(*a[:-1]), seed, visual, region, valid,
                       alpha_on, causal)
+
+
+@pytest.mark.parametrize("case", [
+    Case(q_len=1, kv_len=37, heads=4, kv_heads=2, kv_valid=True),
+    Case(q_len=1, kv_len=37, heads=6, kv_heads=2, left_pad=True, alpha=True),
+    Case(q_len=1, kv_len=37, heads=2, kv_heads=2, segments=True, masses=False),
+    Case(q_len=1, kv_len=9, heads=4, kv_heads=1, kv_valid=True, left_pad=True, causal=False),
+], ids=["gqa_cache_slots", "alpha_left_pad", "segments", "mqa"])
+def test_a_decode_step_query_matches_the_reference(case):
+    """One query per row (a decode step) takes `single_query_attention` on the CPU: equal to the
+    reference's output, masses and gradients (fp32)."""
+    q, k, v, kw = case.make(7)
+    valid = np.asarray(kw.get("kv_valid", np.ones(k.shape[:2], bool)))
+    kw = dict(kw, kv_valid=jnp.asarray(valid).at[0].set(False)) if "kv_valid" in kw else kw  # an empty row
+    got, want = attention(q, k, v, backend="reference", **kw), attention_reference(q, k, v, **kw)
+    for a, b in zip(got, want, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+    def loss(fn, q, k, v):
+        return jnp.sum(fn(q, k, v, **kw)[0] ** 2)
+
+    on_cpu = functools.partial(attention, backend="reference")
+    g_got = jax.grad(functools.partial(loss, on_cpu), (0, 1, 2))(q, k, v)
+    g_want = jax.grad(functools.partial(loss, attention_reference), (0, 1, 2))(q, k, v)
+    for a, b in zip(g_got, g_want, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_single_query_attention_rejects_longer_queries():
+    q, k, v, _ = Case(q_len=2, kv_len=8).make()
+    with pytest.raises(ValueError, match="q_len must be 1, got 2"):
+        single_query_attention(q, k, v)

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, PartitionSpec
 
-from sif_jax.kernels.region_attention.reference import attention_reference, key_mask
+from sif_jax.kernels.region_attention.reference import attention_reference, key_mask, single_query_attention
 
 BACKENDS = ("reference", "xla", "pallas_tpu", "pallas_gpu")
 _PLATFORM_BACKEND = {"tpu": "pallas_tpu", "gpu": "pallas_gpu", "cuda": "pallas_gpu"}
@@ -123,6 +123,9 @@ def attention(
         compiled = functools.partial(region_attention_gpu, interpret=False)
         interpreted = functools.partial(region_attention_gpu, interpret=True)
         return _sharded(compiled, interpreted, "cuda", q, k, v, **kwargs)
+    if q.shape[1] == 1:  # a decode step: no transposed copy of the cache (see single_query_attention)
+        kwargs.pop("causal")
+        return AttentionOutput(*single_query_attention(q, k, v, **kwargs))
     return AttentionOutput(*attention_reference(q, k, v, **kwargs))
 
 

@@ -94,3 +94,53 @@ def attention_reference(
         )
 
     return out, mass(region_mask), mass(visual_mask)
+
+
+def single_query_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    q_segment_ids: jax.Array | None = None,
+    kv_segment_ids: jax.Array | None = None,
+    kv_valid: jax.Array | None = None,
+    visual_mask: jax.Array | None = None,
+    visual_scale: jax.Array | None = None,
+    region_mask: jax.Array | None = None,
+    softmax_scale: float | None = None,
+) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+    """`attention_reference` for one query per row (a decode step, q [B, 1, Hq, D]), as
+    multiply-and-reduce over the keys in their [B, Lk, Hkv, D] layout: no dot, hence no transposed
+    copy of a KV cache per layer and step (XLA:CPU fuses the products and reductions, and a slice
+    of a stacked cache, into single loops). Causal masking is moot for one bottom-right query.
+    Same returns as `attention_reference` (tested against it)."""
+    batch, q_len, num_heads, head_dim = q.shape
+    if q_len != 1:
+        raise ValueError(f"single_query_attention: q_len must be 1, got {q_len}")
+    kv_len, num_kv_heads = k.shape[1], k.shape[2]
+    if num_heads % num_kv_heads:
+        raise ValueError(f"query heads {num_heads} not a multiple of key/value heads {num_kv_heads}")
+    group = num_heads // num_kv_heads
+    scale = head_dim**-0.5 if softmax_scale is None else softmax_scale
+    qf = q.astype(jnp.float32).reshape(batch, 1, num_kv_heads, group, head_dim)
+    logits = jnp.sum(qf * k.astype(jnp.float32)[:, :, :, None, :], axis=-1) * scale  # [B, Lk, Hkv, G]
+    logits = logits.reshape(batch, kv_len, num_heads).transpose(0, 2, 1)[:, :, None, :]  # [B, Hq, 1, Lk]
+    if visual_scale is not None:
+        if visual_mask is None:
+            raise ValueError("visual_scale needs visual_mask (which keys are visual)")
+        row_scale = visual_scale.astype(jnp.float32)[:, None, :, None]
+        logits = jnp.where(visual_mask[:, None, None, :], logits * row_scale, logits)
+    mask = key_mask(batch, 1, kv_len, causal=False, q_segment_ids=q_segment_ids,
+                    kv_segment_ids=kv_segment_ids, kv_valid=kv_valid)
+    logits = jnp.where(mask, logits, MASK_VALUE)
+    probs = jnp.where(mask, jax.nn.softmax(logits, axis=-1), 0.0)  # [B, Hq, 1, Lk]
+    weights = probs[:, :, 0, :].transpose(0, 2, 1).reshape(batch, kv_len, num_kv_heads, group, 1)
+    out = jnp.sum(weights * v.astype(jnp.float32)[:, :, :, None, :], axis=1)  # [B, Hkv, G, D]
+    out = out.reshape(batch, 1, num_heads, head_dim).astype(q.dtype)
+
+    def mass(key_set: jax.Array | None) -> jax.Array | None:
+        if key_set is None:
+            return None
+        return jax.lax.stop_gradient(jnp.sum(jnp.where(key_set[:, None, None, :], probs, 0.0), axis=-1))
+
+    return out, mass(region_mask), mass(visual_mask)
