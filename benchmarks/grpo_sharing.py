@@ -2,6 +2,7 @@
 
     python benchmarks/grpo_sharing.py step --before-root /path/to/main/checkout   # GRPO step, side by side
     python benchmarks/grpo_sharing.py sampler                                      # tokens/s, tiny, G = 8
+    python benchmarks/grpo_sharing.py vocab                                        # one top-p step by V
     python benchmarks/grpo_sharing.py flops                                        # XLA cost analysis
 
 `step`: one GRPO step (`rl.grpo.grpo_step`) of configs/grpo.py (tiny model, 8 prompts,
@@ -11,6 +12,8 @@ checkout of main) and this one. Same seed, same data, same initial params.
 `sampler`: `generate` with eos never drawn (every row decodes --new-tokens tokens); before = the
 full-vocabulary sort for top-p and every row prefilled (candidates=0, group_size=1); after =
 candidate top-p and one prefill per prompt (candidates=256, group_size=G).
+`vocab`: one top-p sampling step of 32 rows at vocabularies from 1024 to Qwen's, by the stable
+sort (`process_logits`, the oracle), the bisection (`nucleus_logits`) and the 256 candidates.
 `flops`: `jax.jit(f).lower(...).compile().cost_analysis()["flops"]` of the sampler's prefill,
 the scoring pass and the loss+grad pass, group_size 1 vs G, at completion lengths 1 (the prompt
 side alone, nearly) and --new-tokens.
@@ -173,6 +176,36 @@ def sampler(args) -> None:
         print(f"| {rows} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[0] / ms[1]:.1f}x | {fits:.0%} |")
 
 
+def vocab(args) -> None:
+    """One top-p sampling step [32 rows, V] by the three ways `sample_token` could take, side by side."""
+    from sif_jax.infer.sampler import SamplingConfig, candidate_logits, nucleus_logits, process_logits
+
+    sampling = SamplingConfig(temperature=0.7, top_p=0.9, candidates=256)
+    ways = {
+        "stable sort (process_logits)": lambda x, k: jax.random.categorical(k, process_logits(x, sampling)),
+        "bisection (nucleus_logits)": lambda x, k: jax.random.categorical(k, nucleus_logits(x, sampling)),
+        "candidates (256)": lambda x, k: jax.random.categorical(k, candidate_logits(x, sampling)[0]),
+    }
+    print(f"one sampling step, 32 rows, temperature 0.7, top-p 0.9, Zipf(1.1) logits permuted per row; ms "
+          f"(median of {args.repeats}):\n")
+    print("| vocabulary | " + " | ".join(ways) + " |")
+    print("|---|" + "---|" * len(ways))
+    for size in (1024, 4096, 32000, QWEN_VOCAB):
+        rng = np.random.default_rng(0)
+        logits = jnp.asarray(-1.1 * np.log(np.argsort(rng.random((32, size)), axis=1) + 1), jnp.float32)
+        ms = []
+        for way in ways.values():
+            fn = jax.jit(way)
+            jax.block_until_ready(fn(logits, jax.random.key(0)))
+            times = []
+            for i in range(args.repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(logits, jax.random.key(i)))
+                times.append(time.perf_counter() - t0)
+            ms.append(1e3 * statistics.median(times))
+        print(f"| {size} | " + " | ".join(f"{m:.2f}" for m in ms) + " |")
+
+
 def flops(args) -> None:
     from configs.grpo import get_config
     from sif_jax.infer.groups import unique_prompts
@@ -231,7 +264,7 @@ def flops(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("step", "step-worker", "sampler", "flops"))
+    parser.add_argument("what", choices=("step", "step-worker", "sampler", "vocab", "flops"))
     parser.add_argument("--before-root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         help="checkout whose sif_jax is 'before' (default: this one with sharing off)")
     parser.add_argument("--repeats", type=int, default=1)
@@ -247,6 +280,9 @@ def main() -> None:
         args.new_tokens = args.new_tokens or 32
         args.repeats = max(args.repeats, 3)
         sampler(args)
+    elif args.what == "vocab":
+        args.repeats = max(args.repeats, 10)
+        vocab(args)
     else:
         args.new_tokens = args.new_tokens or 320
         flops(args)

@@ -3,9 +3,10 @@
     pip install torch==2.13.0 transformers      # HF side only; sif_jax needs neither
     python benchmarks/rollout.py --batch 8 --new-tokens 64
 
-The tiny preset is initialised randomly, written with `convert.hf.save_hf_checkpoint` and loaded
-by transformers, so both sides run the same weights on the same built-in prompts (one image per
-prompt). Both decode greedily for exactly `--new-tokens` tokens (no EOS stop) with a KV cache.
+The preset (`--preset`, default tiny) is initialised randomly, written with
+`convert.hf.save_hf_checkpoint` and loaded by transformers, so both sides run the same weights on
+the same built-in prompts (one image per prompt). Both decode greedily for exactly `--new-tokens`
+tokens (no EOS stop) with a KV cache.
 Times are medians over `--repeats` runs after one warm-up run (which includes jit compilation
 for sif_jax). Prints a markdown table; the ratio is only meaningful measured side by side.
 """
@@ -36,6 +37,7 @@ def _median_time(fn, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny", help="model preset (tiny, small; random weights)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=224)
@@ -57,7 +59,7 @@ def main() -> None:
     from sif_jax.model.vlm import init_params, prepare_inputs
 
     torch.set_num_threads(args.threads)
-    config = get_preset("tiny")
+    config = get_preset(args.preset)
     params = init_params(config, jax.random.key(0))
     source = pl.BuiltinSource(seed=0, size=args.batch, scene_config=SceneConfig(height=args.image_size,
                                                                                   width=args.image_size))
@@ -112,8 +114,8 @@ def main() -> None:
           f"({jax.default_backend()}), torch {torch.__version__} ({hf_device}, {args.threads} threads), transformers "
           f"{transformers.__version__}")
     image_tokens = int((ids == config.image_token_id).sum(1)[0])
-    print(f"tiny preset, batch {args.batch}, prompt length {ids.shape[1]} (incl. {image_tokens} image tokens), "
-          f"{steps} new tokens, greedy, median of {args.repeats}")
+    print(f"{args.preset} preset, batch {args.batch}, prompt length {ids.shape[1]} (incl. {image_tokens} image "
+          f"tokens), {steps} new tokens, greedy, median of {args.repeats}")
     print("| sampler | seconds | tokens/s | vs HF |")
     print("|---|---|---|---|")
     print(f"| sif_jax `infer.sampler.generate` (jit) | {t_ours:.3f} | {tokens / t_ours:.0f} | {t_hf / t_ours:.2f}x |")
