@@ -146,7 +146,9 @@ def nucleus_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
     bisecting the 2^32 float32 values in order (32 passes of an O(V) masked sum, no sort, no
     scatter) and the ties at t by one cumulative sum. Top-k's k-th largest logit comes from
     `lax.top_k` by a reduction (a slice of its output makes XLA:CPU sort the whole row).
-    Equal to `process_logits` up to float rounding of the masses (tested).
+    Equal to `process_logits` (tested) except where the mass before a token is within float
+    rounding of top_p: the mass above the threshold is summed in vocabulary order here and in
+    descending order there, so such a boundary token can be kept by one and not the other.
 
     Args:
       logits: [N, V] raw logits (banned ids at -inf or -1e30).
@@ -163,8 +165,10 @@ def nucleus_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
         z = jnp.where(z < kth, NEG_INF, z)
     if sampling.top_p >= 1.0:
         return z
-    mass = jnp.exp(z - jnp.max(z, axis=-1, keepdims=True))  # unnormalised; 0 where dropped
-    target = sampling.top_p * jnp.sum(mass, axis=-1)
+    # Probabilities as `process_logits` forms them (softmax), compared with top_p as it does, so
+    # ties (summed in id order, as the stable sort orders them) round the same way.
+    mass = jax.nn.softmax(z, axis=-1)  # 0 where dropped
+    target = jnp.full(z.shape[:1], sampling.top_p, jnp.float32)
     keys = _order_keys(z)
 
     def mass_above(k: jax.Array) -> jax.Array:  # [N]: the mass of the tokens whose key exceeds k [N]
@@ -265,14 +269,16 @@ def _sample_candidates(processed: jax.Array, ids: jax.Array, rng: jax.Array,
 def sample_token(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
     """(token int32 [N], its log-probability float32 [N]) from raw logits [N, V].
 
-    With top-p < 1 or top-k on, and 0 < 4 * `sampling.candidates` < V, the draw runs on the
-    candidate set (`candidate_logits`); if any row's kept set does not fit, the whole batch takes
+    With top-p < 1 or top-k on, `sampling.candidates` > 0 and 4 * max(candidates, top_k + 1) < V,
+    the draw runs on the candidate set (`candidate_logits`); if any row's kept set does not fit, the whole batch takes
     the whole vocabulary (`nucleus_logits`, `lax.cond`). Both give the distribution of
     `process_logits`; a given key draws different tokens on the two paths (categorical over
     [N, C] vs [N, V]). Greedy is exact on both.
     """
-    filtered = sampling.top_p < 1.0 or 0 < sampling.top_k < logits.shape[-1]
-    if not filtered or not 0 < 4 * sampling.candidates < logits.shape[-1]:
+    vocab = logits.shape[-1]
+    filtered = sampling.top_p < 1.0 or 0 < sampling.top_k < vocab
+    count = max(sampling.candidates, sampling.top_k + 1)  # as candidate_logits takes them
+    if not filtered or sampling.candidates == 0 or 4 * count >= vocab:
         return _sample_full(logits, rng, sampling)
     processed, ids, fits = candidate_logits(logits, sampling)
     return jax.lax.cond(jnp.all(fits), lambda: _sample_candidates(processed, ids, rng, sampling),

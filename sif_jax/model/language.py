@@ -135,8 +135,9 @@ class DecoderLayer(nn.Module):
             # Decode against the stacked cache: layer i's keys/values with this step's in its slot,
             # by a select that XLA fuses into the attention's loops (no copy of the cache); the
             # Decoder writes every layer's new key/value into the stack once.
-            i = self.stacked_cache_index
-            slot = (jnp.arange(cache_kv[0].shape[2]) == cache_index)[None, :, None, None]
+            i, slots = self.stacked_cache_index, cache_kv[0].shape[2]
+            # the slot dynamic_update_slice writes (it clamps an index past the end to the last slot)
+            slot = (jnp.arange(slots) == jnp.minimum(cache_index, slots - 1))[None, :, None, None]
             keys = jnp.where(slot, k.astype(cache_kv[0].dtype), cache_kv[0][i])
             values = jnp.where(slot, v.astype(cache_kv[1].dtype), cache_kv[1][i])
             causal = False
@@ -261,9 +262,10 @@ class Decoder(nn.Module):
             layer_cls = layer_stack(DecoderLayer, remat=self.remat_policy, scan=False, length=c.num_layers,
                                     in_axes=())
             x, masses, keys, values = embeddings, {}, [], []
-            decoding = cache_kv is not None and prefix_kv is None
+            # one token per row (a decode step): the stacked cache is written once, in place
+            decoding = cache_kv is not None and prefix_kv is None and embeddings.shape[1] == 1
             for i in range(c.num_layers):
-                if decoding:  # each layer updates its slice of the stacked cache in place
+                if decoding:  # each layer reads its slice of the stacked cache, the new key/value in its slot
                     layer_cache, extra = cache_kv, dict(stacked_cache_index=i)
                 else:
                     layer_cache, extra = None if cache_kv is None else (cache_kv[0][i], cache_kv[1][i]), {}

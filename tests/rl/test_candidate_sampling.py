@@ -1,5 +1,7 @@
 """Top-k / top-p on a candidate set vs the full-vocabulary sort (`process_logits`)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,3 +141,26 @@ def test_the_vocabulary_path_draws_from_the_nucleus():
     drawn = reference[np.asarray(tokens[:, 0])]
     assert (drawn > -1e29).all()  # never outside the nucleus
     np.testing.assert_allclose(logps[:, 0], reference[tokens[:, 0]], atol=1e-5)
+
+
+@pytest.mark.parametrize("ties,top_p", [(50, 0.1), (10, 0.3), (7, 0.5)])
+def test_the_sort_free_nucleus_rounds_ties_as_the_sort_does(ties, top_p):
+    """Tied tokens whose masses sum to top_p up to rounding (0.1 x 50 is exactly 5.0 in float32,
+    while the sort's running sum of 0.02s stays below 0.1): both paths keep the same tokens."""
+    logits = jnp.full((1, VOCAB), -jnp.inf).at[0, :ties].set(0.0)
+    sampling = SamplingConfig(temperature=1.0, top_p=top_p, candidates=0)
+    want = np.asarray(process_logits(logits, sampling)) > -1e29
+    np.testing.assert_array_equal(np.asarray(nucleus_logits(logits, sampling)) > -1e29, want)
+    processed, ids, fits = candidate_logits(logits, dataclasses.replace(sampling, candidates=64))
+    assert bool(fits[0]) and int((np.asarray(processed) > -1e29).sum()) == int(want.sum())
+
+
+def test_candidates_are_skipped_when_top_k_makes_them_a_quarter_of_the_vocabulary():
+    """4 * max(candidates, top_k + 1) >= V: the draw is the whole-vocabulary one (same key, same token)."""
+    rng = np.random.default_rng(6)
+    logits = random_logits(rng, 4, 3.0)
+    with_candidates = SamplingConfig(temperature=1.0, top_k=600, candidates=64)
+    whole = dataclasses.replace(with_candidates, candidates=0)
+    for i in range(3):
+        np.testing.assert_array_equal(sample_token(logits, jax.random.key(i), with_candidates)[0],
+                                      sample_token(logits, jax.random.key(i), whole)[0])
