@@ -17,16 +17,19 @@ import pytest  # noqa: E402
 def simulated_devices_flags(devices: int) -> str:
     """XLA_FLAGS for a subprocess that simulates `devices` CPU devices running collectives.
 
-    - Single-threaded Eigen inside each device's program: XLA's CPU runtime runs the devices'
-      programs on its intra-op Eigen pool, and a multi-threaded dot there waits for sub-tasks that
-      need a free worker. With the other workers parked in an all-reduce rendezvous, the laggard
-      devices never arrive and XLA aborts the process (seen once on CI: "Expected 4 threads to join
-      the rendezvous, but only 3 of them arrived on time"). On a 2-core machine it costs nothing.
-    - Patient collectives: XLA aborts a collective whose participants do not all arrive within
-      40 s, which a loaded 2-core machine can exceed; wait 300 s instead.
+    XLA's CPU runtime runs each device's part of a program on a pool with one thread per device,
+    and an in-process all-reduce holds its thread until every participant arrives. Anything else
+    holding a pool thread (another multi-device program dispatched before this one finished, a
+    multi-threaded Eigen op waiting for sub-tasks) can leave participants without a thread, and
+    XLA aborts the process (seen on CI: "Expected 4 threads to join the rendezvous, but only 3 of
+    them arrived on time"). The scripts therefore wait for each multi-device program, and:
+    - `--xla_cpu_multi_thread_eigen=false`: single-threaded Eigen in the device programs (no
+      sub-tasks; on a 2-core machine it costs nothing);
+    - the collective patience is 150 s (XLA's 40 s default is exceeded on a loaded 2-core
+      machine; a wedged run is then aborted and rerun once by `run_simulated`).
     """
     return (f"--xla_force_host_platform_device_count={devices} --xla_cpu_multi_thread_eigen=false "
-            "--xla_cpu_collective_call_terminate_timeout_seconds=300")
+            "--xla_cpu_collective_call_terminate_timeout_seconds=150")
 
 
 def run_simulated(args: list[str], devices: int, before_retry=None, **kwargs) -> subprocess.CompletedProcess:

@@ -52,14 +52,23 @@ def main() -> None:
         sharded = [jax.device_put(x, parallel.batch_sharding(mesh, x.shape)) for x in (completion, mask, old_logp,
                                                                                      advantages)]
         rollout = Rollout.create(prompt, sharded[0], sharded[1], sharded[2], None, sharded[3], loss_mask=sharded[1])
-        args = (placed, rollout, jnp.float32(rows))
+        args = jax.block_until_ready((placed, rollout, jnp.float32(rows)))
+
+        @jax.jit
+        def loss_and_grad_norm(*a):
+            grads, (num, _, _) = loss_grads(*a, config=config, grpo=grpo)
+            return num / rows, jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
+
+        # One multi-device program, waited for: XLA:CPU runs each device's part on a pool with a
+        # thread per device, so several programs with collectives in flight at once (e.g. one
+        # small reduction per gradient leaf) can park every thread in different rendezvous.
         with jax.set_mesh(mesh):  # the mesh the Pallas kernels shard_map over, as train.py sets it
-            grads, (num, den, _) = loss_grads(*args, config=config, grpo=grpo)
+            loss, grad_norm = jax.block_until_ready(loss_and_grad_norm(*args))
             jaxpr = str(jax.make_jaxpr(lambda *a: loss_grads(*a, config=config, grpo=grpo))(*args))
         sharded_leaves = sum(1 for s in jax.tree.leaves(shardings) if not s.is_fully_replicated)
         results[",".join(map(str, shape))] = {
-            "loss": float(num / rows),
-            "grad_norm": float(jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))),
+            "loss": float(loss),
+            "grad_norm": float(grad_norm),
             "devices": len(mesh.devices.flat), "sharded_param_leaves": sharded_leaves,
             "shard_maps": jaxpr.count("shard_map["), "pallas_calls": jaxpr.count("pallas_call["),
         }
