@@ -124,6 +124,25 @@ def step(args) -> None:
     print(f"\nspeed-up: {b['seconds'] / a['seconds']:.2f}x")
 
 
+def _zipf_logits(rows: int, vocab: int) -> jax.Array:
+    """float32 [rows, vocab]: Zipf(1.1) log-probabilities (a peaked next-token distribution),
+    randomly permuted per row."""
+    ranks = np.argsort(np.random.default_rng(0).random((rows, vocab)), axis=1) + 1
+    return jnp.asarray(-1.1 * np.log(ranks), jnp.float32)
+
+
+def _median_ms(fn, logits: jax.Array, repeats: int) -> float:
+    """Median milliseconds of jit(fn)(logits, key) over `repeats` keys, after a compiling call."""
+    fn = jax.jit(fn)
+    jax.block_until_ready(fn(logits, jax.random.key(0)))
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(logits, jax.random.key(i)))
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
 def sampler(args) -> None:
     from sif_jax.infer.sampler import SamplingConfig, candidate_logits, generate, sample_token
     from sif_jax.model.config import get_preset
@@ -158,20 +177,11 @@ def sampler(args) -> None:
     print("| rows | full sort ms | candidates (256) ms | speed-up | rows whose nucleus fits |")
     print("|---|---|---|---|---|")
     for rows in (8, 32):
-        rng = np.random.default_rng(0)
-        ranks = np.argsort(rng.random((rows, QWEN_VOCAB)), axis=1) + 1
-        logits = jnp.asarray(-1.1 * np.log(ranks), jnp.float32)
+        logits = _zipf_logits(rows, QWEN_VOCAB)
         ms = []
         for candidates in (0, 256):
             sampling = SamplingConfig(temperature=0.7, top_p=0.9, candidates=candidates)
-            fn = jax.jit(functools.partial(sample_token, sampling=sampling))
-            jax.block_until_ready(fn(logits, jax.random.key(0)))
-            times = []
-            for i in range(args.repeats):
-                t0 = time.perf_counter()
-                jax.block_until_ready(fn(logits, jax.random.key(i)))
-                times.append(time.perf_counter() - t0)
-            ms.append(1e3 * statistics.median(times))
+            ms.append(_median_ms(functools.partial(sample_token, sampling=sampling), logits, args.repeats))
         fits = float(np.mean(np.asarray(candidate_logits(logits, sampling)[2])))
         print(f"| {rows} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[0] / ms[1]:.1f}x | {fits:.0%} |")
 
@@ -191,18 +201,8 @@ def vocab(args) -> None:
     print("| vocabulary | " + " | ".join(ways) + " |")
     print("|---|" + "---|" * len(ways))
     for size in (1024, 4096, 32000, QWEN_VOCAB):
-        rng = np.random.default_rng(0)
-        logits = jnp.asarray(-1.1 * np.log(np.argsort(rng.random((32, size)), axis=1) + 1), jnp.float32)
-        ms = []
-        for way in ways.values():
-            fn = jax.jit(way)
-            jax.block_until_ready(fn(logits, jax.random.key(0)))
-            times = []
-            for i in range(args.repeats):
-                t0 = time.perf_counter()
-                jax.block_until_ready(fn(logits, jax.random.key(i)))
-                times.append(time.perf_counter() - t0)
-            ms.append(1e3 * statistics.median(times))
+        logits = _zipf_logits(32, size)
+        ms = [_median_ms(way, logits, args.repeats) for way in ways.values()]
         print(f"| {size} | " + " | ".join(f"{m:.2f}" for m in ms) + " |")
 
 

@@ -99,10 +99,16 @@ def ban_tokens(logits: jax.Array, ids: tuple[int, ...]) -> jax.Array:
     return logits.at[:, jnp.asarray(ids)].set(-jnp.inf)
 
 
+def _temperature_scaled(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
+    """float32 logits / T (unchanged when greedy, T = 0)."""
+    z = logits.astype(jnp.float32)
+    return z / sampling.temperature if sampling.temperature > 0 else z
+
+
 def max_prob(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
     """float32 [N]: the largest probability of softmax(logits / T) (T = 1 when greedy) for
     logits [N, V]; top-k / top-p are not applied."""
-    z = logits.astype(jnp.float32) / (sampling.temperature if sampling.temperature > 0 else 1.0)
+    z = _temperature_scaled(logits, sampling)
     return jnp.exp(jnp.max(z, axis=-1) - jax.nn.logsumexp(z, axis=-1))
 
 
@@ -111,9 +117,7 @@ def process_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
 
     The definition by a stable sort of the vocabulary: the oracle of `nucleus_logits` (which the
     sampler uses, without the sort) and of `candidate_logits`."""
-    logits = logits.astype(jnp.float32)
-    if sampling.temperature > 0:
-        logits = logits / sampling.temperature
+    logits = _temperature_scaled(logits, sampling)
     if sampling.top_k > 0 and sampling.top_k < logits.shape[-1]:
         kth = jax.lax.top_k(logits, sampling.top_k)[0][..., -1:]
         logits = jnp.where(logits < kth, NEG_INF, logits)
@@ -156,9 +160,7 @@ def nucleus_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
     Returns:
       float32 [N, V]: temperature-scaled logits, -1e30 where top-k / top-p drop them.
     """
-    z = logits.astype(jnp.float32)
-    if sampling.temperature > 0:
-        z = z / sampling.temperature
+    z = _temperature_scaled(logits, sampling)
     vocab = z.shape[-1]
     if 0 < sampling.top_k < vocab:
         kth = jnp.min(jax.lax.top_k(z, sampling.top_k)[0], axis=-1, keepdims=True)
@@ -212,9 +214,7 @@ def candidate_logits(logits: jax.Array, sampling: SamplingConfig) -> tuple[jax.A
       only drops candidates); without, when top-p drops its last candidate (the mass before it
       already reaches top_p, and the mass only grows further down).
     """
-    z = logits.astype(jnp.float32)
-    if sampling.temperature > 0:
-        z = z / sampling.temperature
+    z = _temperature_scaled(logits, sampling)
     vocab = z.shape[-1]
     count = min(max(sampling.candidates, sampling.top_k + 1), vocab)
     values, ids = jax.lax.top_k(z, count)
@@ -270,8 +270,8 @@ def sample_token(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) ->
     """(token int32 [N], its log-probability float32 [N]) from raw logits [N, V].
 
     With top-p < 1 or top-k on, `sampling.candidates` > 0 and 4 * max(candidates, top_k + 1) < V,
-    the draw runs on the candidate set (`candidate_logits`); if any row's kept set does not fit, the whole batch takes
-    the whole vocabulary (`nucleus_logits`, `lax.cond`). Both give the distribution of
+    the draw runs on the candidate set (`candidate_logits`); if any row's kept set does not fit,
+    the whole batch takes the whole vocabulary (`nucleus_logits`, `lax.cond`). Both give the distribution of
     `process_logits`; a given key draws different tokens on the two paths (categorical over
     [N, C] vs [N, V]). Greedy is exact on both.
     """

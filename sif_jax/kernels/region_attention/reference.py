@@ -42,6 +42,47 @@ def key_mask(
     return mask
 
 
+def _grouping(q: jax.Array, k: jax.Array, softmax_scale: float | None) -> tuple[int, float]:
+    """(query heads per key/value head, softmax scale) for q [B, Lq, Hq, D], k [B, Lk, Hkv, D]."""
+    num_heads, head_dim, num_kv_heads = q.shape[2], q.shape[3], k.shape[2]
+    if num_heads % num_kv_heads:
+        raise ValueError(f"query heads {num_heads} not a multiple of key/value heads {num_kv_heads}")
+    return num_heads // num_kv_heads, head_dim**-0.5 if softmax_scale is None else softmax_scale
+
+
+def _probs_and_masses(
+    logits: jax.Array,
+    *,
+    causal: bool,
+    q_segment_ids: jax.Array | None,
+    kv_segment_ids: jax.Array | None,
+    kv_valid: jax.Array | None,
+    visual_mask: jax.Array | None,
+    visual_scale: jax.Array | None,
+    region_mask: jax.Array | None,
+) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+    """Scaled logits [B, Hq, Lq, Lk] float32 -> (probs [B, Hq, Lq, Lk], region_mass, visual_mass
+    [B, Hq, Lq] | None): AdaptVis scaling of visual keys, the key mask, softmax (rows with no
+    visible key sum to 0, not 1) and the masses (no gradient)."""
+    batch, _, q_len, kv_len = logits.shape
+    if visual_scale is not None:
+        if visual_mask is None:
+            raise ValueError("visual_scale needs visual_mask (which keys are visual)")
+        row_scale = visual_scale.astype(jnp.float32)[:, None, :, None]
+        logits = jnp.where(visual_mask[:, None, None, :], logits * row_scale, logits)
+    mask = key_mask(batch, q_len, kv_len, causal=causal, q_segment_ids=q_segment_ids,
+                    kv_segment_ids=kv_segment_ids, kv_valid=kv_valid)
+    logits = jnp.where(mask, logits, MASK_VALUE)
+    probs = jnp.where(mask, jax.nn.softmax(logits, axis=-1), 0.0)
+
+    def mass(key_set: jax.Array | None) -> jax.Array | None:
+        if key_set is None:
+            return None
+        return jax.lax.stop_gradient(jnp.sum(jnp.where(key_set[:, None, None, :], probs, 0.0), axis=-1))
+
+    return probs, mass(region_mask), mass(visual_mask)
+
+
 def attention_reference(
     q: jax.Array,
     k: jax.Array,
@@ -63,37 +104,18 @@ def attention_reference(
     """
     batch, q_len, num_heads, head_dim = q.shape
     kv_len, num_kv_heads = k.shape[1], k.shape[2]
-    if num_heads % num_kv_heads:
-        raise ValueError(f"query heads {num_heads} not a multiple of key/value heads {num_kv_heads}")
-    group = num_heads // num_kv_heads
-    scale = head_dim**-0.5 if softmax_scale is None else softmax_scale
-
+    group, scale = _grouping(q, k, softmax_scale)
     qf = q.astype(jnp.float32).reshape(batch, q_len, num_kv_heads, group, head_dim)
     logits = jnp.einsum("bqhgd,bkhd->bhgqk", qf, k.astype(jnp.float32)) * scale
-    logits = logits.reshape(batch, num_heads, q_len, kv_len)
-    if visual_scale is not None:
-        if visual_mask is None:
-            raise ValueError("visual_scale needs visual_mask (which keys are visual)")
-        row_scale = visual_scale.astype(jnp.float32)[:, None, :, None]
-        logits = jnp.where(visual_mask[:, None, None, :], logits * row_scale, logits)
-    mask = key_mask(batch, q_len, kv_len, causal=causal, q_segment_ids=q_segment_ids,
-                    kv_segment_ids=kv_segment_ids, kv_valid=kv_valid)
-    logits = jnp.where(mask, logits, MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1)
-    probs = jnp.where(mask, probs, 0.0)  # rows with no visible key sum to 0, not 1
+    probs, region_mass, visual_mass = _probs_and_masses(
+        logits.reshape(batch, num_heads, q_len, kv_len), causal=causal, q_segment_ids=q_segment_ids,
+        kv_segment_ids=kv_segment_ids, kv_valid=kv_valid, visual_mask=visual_mask, visual_scale=visual_scale,
+        region_mask=region_mask)
     vf = v.astype(jnp.float32).reshape(batch, kv_len, num_kv_heads, 1, head_dim)
     vf = jnp.broadcast_to(vf, (batch, kv_len, num_kv_heads, group, head_dim))
     vf = vf.reshape(batch, kv_len, num_heads, head_dim)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs, vf).astype(q.dtype)
-
-    def mass(key_set: jax.Array | None) -> jax.Array | None:
-        if key_set is None:
-            return None
-        return jax.lax.stop_gradient(
-            jnp.sum(jnp.where(key_set[:, None, None, :], probs, 0.0), axis=-1)
-        )
-
-    return out, mass(region_mask), mass(visual_mask)
+    return out, region_mass, visual_mass
 
 
 def single_query_attention(
@@ -118,29 +140,13 @@ def single_query_attention(
     if q_len != 1:
         raise ValueError(f"single_query_attention: q_len must be 1, got {q_len}")
     kv_len, num_kv_heads = k.shape[1], k.shape[2]
-    if num_heads % num_kv_heads:
-        raise ValueError(f"query heads {num_heads} not a multiple of key/value heads {num_kv_heads}")
-    group = num_heads // num_kv_heads
-    scale = head_dim**-0.5 if softmax_scale is None else softmax_scale
+    group, scale = _grouping(q, k, softmax_scale)
     qf = q.astype(jnp.float32).reshape(batch, 1, num_kv_heads, group, head_dim)
     logits = jnp.sum(qf * k.astype(jnp.float32)[:, :, :, None, :], axis=-1) * scale  # [B, Lk, Hkv, G]
     logits = logits.reshape(batch, kv_len, num_heads).transpose(0, 2, 1)[:, :, None, :]  # [B, Hq, 1, Lk]
-    if visual_scale is not None:
-        if visual_mask is None:
-            raise ValueError("visual_scale needs visual_mask (which keys are visual)")
-        row_scale = visual_scale.astype(jnp.float32)[:, None, :, None]
-        logits = jnp.where(visual_mask[:, None, None, :], logits * row_scale, logits)
-    mask = key_mask(batch, 1, kv_len, causal=False, q_segment_ids=q_segment_ids,
-                    kv_segment_ids=kv_segment_ids, kv_valid=kv_valid)
-    logits = jnp.where(mask, logits, MASK_VALUE)
-    probs = jnp.where(mask, jax.nn.softmax(logits, axis=-1), 0.0)  # [B, Hq, 1, Lk]
+    probs, region_mass, visual_mass = _probs_and_masses(
+        logits, causal=False, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, kv_valid=kv_valid,
+        visual_mask=visual_mask, visual_scale=visual_scale, region_mask=region_mask)
     weights = probs[:, :, 0, :].transpose(0, 2, 1).reshape(batch, kv_len, num_kv_heads, group, 1)
     out = jnp.sum(weights * v.astype(jnp.float32)[:, :, :, None, :], axis=1)  # [B, Hkv, G, D]
-    out = out.reshape(batch, 1, num_heads, head_dim).astype(q.dtype)
-
-    def mass(key_set: jax.Array | None) -> jax.Array | None:
-        if key_set is None:
-            return None
-        return jax.lax.stop_gradient(jnp.sum(jnp.where(key_set[:, None, None, :], probs, 0.0), axis=-1))
-
-    return out, mass(region_mask), mass(visual_mask)
+    return out.reshape(batch, 1, num_heads, head_dim).astype(q.dtype), region_mass, visual_mass
