@@ -245,13 +245,31 @@ def candidate_logits(logits: jax.Array, sampling: SamplingConfig) -> tuple[jax.A
     return jnp.where(keep, values, NEG_INF), ids.astype(jnp.int32), fits
 
 
+def first_argmax(x: jax.Array) -> jax.Array:
+    """`jnp.argmax(x, axis=-1)` for x [N, V] without NaN (the lowest index among maxima). Up to
+    V = 65536 as a max and a min over an index mask: XLA:CPU runs argmax's variadic (value, index)
+    reduce 4-5x slower at [32, 1024..65536]; at Qwen's 151,936 the two passes are slower than one
+    (`benchmarks/grpo_sharing.py vocab`)."""
+    if x.shape[-1] > 65536:
+        return jnp.argmax(x, axis=-1)
+    index = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    top = jnp.max(x, axis=-1, keepdims=True)
+    return jnp.min(jnp.where(x == top, index, x.shape[-1]), axis=-1)
+
+
+def categorical(rng: jax.Array, logits: jax.Array) -> jax.Array:
+    """`jax.random.categorical(rng, logits, axis=-1)` for logits [N, V]: the same Gumbel-max draw
+    (same key, same token), with `first_argmax` for the argmax."""
+    return first_argmax(jax.random.gumbel(rng, logits.shape, logits.dtype) + logits)
+
+
 def _sample_full(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
     processed = nucleus_logits(logits, sampling)
     logp = jax.nn.log_softmax(processed, axis=-1)
     if sampling.temperature == 0:
-        token = jnp.argmax(logits, axis=-1)
+        token = first_argmax(logits)
     else:
-        token = jax.random.categorical(rng, processed, axis=-1)
+        token = categorical(rng, processed)
     return token.astype(jnp.int32), jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
 
@@ -261,7 +279,7 @@ def _sample_candidates(processed: jax.Array, ids: jax.Array, rng: jax.Array,
     if sampling.temperature == 0:
         pick = jnp.zeros(ids.shape[:1], jnp.int32)  # the largest logit, lowest id among ties, as argmax
     else:
-        pick = jax.random.categorical(rng, processed, axis=-1)
+        pick = categorical(rng, processed)
     token = jnp.take_along_axis(ids, pick[:, None], axis=-1)[:, 0]
     return token.astype(jnp.int32), jnp.take_along_axis(logp, pick[:, None], axis=-1)[:, 0]
 
@@ -344,6 +362,8 @@ def generate(
     logits, cache, _ = prefill(params, config, inputs, prompt_len + steps, visual_scale=scale_rows,
                                last_logits_only=True)
     cache = repeat_cache(cache, group_size)
+    if not config.scan_layers:
+        cache = cache.per_layer()  # each layer's cache written in place by the decode loop
     first_logits = ban_tokens(repeat_rows(logits[:, -1], group_size), banned)
     state = dict(
         step=jnp.zeros((), jnp.int32),

@@ -26,7 +26,8 @@ Params = Any
 class KVCache:
     """Keys/values of every decoder layer for a batch.
 
-    keys, values: [layers, B, S, kv_heads, head_dim] in the compute dtype.
+    keys, values: [layers, B, S, kv_heads, head_dim] in the compute dtype, or (`per_layer()`) a
+    tuple of each layer's [B, S, kv_heads, head_dim]; `decode_step` returns the form it was given.
     valid: bool [B, S] slots holding a real token. visual: bool [B, S] slots holding an image
     token (the keys AdaptVis scales and the masses count). length: int32 [] slots written.
     next_position: int32 [B] position of the next token of each row (on every axis of the family's
@@ -42,7 +43,16 @@ class KVCache:
 
     @property
     def max_length(self) -> int:
-        return self.keys.shape[2]
+        return self.keys[0].shape[1] if isinstance(self.keys, tuple) else self.keys.shape[2]
+
+    def per_layer(self) -> KVCache:
+        """This cache with keys/values as tuples of per-layer arrays. A decode loop over an
+        unscanned decoder carries this form: each layer's array is then read and written in place
+        by `decode_step` (a stacked array is sliced per layer and re-stacked, or copied whole, at
+        every step; measured in benchmarks/RESULTS.md). A scanned decoder needs the stacked form."""
+        if isinstance(self.keys, tuple):
+            return self
+        return self.replace(keys=tuple(self.keys), values=tuple(self.values))
 
 
 def _pad_to(x: jax.Array, length: int, axis: int) -> jax.Array:

@@ -29,6 +29,7 @@ from sif_jax.model.layers import (
     dense,
     inverse_frequencies,
     layer_stack,
+    stack_like,
 )
 
 
@@ -76,7 +77,6 @@ class DecoderLayer(nn.Module):
     want_kv: bool = False
     scanned: bool = False
     prefix: bool = False
-    stacked_cache_index: int | None = None
 
     @nn.compact
     def __call__(
@@ -99,10 +99,6 @@ class DecoderLayer(nn.Module):
           visual_mask, region_mask: bool [B, Lk] or None; visual_scale: [B, L] or None.
           cache_kv: (keys, values) [B, S, kv_heads, head_dim] for a decode step; the new
             key/value is written at `cache_index` and attention runs over the whole cache.
-            With `stacked_cache_index` = i they are every layer's cache [layers, B, S, kv_heads,
-            head_dim]: this layer attends over layer i's with this step's key/value in slot
-            `cache_index` and returns only this step's (k, v) [B, 1, kv_heads, head_dim], which the
-            Decoder writes into the stack in place (no per-layer copy of the cache per step).
             With `prefix` they are a prefix's keys/values [B, P, kv_heads, head_dim] instead: the
             L queries attend causally to [prefix, own keys] (Lk = P + L, bottom-right aligned, so
             query i sees the prefix and own keys 0..i), and kv_valid / visual_mask /
@@ -131,16 +127,6 @@ class DecoderLayer(nn.Module):
             keys = jnp.concatenate([cache_kv[0].astype(k.dtype), k], axis=1)
             values = jnp.concatenate([cache_kv[1].astype(v.dtype), v], axis=1)
             causal = True
-        elif self.stacked_cache_index is not None:
-            # Decode against the stacked cache: layer i's keys/values with this step's in its slot,
-            # by a select that XLA fuses into the attention's loops (no copy of the cache); the
-            # Decoder writes every layer's new key/value into the stack once.
-            i, slots = self.stacked_cache_index, cache_kv[0].shape[2]
-            # the slot dynamic_update_slice writes (it clamps an index past the end to the last slot)
-            slot = (jnp.arange(slots) == jnp.minimum(cache_index, slots - 1))[None, :, None, None]
-            keys = jnp.where(slot, k.astype(cache_kv[0].dtype), cache_kv[0][i])
-            values = jnp.where(slot, v.astype(cache_kv[1].dtype), cache_kv[1][i])
-            causal = False
         else:
             # Decode: write this step's key/value into its slot, attend over every valid slot.
             keys = jax.lax.dynamic_update_slice_in_dim(cache_kv[0], k.astype(cache_kv[0].dtype),
@@ -163,8 +149,6 @@ class DecoderLayer(nn.Module):
                          **kw)(h)
         masses = (result.region_mass, result.visual_mass) if want_mass else None
         kv = (keys, values) if (self.want_kv or (cache_kv is not None and not self.prefix)) else None
-        if self.stacked_cache_index is not None:
-            kv = (k, v)  # this step's [B, 1, kv_heads, head_dim]
         if self.scanned:
             return x, (kv, masses)
         return x, kv, masses
@@ -262,28 +246,17 @@ class Decoder(nn.Module):
             layer_cls = layer_stack(DecoderLayer, remat=self.remat_policy, scan=False, length=c.num_layers,
                                     in_axes=())
             x, masses, keys, values = embeddings, {}, [], []
-            # one token per row (a decode step): the stacked cache is written once, in place
-            decoding = cache_kv is not None and prefix_kv is None and embeddings.shape[1] == 1
             for i in range(c.num_layers):
-                if decoding:  # each layer reads its slice of the stacked cache, the new key/value in its slot
-                    layer_cache, extra = cache_kv, dict(stacked_cache_index=i)
-                else:
-                    layer_cache, extra = None if cache_kv is None else (cache_kv[0][i], cache_kv[1][i]), {}
-                x, layer_kv, mass = layer_cls(want_mass=i in mass_layers, name=f"layers_{i}", **kw, **extra)(
-                    x, *layer_args, layer_cache, cache_index,
+                x, layer_kv, mass = layer_cls(want_mass=i in mass_layers, name=f"layers_{i}", **kw)(
+                    x, *layer_args,
+                    None if cache_kv is None else (cache_kv[0][i], cache_kv[1][i]), cache_index,
                 )
                 if mass is not None:
                     masses[i] = {"region": mass[0], "visual": mass[1]}
                 if layer_kv is not None:
                     keys.append(layer_kv[0])
                     values.append(layer_kv[1])
-            if decoding:  # this step's keys/values [layers, B, 1, kv_heads, head_dim] into the stack, in place
-                zero = jnp.zeros((), jnp.int32)
-                start = (zero, zero, jnp.asarray(cache_index, jnp.int32), zero, zero)
-                kv = tuple(jax.lax.dynamic_update_slice(c, jnp.stack(new).astype(c.dtype), start)
-                           for c, new in zip(cache_kv, (keys, values), strict=True))
-            else:
-                kv = (jnp.stack(keys), jnp.stack(values)) if keys else None
+            kv = stack_like(cache_kv, keys, values)
         x = self.final_norm(x)
         aux: dict = {"attention_mass": masses}
         if kv is not None:

@@ -144,3 +144,15 @@ def layer_stack(
         layer, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=in_axes,
         length=length, metadata_params={nn.PARTITION_NAME: "layers"},
     )
+
+
+def stack_like(cache_kv, keys: list[jax.Array], values: list[jax.Array]) -> tuple | None:
+    """The layers' keys/values in the form of the cache they came with: tuples of per-layer
+    [B, S, kv_heads, head_dim] arrays for a per-layer cache (`KVCache.per_layer`: each layer's
+    array updated in place in a decode loop, no slice or re-stack), else stacked
+    [layers, B, S, kv_heads, head_dim]; None when no layer returned any."""
+    if not keys:
+        return None
+    if cache_kv is not None and isinstance(cache_kv[0], tuple):
+        return tuple(keys), tuple(values)
+    return jnp.stack(keys), jnp.stack(values)

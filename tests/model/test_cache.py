@@ -10,6 +10,7 @@ import pytest
 from sif_jax.convert.hf import load_hf_checkpoint
 from sif_jax.model.cache import decode_step, prefill
 from sif_jax.model.vlm import forward, prepare_inputs
+from tests.model.decoding import decode_both_forms
 
 STEPS = 16
 
@@ -58,3 +59,21 @@ def test_prefill_rejects_a_cache_shorter_than_the_prompt(hf_tiny_dir, hf_tiny_io
                             hf_tiny_io["pixel_values"], hf_tiny_io["image_grid_thw"])
     with pytest.raises(ValueError, match="max_length=4"):
         prefill(params, config, inputs, 4)
+
+
+def test_per_layer_cache_decodes_as_the_stacked_cache(hf_tiny_dir, hf_tiny_io):
+    """The form the sampler's loop carries (`KVCache.per_layer`, each layer's array written in place)
+    gives the stacked cache's logits and contents, step by step, and keeps its form."""
+    config, params = load_hf_checkpoint(hf_tiny_dir)
+    inputs = prepare_inputs(config, hf_tiny_io["input_ids"], hf_tiny_io["attention_mask"],
+                            hf_tiny_io["pixel_values"], hf_tiny_io["image_grid_thw"])
+    logits, cache, _ = prefill(params, config, inputs, inputs["input_ids"].shape[1] + 6)
+    step = jax.jit(functools.partial(decode_step, config=config))
+    (stacked_logits, stacked), (layer_logits, layers) = decode_both_forms(
+        params, logits[:, -1], cache, 6, lambda p, t, c: step(p, tokens=t, cache=c))
+    assert isinstance(layers.keys, tuple) and len(layers.keys) == config.text.num_layers
+    assert layers.max_length == stacked.max_length
+    np.testing.assert_allclose(layer_logits, stacked_logits, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.stack(layers.keys), stacked.keys, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.stack(layers.values), stacked.values, atol=1e-6, rtol=0)
+    assert int(layers.length) == int(stacked.length)

@@ -12,6 +12,8 @@ from sif_jax.infer.sampler import (
     SamplingConfig,
     ban_tokens,
     candidate_logits,
+    categorical,
+    first_argmax,
     nucleus_logits,
     process_logits,
     sample_token,
@@ -164,3 +166,24 @@ def test_candidates_are_skipped_when_top_k_makes_them_a_quarter_of_the_vocabular
     for i in range(3):
         np.testing.assert_array_equal(sample_token(logits, jax.random.key(i), with_candidates)[0],
                                       sample_token(logits, jax.random.key(i), whole)[0])
+
+
+@pytest.mark.parametrize("vocab", [7, 1024, 65537])
+def test_first_argmax_is_argmax_with_ties_and_masked_ids(vocab):
+    """Below and above the vocabulary size where it switches to jnp.argmax: the lowest index
+    among maxima, with ties, -inf / NEG_INF entries and a row that is all NEG_INF."""
+    rng = np.random.default_rng(vocab)
+    x = np.round(rng.standard_normal((6, vocab)), 1).astype(np.float32)  # many exact ties
+    x[1, : vocab // 2] = -np.inf
+    x[2] = NEG_INF
+    x[3, -1] = 50.0
+    x[4, [0, vocab - 1]] = 60.0
+    np.testing.assert_array_equal(jax.jit(first_argmax)(x), np.argmax(x, axis=-1))
+
+
+def test_categorical_draws_what_jax_random_categorical_draws():
+    logits = jnp.asarray(random_logits(np.random.default_rng(3), 16, 3.0))
+    keys = jax.random.split(jax.random.key(5), 64)
+    ours = jax.vmap(lambda k: categorical(k, logits))(keys)
+    theirs = jax.vmap(lambda k: jax.random.categorical(k, logits, axis=-1))(keys)
+    np.testing.assert_array_equal(ours, theirs)

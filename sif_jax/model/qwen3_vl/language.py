@@ -27,6 +27,7 @@ from sif_jax.model.layers import (
     dense,
     inverse_frequencies,
     layer_stack,
+    stack_like,
 )
 from sif_jax.model.qwen3_vl.config import Qwen3VLTextConfig
 
@@ -224,7 +225,7 @@ class Qwen3VLDecoder(nn.Module):
                 if layer_kv is not None:
                     keys.append(layer_kv[0])
                     values.append(layer_kv[1])
-            kv = (jnp.stack(keys), jnp.stack(values)) if keys else None
+            kv = stack_like(cache_kv, keys, values)
         x = self.final_norm(x)
         aux: dict = {"attention_mass": masses}
         if kv is not None:

@@ -6,6 +6,7 @@ import numpy as np
 
 from sif_jax.model.qwen3_vl.cache import decode_step, prefill
 from sif_jax.model.qwen3_vl.model import Qwen3VL, model_inputs, prepare_inputs
+from tests.model.decoding import decode_both_forms
 
 
 def _greedy(params, config, inputs, steps):
@@ -64,3 +65,17 @@ def test_decode_masses_have_one_query_row(qwen3_loaded, qwen3_io):
     masses = aux["attention_mass"][1]
     assert masses["visual"].shape == (2, config.text.num_heads, 1)
     assert float(masses["visual"].min()) > 0.0
+
+
+def test_per_layer_cache_decodes_as_the_stacked_cache(qwen3_loaded, qwen3_io):
+    """`KVCache.per_layer` (the sampler loop's form) gives the stacked cache's logits and contents."""
+    config, params = qwen3_loaded
+    inputs = prepare_inputs(config, qwen3_io["input_ids"], qwen3_io["attention_mask"], qwen3_io["pixel_values"],
+                            qwen3_io["image_grid_thw"])
+    logits, cache, _ = prefill(params, config, inputs, inputs["input_ids"].shape[1] + 4)
+    step = jax.jit(lambda p, t, c: decode_step(p, config, t, c))
+    (stacked_logits, stacked), (layer_logits, layers) = decode_both_forms(params, logits[:, -1], cache, 4, step)
+    assert isinstance(layers.keys, tuple) and len(layers.keys) == config.text.num_layers
+    np.testing.assert_allclose(layer_logits, stacked_logits, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.stack(layers.keys), stacked.keys, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.stack(layers.values), stacked.values, atol=1e-6, rtol=0)
