@@ -25,7 +25,8 @@ Models (random init, float32; sizes match, weights do not):
          tied embeddings (sif_jax `tiny`; Tunix `models.qwen2.ModelConfig` of the same sizes)
   small: vocabulary 1024, hidden 384, intermediate 1536, 8 layers, 6 heads, 2 KV heads, head_dim 64
 The sif_jax model is the Qwen2.5-VL preset whose vision tower is unused for text-only prompts
-(M-RoPE with equal position axes is 1-D RoPE); the step is `sif_jax.rl.grpo.grpo_step` with
+(M-RoPE with equal position axes is 1-D RoPE; its frozen vision params still pass through the
+optimizer, elementwise work only); the step is `sif_jax.rl.grpo.grpo_step` with
 configs/grpo.py's GRPO settings. Tunix's step is `GRPOLearner.train` over an RLCluster whose actor,
 reference and rollout share one 1x1 ('fsdp', 'tp') mesh, rollout_engine='vanilla', num_iterations=1
 (so no old-policy pass: Tunix takes the current policy's log-probs with stop-gradient).
@@ -39,7 +40,8 @@ others is reported. sif_jax: the wall time of `grpo_step` with the params waited
 between the ends of consecutive steps inside one `train` call (all its per-step work: rollout,
 reference pass, rewards, the update, metric buffering), the first measured from the start of
 `train`. The split: sampling (the sampler alone), rollout stage (sampling + scoring + rewards +
-advantages) and update (loss, gradient, optimizer), each waited for.
+advantages) and update (loss, gradient, optimizer), each waited for. The two workers run one after
+the other; on a shared machine run it when the cores are idle and check the per-step column for noise.
 """
 
 from __future__ import annotations
