@@ -1,9 +1,9 @@
 """One GRPO step, sif_jax vs Tunix (`google-tunix` on PyPI), on text-only models of the same size.
 
-    python benchmarks/tunix_grpo.py                                  # tiny, the default shapes
-    python benchmarks/tunix_grpo.py --size small                     # hidden 384, 8 layers
-    python benchmarks/tunix_grpo.py --new-tokens 32 --repeats 1      # a quick smoke run
-    python benchmarks/tunix_grpo.py --tunix-python /path/to/venv/bin/python
+    PYTHONPATH=$PWD python benchmarks/tunix_grpo.py                                  # tiny, the default shapes
+    PYTHONPATH=$PWD python benchmarks/tunix_grpo.py --size small                     # hidden 384, 8 layers
+    PYTHONPATH=$PWD python benchmarks/tunix_grpo.py --new-tokens 32 --repeats 1      # a quick smoke run
+    PYTHONPATH=$PWD python benchmarks/tunix_grpo.py --tunix-python /path/to/venv/bin/python
 
 Run from the repository root with this checkout on PYTHONPATH (`PYTHONPATH=$PWD`); the Tunix side
 runs in its own interpreter (`--tunix-python`, default /work/tunixvenv/bin/python: a venv holding
