@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sif_jax.model.cache import KVCache
-from sif_jax.model.config import ModelConfig
-from sif_jax.model.vlm import model_inputs
+from sif_jax.model.family import family_of
 
 ROW_KEYS = ("input_ids", "attention_mask", "image_token_index", "image_mask")
 IMAGE_KEYS = ("pixel_values", "patch_positions", "window_segments", "frame_segments")
@@ -39,33 +38,44 @@ def check_groups(input_ids: Any, group_size: int) -> None:
                              f"{int(bad[0]) * group_size}..{int(bad[0] + 1) * group_size - 1}) hold different prompts")
 
 
+SHARED_FAMILIES = ("qwen2_5_vl", "llava")
+
+
 def shares_prompts(config: Any) -> bool:
     """Whether `config`'s family runs a group's prompt once (`unique_prompts`, the shared-prefix
-    scoring pass). Qwen2.5-VL does; other families run every row (the same result, G times the
-    prompt work)."""
-    from sif_jax.model.family import family_of
+    scoring pass through the module's `extend`). Qwen2.5-VL and LLaVA-1.5 do. Qwen3-VL runs every
+    row (the same result, G times the prompt work): its decoder has no prefix keys/values path
+    (`extend`), and DeepStack adds visual features to the image positions' hidden states inside
+    its first layers, which a completion pass after copied keys/values would not see."""
+    return family_of(config).name in SHARED_FAMILIES
 
-    return family_of(config).name == "qwen2_5_vl"
 
-
-def unique_prompts(prompt: dict[str, Any], group_size: int, config: ModelConfig) -> dict[str, jax.Array]:
+def unique_prompts(prompt: dict[str, Any], group_size: int, config: Any) -> dict[str, jax.Array]:
     """The model inputs of one row per group: [N, L] rows -> [N / G, L].
 
     Args:
-      prompt: a prompt batch of N rows, G copies per prompt, text-only or in the batched-image
-        layout of `vlm.prepare_inputs(batch_images=True)` (pixel_values [images, patches, 1176],
-        the same number k of images per row, row r's images at [r * k, (r + 1) * k), and
-        `image_token_index` [N, L]).
+      prompt: a prompt batch of N rows, G copies per prompt, text-only or with the same number k of
+        images per row, row r's images at [r * k, (r + 1) * k) of the leading (images) axis:
+        Qwen2.5-VL's batched-image layout of `vlm.prepare_inputs(batch_images=True)` (pixel_values
+        [images, patches, 1176] and `image_token_index` [N, L]), or LLaVA-1.5's pixel_values
+        [images, 3, S, S] (with or without `image_token_index`).
+      config: a config of a family in `SHARED_FAMILIES`.
 
     Returns:
-      `vlm.model_inputs` of rows 0, G, 2G, ...: their images only (so the vision tower runs once
-      per prompt) and `image_token_index` renumbered to the kept images' features.
+      The family's `model_inputs` of rows 0, G, 2G, ...: their images only (so the vision tower
+      runs once per prompt). `image_token_index`, when present, is renumbered to the kept images'
+      features (F per image: patches / merge_unit for Qwen2.5-VL, `image_seq_length` for LLaVA).
+      Without it (LLaVA) the k-th image position of the batch takes feature row k, row-major;
+      keeping whole rows and their images in order keeps that mapping.
 
     Raises:
-      ValueError: G does not divide N, host rows of a group differ (`check_groups`), the flat
-        image layout (no per-row images to select), or images not a multiple of the rows.
+      ValueError: G does not divide N, host rows of a group differ (`check_groups`), a layout with
+        no per-row images to select (Qwen2.5-VL's flat patch list, pixel_values of another rank),
+        a family outside `SHARED_FAMILIES`, images not a multiple of the rows, or (host arrays,
+        LLaVA without `image_token_index`) a row whose image positions are not k * F.
     """
-    inputs = model_inputs(prompt)
+    family = family_of(config)
+    inputs = family.model_inputs(prompt)
     n = np.shape(inputs["input_ids"])[0]
     check_groups(inputs["input_ids"], group_size)
     if group_size == 1:
@@ -75,9 +85,7 @@ def unique_prompts(prompt: dict[str, Any], group_size: int, config: ModelConfig)
     if "pixel_values" not in inputs:
         return out
     pixels = inputs["pixel_values"]
-    if np.ndim(pixels) != 3 or "image_token_index" not in inputs:
-        raise ValueError("unique_prompts needs the batched-image layout (prepare_inputs(batch_images=True)); "
-                         f"got pixel_values of shape {np.shape(pixels)} without per-row images")
+    features_per_image = _features_per_image(family.name, inputs, config)
     if np.shape(pixels)[0] % n:
         raise ValueError(f"unique_prompts: {np.shape(pixels)[0]} images do not split evenly over {n} rows")
     per_row = np.shape(pixels)[0] // n
@@ -86,13 +94,45 @@ def unique_prompts(prompt: dict[str, Any], group_size: int, config: ModelConfig)
             v = inputs[k]
             v = v.reshape(n, per_row, *v.shape[1:])[::group_size]
             out[k] = v.reshape(-1, *v.shape[2:])
-    features_per_image = np.shape(pixels)[1] // config.vision.merge_unit
+    if "image_token_index" not in inputs:
+        _check_row_major_images(inputs, config, per_row * features_per_image)
+        return out
     # Row g * G's images start at feature (g * G) * k * F; kept, they start at g * k * F.
     groups = np.arange(n // group_size)
     shift = jnp.asarray((groups * group_size - groups) * per_row * features_per_image, jnp.int32)
     index = out["image_token_index"]
     out["image_token_index"] = jnp.maximum(index - shift[:, None].astype(index.dtype), 0)
     return out
+
+
+def _features_per_image(family: str, inputs: dict[str, Any], config: Any) -> int:
+    """F, the feature rows of one image, for a layout `unique_prompts` can split (ValueError otherwise)."""
+    shape = np.shape(inputs["pixel_values"])
+    if family == "qwen2_5_vl":
+        if len(shape) != 3 or "image_token_index" not in inputs:
+            raise ValueError("unique_prompts needs the batched-image layout (prepare_inputs(batch_images=True)); "
+                             f"got pixel_values of shape {shape} without per-row images")
+        return shape[1] // config.vision.merge_unit
+    if family == "llava":
+        if len(shape) != 4:
+            raise ValueError(f"unique_prompts: LLaVA pixel_values must be [images, 3, S, S]; got shape {shape}")
+        return config.image_seq_length
+    raise ValueError(f"unique_prompts: family {family!r} has no per-prompt layout (families {SHARED_FAMILIES})")
+
+
+def _check_row_major_images(inputs: dict[str, Any], config: Any, per_row: int) -> None:
+    """ValueError unless every row holds `per_row` image positions (host arrays only): without
+    `image_token_index` the k-th image position of the batch takes feature k, so only then do a
+    row's positions take its own images' features."""
+    ids = inputs["input_ids"]
+    mask = inputs.get("image_mask")
+    if not isinstance(ids, np.ndarray) or (mask is not None and not isinstance(mask, np.ndarray)):
+        return
+    counts = (ids == config.image_token_id if mask is None else mask.astype(bool)).sum(axis=1)
+    bad = np.flatnonzero(counts != per_row)
+    if bad.size:
+        raise ValueError(f"unique_prompts: row {int(bad[0])} holds {int(counts[bad[0]])} image positions; every row "
+                         f"must hold {per_row} (its images' features) to keep its own images")
 
 
 def repeat_rows(x: jax.Array, group_size: int, axis: int = 0) -> jax.Array:

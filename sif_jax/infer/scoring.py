@@ -21,7 +21,6 @@ from sif_jax.infer.groups import repeat_rows, shares_prompts, unique_prompts
 from sif_jax.infer.lm_head import chunked_token_stats
 from sif_jax.lora import dequantize_params
 from sif_jax.model.family import family_of
-from sif_jax.model.vlm import Qwen25VL
 
 Params = Any
 
@@ -107,10 +106,10 @@ def score(
       mass_layers: decoder layers whose masses are averaged (with the heads).
       temperature: log-probs and entropies are of the temperature-scaled distribution.
       group_size: G > 1 declares rows [g * G, (g + 1) * G) copies of one prompt: the prompt runs
-        once per group (`shared_prefix_hidden`; Qwen2.5-VL, other families run every row) and its
-        G completions attend to its keys/values;
-        the result (and its gradient, which sums the G completions' through the prompt) equals
-        group_size=1 up to float rounding.
+        once per group (`shared_prefix_hidden`, for the families of `groups.shares_prompts`:
+        Qwen2.5-VL and LLaVA-1.5; others run every row) and its G completions attend to its
+        keys/values; the result (and its gradient, which sums the G completions' through the
+        prompt) equals group_size=1 up to float rounding.
 
     Token t's entropy and log-prob come from the hidden state before it (position L + t - 1);
     its attention masses from its own query row (position L + t). Image positions are the
@@ -172,8 +171,9 @@ def shared_prefix_hidden(
 
     The P = N / G unique prompts (`groups.unique_prompts`) run with their keys/values returned;
     those are copied to the G rows of each group and the completions run after them
-    (`Qwen25VL.extend`): completion query t attends to its prompt's keys and completion keys
-    0..t, with the validity, visual and region masks of `score_inputs`' [N, L + T] layout.
+    (the family module's `extend`: `vlm.Qwen25VL.extend`, `llava.model.Llava.extend`): completion
+    query t attends to its prompt's keys and completion keys 0..t, with the validity, visual and
+    region masks of `score_inputs`' [N, L + T] layout.
 
     Args:
       prompt: [N, L] prompt batch, G copies per prompt. completion: int [N, T]; completion_mask
@@ -184,17 +184,18 @@ def shared_prefix_hidden(
       completion pass, whose masses are [N, heads, T] over the completion's own query rows).
     """
     prompt = as_arrays(prompt)
+    module = family_of(config).module(config)
     unique = unique_prompts(prompt, group_size, config)
-    _, prompt_aux = Qwen25VL(config).apply({"params": params}, **unique, return_kv=True, return_hidden=True)
+    _, prompt_aux = module.apply({"params": params}, **unique, return_kv=True, return_hidden=True)
     keys, values = prompt_aux["kv"]
     prefix_kv = (repeat_rows(keys, group_size, 1), repeat_rows(values, group_size, 1))
     last = repeat_rows(prompt_aux["hidden"][:, -1:], group_size)
-    inputs = score_inputs(prompt, completion, completion_mask, image_token_id=config.image_token_id)
+    inputs = score_inputs(prompt, completion, completion_mask, image_token_id=config.image_token_id, config=config)
     prompt_len = prompt["input_ids"].shape[1]
-    _, aux = Qwen25VL(config).apply(
+    _, aux = module.apply(
         {"params": params}, completion.astype(jnp.int32), inputs["positions"][:, :, prompt_len:], prefix_kv,
         inputs["attention_mask"].astype(bool), inputs["image_mask"], region_mask=region_mask,
-        return_attention_mass=mass_layers, return_hidden=True, method=Qwen25VL.extend,
+        return_attention_mass=mass_layers, return_hidden=True, method=type(module).extend,
     )
     hidden = jnp.concatenate([last.astype(aux["hidden"].dtype), aux["hidden"][:, :-1]], axis=1)
     return hidden, aux

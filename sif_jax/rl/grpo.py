@@ -66,8 +66,9 @@ class GRPOConfig:
     share_prompts: the G rows of a prompt share its work: the vision tower and the prefill run
       once per prompt in the sampler, and the prompt's activations once per prompt in the policy,
       reference and loss+grad passes (`sampler.generate` / `scoring.score` with group_size=G). The
-      batch must be text-only or in the batched-image layout (`data.batching.collate`). The
-      results equal the unshared passes' up to float rounding.
+      batch must be text-only or in `data.batching.collate`'s per-row image layout. Families of
+      `groups.shares_prompts` (Qwen2.5-VL, LLaVA-1.5); others run every row. The results equal
+      the unshared passes' up to float rounding.
     """
 
     group_size: int = 8
