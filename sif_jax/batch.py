@@ -112,7 +112,9 @@ class Batch:
     inputs: the model arrays. region_mask bool [R, L]: the image positions whose cells overlap a
     target box; region_tokens / visual_tokens int32 [R]: tokens in the region / the image;
     loss_mask bool [R, L] (SFT: the trace and eos labels; else None); target_lengths int32 [R]
-    (SFT: trace + eos; else None). targets: the host lists (not a pytree leaf, never placed).
+    (SFT: trace + eos; else None); answer_start int32 [R] (SFT: the column where the trace's
+    final `<answer>` begins, the eos column when it has none; else None). targets: the host
+    lists (not a pytree leaf, never placed).
     num_real: rows that count (evaluation pads its last batch by repeating a row); None = all.
     """
 
@@ -122,6 +124,7 @@ class Batch:
     visual_tokens: Array = batch_field(0)
     loss_mask: Array = batch_field(0)
     target_lengths: Array = batch_field(0)
+    answer_start: Array = batch_field(0)
     targets: RewardTargets | None = flax.struct.field(pytree_node=False, default=None)
     num_real: int | None = flax.struct.field(pytree_node=False, default=None)
 

@@ -122,12 +122,14 @@ class SFTConfig:
     batch_size: int = 16
     learning_rate: float = 3e-3
     warmup_fraction: float = 0.1
+    answer_weight: float = 1.0
 
     def __post_init__(self) -> None:
         _need(_is_int(self.steps) and self.steps >= 0, "sft.steps", self.steps, "must be >= 0")
         _need(_is_int(self.batch_size) and self.batch_size >= 1, "sft.batch_size", self.batch_size, "must be >= 1")
         _need(self.learning_rate > 0, "sft.learning_rate", self.learning_rate, "must be > 0")
         _need(0 <= self.warmup_fraction < 1, "sft.warmup_fraction", self.warmup_fraction, "must lie in [0, 1)")
+        _need(self.answer_weight > 0, "sft.answer_weight", self.answer_weight, "must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,7 +43,7 @@ from sif_jax.rl import grpo as grpo_lib
 from sif_jax.rl.grpo import GRPOConfig, TrainState
 from sif_jax.rl.rewards import RewardConfig, RewardState
 from sif_jax.run_config import RunConfig, build, validate_config
-from sif_jax.sft import sft_grads
+from sif_jax.sft import loss_weights, sft_grads
 from sif_jax.train_data import TrainData
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
@@ -305,9 +305,11 @@ def _checkpointer(run: Run, phase: str) -> Checkpointer:
 def sft_step(state: TrainState, batch: Batch, *, run: Run, lora: LoraConfig | None,
              apply: Any) -> tuple[TrainState, dict[str, float]]:
     """One SFT step on a collated batch (placed on the mesh): the token-mean NLL of the masked
-    (assistant) tokens and its gradients (`sft.sft_grads`), then the optimizer update `apply`."""
-    denominator = jnp.maximum(jnp.sum(batch.loss_mask[:, 1:]), 1)
-    grads, (nll, tokens) = sft_grads(state.params, batch.inputs, batch.loss_mask, denominator, state.base,
+    (assistant) tokens, answer tokens weighted by `sft.answer_weight` (`sft.loss_weights`), and its
+    gradients (`sft.sft_grads`), then the optimizer update `apply`. Logs that weighted mean."""
+    weights = loss_weights(batch.loss_mask, batch.answer_start, run.config.sft.answer_weight)
+    denominator = jnp.maximum(jnp.sum(weights[:, 1:]), 1.0)
+    grads, (nll, tokens) = sft_grads(state.params, batch.inputs, weights, denominator, state.base,
                                      _dropout_key(lora, state), config=run.model, lora=lora,
                                      grad_shardings=parallel.sharding_leaves(state.params))
     state = apply(state, grads)

@@ -175,8 +175,10 @@ def collate_sft(
     """Supervised rows: prompt + target trace tokens + eos, left-padded like `collate`.
 
     Adds `loss_mask` bool [R, L]: True at the trace and eos tokens (the labels; the loss reads the
-    logits of the position before each), False on padding and the prompt; and `target_lengths`
-    int32 [R] (trace + eos).
+    logits of the position before each), False on padding and the prompt; `target_lengths`
+    int32 [R] (trace + eos); and `answer_start` int32 [R], the column of the example's
+    `answer_start` target token (`Preprocessor`: where the final `<answer>` begins; the eos column
+    when the example has none), which `sft.loss_weights` reads.
     """
     eos = config.eos_token_id if eos_id is None else eos_id
     sequences = [np.concatenate([np.asarray(ex["prompt_tokens"], np.int32), np.asarray(ex["target_tokens"], np.int32),
@@ -187,4 +189,7 @@ def collate_sft(
     length = batch.inputs.input_ids.shape[1]
     target_lengths = np.asarray([len(ex["target_tokens"]) + 1 for ex in examples for _ in range(repeat)], np.int32)
     cols = np.arange(length)[None, :]
-    return batch.replace(loss_mask=cols >= (length - target_lengths)[:, None], target_lengths=target_lengths)
+    answer = np.asarray([ex.get("answer_start", len(ex["target_tokens"])) for ex in examples for _ in range(repeat)],
+                        np.int32)
+    return batch.replace(loss_mask=cols >= (length - target_lengths)[:, None], target_lengths=target_lengths,
+                         answer_start=(length - target_lengths + answer).astype(np.int32))

@@ -306,12 +306,14 @@ class Preprocessor:
             tokens = [img.num_tokens]
         parts = opt.prompt.user_parts(example["problem"], tokens)
         prompt = self.family.chat_prompt_parts(self.tokenizer, parts, opt.system_prompt)
-        target = self.tokenizer.encode(example.get("trace") or "")
+        trace = example.get("trace") or ""
+        target = self.tokenizer.encode(trace)
         depth = example.get("depth")
         choices = list(example.get("choices") or [])
         return {
             "prompt_tokens": np.asarray(prompt, np.int32),
             "target_tokens": np.asarray(target, np.int32),
+            "answer_start": answer_start(self.tokenizer, trace, target),
             **img.arrays,
             "image_patches": img.num_patches,
             "region_cells": img.region_cells,
@@ -322,6 +324,23 @@ class Preprocessor:
             "prompt_id": str(example["id"]),
             "metadata": {k: example.get(k, "") for k in ("id", "family", "relation", "split", "index")},
         }
+
+
+def answer_start(tokenizer: Any, trace: str, target: Sequence[int]) -> int:
+    """The index in `target` (`tokenizer.encode(trace)`) of the first token of the trace's final
+    `<answer>` tag: the tokens of the text before it, where they are a prefix of `target` (else the
+    length of the longest common prefix, the boundary token then counting as the answer's);
+    len(target) when the trace has no `<answer>` (SFT answer weighting then weights the eos only)."""
+    cut = trace.rfind("<answer>")
+    if cut < 0:
+        return len(target)
+    before = list(tokenizer.encode(trace[:cut]))
+    common = 0
+    for a, b in zip(before, target, strict=False):
+        if a != b:
+            break
+        common += 1
+    return common
 
 
 def make_dataset(

@@ -47,6 +47,7 @@ def test_grpo_settings_read_the_typed_config():
 
 @pytest.mark.parametrize("field, value, message", [
     ("grpo.vocab_chunk", 0, r"config\.grpo\.vocab_chunk=0: must be >= 1"),
+    ("sft.answer_weight", 0.0, r"config\.sft\.answer_weight=0\.0: must be > 0"),
     ("checkpoint_every", 0, r"config\.checkpoint_every=0: must be >= 1"),
     ("mesh.fsdp", 0, r"config\.mesh\.fsdp=0: must be -1 or >= 1"),
     ("lora.rank", -1, r"config\.lora\.rank=-1"),
