@@ -19,7 +19,7 @@ from sif_jax.model.cache import KVCache
 from sif_jax.model.family import family_of
 
 ROW_KEYS = ("input_ids", "attention_mask", "image_token_index", "image_mask")
-IMAGE_KEYS = ("pixel_values", "patch_positions", "window_segments", "frame_segments")
+IMAGE_KEYS = ("pixel_values", "patch_positions", "window_segments", "frame_segments", "pos_indices", "pos_weights")
 
 
 def check_groups(input_ids: Any, group_size: int) -> None:
@@ -38,15 +38,16 @@ def check_groups(input_ids: Any, group_size: int) -> None:
                              f"{int(bad[0]) * group_size}..{int(bad[0] + 1) * group_size - 1}) hold different prompts")
 
 
-SHARED_FAMILIES = ("qwen2_5_vl", "llava")
+SHARED_FAMILIES = ("qwen2_5_vl", "llava", "qwen3_vl")
 
 
 def shares_prompts(config: Any) -> bool:
     """Whether `config`'s family runs a group's prompt once (`unique_prompts`, the shared-prefix
-    scoring pass through the module's `extend`). Qwen2.5-VL and LLaVA-1.5 do. Qwen3-VL runs every
-    row (the same result, G times the prompt work): its decoder has no prefix keys/values path
-    (`extend`), and DeepStack adds visual features to the image positions' hidden states inside
-    its first layers, which a completion pass after copied keys/values would not see."""
+    scoring pass through the module's `extend`): Qwen2.5-VL, LLaVA-1.5 and Qwen3-VL do. Qwen3-VL's
+    DeepStack adds visual features to the hidden states of the image positions inside its first
+    layers; those positions are all in the prompt, so the prompt pass's keys/values carry them and
+    a completion pass after the copied keys/values (text only, `Qwen3VL.extend`) equals the full
+    forward's completion positions."""
     return family_of(config).name in SHARED_FAMILIES
 
 
@@ -57,20 +58,24 @@ def unique_prompts(prompt: dict[str, Any], group_size: int, config: Any) -> dict
       prompt: a prompt batch of N rows, G copies per prompt, text-only or with the same number k of
         images per row, row r's images at [r * k, (r + 1) * k) of the leading (images) axis:
         Qwen2.5-VL's batched-image layout of `vlm.prepare_inputs(batch_images=True)` (pixel_values
-        [images, patches, 1176] and `image_token_index` [N, L]), or LLaVA-1.5's pixel_values
-        [images, 3, S, S] (with or without `image_token_index`).
+        [images, patches, 1176] and `image_token_index` [N, L]), Qwen3-VL's of
+        `qwen3_vl.model.prepare_inputs(batch_images=True)` (pixel_values [images, patches, 1536],
+        `image_token_index` [N, L], per-image patch_positions, frame_segments, pos_indices,
+        pos_weights), or LLaVA-1.5's pixel_values [images, 3, S, S] (with or without
+        `image_token_index`).
       config: a config of a family in `SHARED_FAMILIES`.
 
     Returns:
       The family's `model_inputs` of rows 0, G, 2G, ...: their images only (so the vision tower
       runs once per prompt). `image_token_index`, when present, is renumbered to the kept images'
-      features (F per image: patches / merge_unit for Qwen2.5-VL, `image_seq_length` for LLaVA).
+      features (F per image: patches / merge_unit for Qwen2.5-VL and Qwen3-VL, `image_seq_length`
+      for LLaVA).
       Without it (LLaVA) the k-th image position of the batch takes feature row k, row-major;
       keeping whole rows and their images in order keeps that mapping.
 
     Raises:
       ValueError: G does not divide N, host rows of a group differ (`check_groups`), a layout with
-        no per-row images to select (Qwen2.5-VL's flat patch list, pixel_values of another rank),
+        no per-row images to select (the Qwen families' flat patch list, pixel_values of another rank),
         a family outside `SHARED_FAMILIES`, images not a multiple of the rows, or (host arrays,
         LLaVA without `image_token_index`) a row whose image positions are not k * F.
     """
@@ -108,7 +113,7 @@ def unique_prompts(prompt: dict[str, Any], group_size: int, config: Any) -> dict
 def _features_per_image(family: str, inputs: dict[str, Any], config: Any) -> int:
     """F, the feature rows of one image, for a layout `unique_prompts` can split (ValueError otherwise)."""
     shape = np.shape(inputs["pixel_values"])
-    if family == "qwen2_5_vl":
+    if family in ("qwen2_5_vl", "qwen3_vl"):
         if len(shape) != 3 or "image_token_index" not in inputs:
             raise ValueError("unique_prompts needs the batched-image layout (prepare_inputs(batch_images=True)); "
                              f"got pixel_values of shape {shape} without per-row images")

@@ -332,8 +332,8 @@ def generate(
         row in the prefill pass (the paper's choice), k > 0 = the decode step fed token k - 1.
         None = 0 for every row.
       group_size: G > 1 declares rows [g * G, (g + 1) * G) copies of one prompt (`groups`): the
-        vision tower and the prefill run once per prompt (`groups.unique_prompts`: text only, Qwen2.5-VL's
-        batched-image layout or LLaVA's images; other families prefill every row) and the prompt's
+        vision tower and the prefill run once per prompt (`groups.unique_prompts`: text only, the Qwen
+        families' batched-image layout or LLaVA's images; other families prefill every row) and the prompt's
         cache is copied to its G rows; the samples equal those of group_size=1 for the same key.
         Not with `visual_scale`.
 

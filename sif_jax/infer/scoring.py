@@ -107,7 +107,7 @@ def score(
       temperature: log-probs and entropies are of the temperature-scaled distribution.
       group_size: G > 1 declares rows [g * G, (g + 1) * G) copies of one prompt: the prompt runs
         once per group (`shared_prefix_hidden`, for the families of `groups.shares_prompts`:
-        Qwen2.5-VL and LLaVA-1.5; others run every row) and its G completions attend to its
+        Qwen2.5-VL, LLaVA-1.5 and Qwen3-VL; others run every row) and its G completions attend to its
         keys/values; the result (and its gradient, which sums the G completions' through the
         prompt) equals group_size=1 up to float rounding.
 
@@ -171,7 +171,8 @@ def shared_prefix_hidden(
 
     The P = N / G unique prompts (`groups.unique_prompts`) run with their keys/values returned;
     those are copied to the G rows of each group and the completions run after them
-    (the family module's `extend`: `vlm.Qwen25VL.extend`, `llava.model.Llava.extend`): completion
+    (the family module's `extend`: `vlm.Qwen25VL.extend`, `llava.model.Llava.extend`,
+    `qwen3_vl.model.Qwen3VL.extend`): completion
     query t attends to its prompt's keys and completion keys 0..t, with the validity, visual and
     region masks of `score_inputs`' [N, L + T] layout.
 

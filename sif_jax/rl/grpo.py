@@ -67,7 +67,7 @@ class GRPOConfig:
       once per prompt in the sampler, and the prompt's activations once per prompt in the policy,
       reference and loss+grad passes (`sampler.generate` / `scoring.score` with group_size=G). The
       batch must be text-only or in `data.batching.collate`'s per-row image layout. Families of
-      `groups.shares_prompts` (Qwen2.5-VL, LLaVA-1.5); others run every row. The results equal
+      `groups.shares_prompts` (Qwen2.5-VL, LLaVA-1.5, Qwen3-VL); others run every row. The results equal
       the unshared passes' up to float rounding.
     """
 

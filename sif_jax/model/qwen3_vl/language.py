@@ -57,7 +57,8 @@ def interleaved_mrope_cos_sin(positions: jax.Array, config: Qwen3VLTextConfig) -
 
 
 class Qwen3VLDecoderLayer(nn.Module):
-    """One decoder layer (+ its DeepStack addition). `scanned` returns `(x, (kv, masses))`."""
+    """One decoder layer (+ its DeepStack addition). `scanned` returns `(x, (kv, masses))`;
+    `prefix` reads `cache_kv` as a shared prefix's keys/values (as `sif_jax.model.language.DecoderLayer`)."""
 
     config: Qwen3VLTextConfig
     attention_backend: str | None = None
@@ -66,6 +67,7 @@ class Qwen3VLDecoderLayer(nn.Module):
     want_mass: bool = False
     want_kv: bool = False
     scanned: bool = False
+    prefix: bool = False
 
     @nn.compact
     def __call__(
@@ -90,6 +92,9 @@ class Qwen3VLDecoderLayer(nn.Module):
           deepstack: [B, L, hidden] added to the output (zeros off the image positions), or None.
           cache_kv: (keys, values) [B, S, kv_heads, head_dim] for a decode step; this step's
             key/value is written at `cache_index` and attention runs over the whole cache.
+            With `prefix` they are a prefix's keys/values [B, P, kv_heads, head_dim] instead: the
+            L queries attend causally to [prefix, own keys] (Lk = P + L, bottom-right aligned), and
+            kv_valid / visual_mask / region_mask cover those P + L keys.
 
         Returns:
           (x, kv, masses) as `sif_jax.model.language.DecoderLayer`.
@@ -108,6 +113,10 @@ class Qwen3VLDecoderLayer(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache_kv is None:
             keys, values, causal = k, v, True
+        elif self.prefix:
+            keys = jnp.concatenate([cache_kv[0].astype(k.dtype), k], axis=1)
+            values = jnp.concatenate([cache_kv[1].astype(v.dtype), v], axis=1)
+            causal = True
         else:
             keys = jax.lax.dynamic_update_slice_in_dim(cache_kv[0], k.astype(cache_kv[0].dtype), cache_index, axis=1)
             values = jax.lax.dynamic_update_slice_in_dim(cache_kv[1], v.astype(cache_kv[1].dtype), cache_index,
@@ -128,7 +137,7 @@ class Qwen3VLDecoderLayer(nn.Module):
         if deepstack is not None:
             x = x + deepstack.astype(x.dtype)
         masses = (result.region_mass, result.visual_mass) if self.want_mass else None
-        kv = (keys, values) if (self.want_kv or cache_kv is not None) else None
+        kv = (keys, values) if (self.want_kv or (cache_kv is not None and not self.prefix)) else None
         if self.scanned:
             return x, (kv, masses)
         return x, kv, masses
@@ -178,13 +187,20 @@ class Qwen3VLDecoder(nn.Module):
         cache_index: jax.Array | None = None,
         return_kv: bool = False,
         return_hidden: bool = False,
+        prefix_kv: tuple[jax.Array, jax.Array] | None = None,
     ) -> tuple[jax.Array | None, dict]:
         """embeddings [B, L, hidden], positions int [3, B, L] -> (logits [B, L, vocab] f32, aux).
 
         `deepstack` [levels, B, L, hidden]: level i is added after layer i (zeros where no image).
+        `prefix_kv` = (keys, values) [layers, B, P, kv_heads, head_dim] of a prefix these L tokens
+        continue (a prompt's aux["kv"], one copy per row): every layer's queries attend causally to
+        the prefix's keys and their own; kv_valid, visual_mask and region_mask are then [B, P + L].
+        The prefix's DeepStack additions are already in its keys/values (they touch only its image
+        positions), so the continuation takes no `deepstack`. Scanned and unrolled layers alike.
         Outputs, `return_hidden`, aux["attention_mass"] and aux["kv"] as
         `sif_jax.model.language.Decoder.__call__`. Raises ValueError for a mass layer outside
-        [0, num_layers) or more DeepStack levels than layers.
+        [0, num_layers), more DeepStack levels than layers, `prefix_kv` with `cache_kv`, or
+        `prefix_kv` with `deepstack`.
         """
         c = self.config
         for i in mass_layers:
@@ -193,11 +209,17 @@ class Qwen3VLDecoder(nn.Module):
         levels = 0 if deepstack is None else deepstack.shape[0]
         if levels > c.num_layers:
             raise ValueError(f"deepstack has {levels} levels; the decoder has {c.num_layers} layers")
+        if prefix_kv is not None:
+            if cache_kv is not None:
+                raise ValueError("prefix_kv and cache_kv are exclusive")
+            if levels:
+                raise ValueError("prefix_kv: the continuation takes no deepstack (image positions are the prefix's)")
+            cache_kv = prefix_kv
         cos, sin = interleaved_mrope_cos_sin(positions, c)
-        want_kv = return_kv or cache_kv is not None
+        want_kv = return_kv or (cache_kv is not None and prefix_kv is None)
         layer_args = (cos, sin, kv_valid, visual_mask, visual_scale, region_mask)
         kw = dict(config=c, attention_backend=self.attention_backend, dtype=DTYPES[self.dtype],
-                  param_dtype=DTYPES[self.param_dtype], want_kv=want_kv)
+                  param_dtype=DTYPES[self.param_dtype], want_kv=want_kv, prefix=prefix_kv is not None)
         if self.scan_layers:
             # One body: every layer adds its DeepStack slice, zeros beyond the last level.
             per_layer = None

@@ -135,6 +135,38 @@ class Qwen3VL(nn.Module):
             return_hidden=return_hidden,
         )
 
+    def extend(
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        prefix_kv: tuple[jax.Array, jax.Array],
+        kv_valid: jax.Array,
+        visual_mask: jax.Array,
+        *,
+        region_mask: jax.Array | None = None,
+        return_attention_mass: Sequence[int] = (),
+        return_hidden: bool = False,
+    ) -> tuple[jax.Array | None, dict]:
+        """Text tokens continuing a prefix that was run before (e.g. completions after a shared prompt).
+
+        Args:
+          input_ids: int [B, L] (embedded as text, no DeepStack input); positions: int [3, B, L].
+          prefix_kv: (keys, values) [layers, B, P, kv_heads, head_dim], the prefix's aux["kv"].
+          kv_valid, visual_mask, region_mask: bool [B, P + L] over the prefix's keys then these.
+          return_attention_mass, return_hidden: as `__call__` (masses [B, heads, L] of these rows).
+
+        Returns:
+          As `__call__` over these L positions: query i attends to the prefix and to tokens 0..i,
+          so the result equals the full forward's last L positions of [prefix, input_ids] when the
+          prefix holds every image position (DeepStack adds to image positions only, and the
+          prefix's keys/values already carry it; `Qwen3VLDecoder`'s `prefix_kv`).
+        """
+        return self.text(
+            self.text.embed(input_ids), positions,
+            kv_valid=kv_valid, visual_mask=visual_mask, region_mask=region_mask,
+            mass_layers=tuple(return_attention_mass), prefix_kv=prefix_kv, return_hidden=return_hidden,
+        )
+
     def decode_step(
         self,
         input_ids: jax.Array,
