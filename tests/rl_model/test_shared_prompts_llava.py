@@ -20,8 +20,10 @@ from sif_jax.infer.scoring import score
 from sif_jax.model import family
 from sif_jax.model.llava.config import llava_1_5_tiny
 from sif_jax.model.llava.model import Llava
-from sif_jax.rl.grpo import GRPOConfig, loss_grads
-from sif_jax.rl.types import Rollout
+from tests.rl_model.shared_checks import (
+    assert_shared_loss_gradient_equals_full,
+    assert_shared_scores_equal_full,
+)
 
 G = 3
 
@@ -161,38 +163,15 @@ def test_scoring_with_a_shared_prefix_equals_the_full_pass(setup, scan_layers):
     run = functools.partial(score, params, _device(fam, batch.inputs), completion, mask,
                             jnp.asarray(batch.region_mask), config=config, mass_layers=(0, 1), temperature=0.7,
                             vocab_chunk=256)
-    full, shared = run(group_size=1), run(group_size=G)
-    for name in ("logprobs", "entropies", "region_mass", "visual_mass"):
-        a, b = np.asarray(getattr(shared, name)), np.asarray(getattr(full, name))
-        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)
-    assert np.abs(np.asarray(full.visual_mass)).sum() > 0 and np.abs(np.asarray(full.region_mass)).sum() > 0
+    assert_shared_scores_equal_full(run, G)
 
 
 def test_loss_gradient_through_the_shared_prompt_equals_the_full_pass(setup):
     config, fam, params, batch, _ = setup
     prompt = _device(fam, batch.inputs)
     completion, mask = _completion(batch, config, seed=1)
-    rows = completion.shape[0]
-    rng = np.random.default_rng(2)
-    old = score(params, prompt, completion, mask, config=config, temperature=0.7, vocab_chunk=256).logprobs
-    old = old + jnp.asarray(rng.normal(0, 0.05, old.shape), jnp.float32) * mask
-    ref = old + jnp.asarray(rng.normal(0, 0.05, old.shape), jnp.float32) * mask
-    advantages = jnp.asarray(rng.standard_normal(rows), jnp.float32)
-    out = {}
-    for share in (False, True):
-        grpo = GRPOConfig(group_size=G, beta=0.04, share_prompts=share, vocab_chunk=256,
-                          sampling=SamplingConfig(temperature=0.7))
-        rollout = Rollout.create(prompt, completion, mask, old, ref, advantages, loss_mask=mask)
-        out[share] = loss_grads(params, rollout, jnp.float32(rows), config=config, grpo=grpo)
-    (g_full, (num_full, _, _)), (g_shared, (num_shared, _, _)) = out[False], out[True]
-    np.testing.assert_allclose(float(num_shared), float(num_full), atol=1e-5)
-    flat_full = jax.tree_util.tree_leaves_with_path(g_full)
-    flat_shared = jax.tree.leaves(g_shared)
-    vision_norm = 0.0
-    for (path, a), b in zip(flat_full, flat_shared, strict=True):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, err_msg=jax.tree_util.keystr(path))
-        if "vision_tower" in jax.tree_util.keystr(path):
-            vision_norm += float(jnp.sum(a * a))
+    leaves = assert_shared_loss_gradient_equals_full(params, prompt, completion, mask, config=config, group_size=G)
+    vision_norm = sum(float(jnp.sum(a * a)) for name, a in leaves if "vision_tower" in name)
     assert vision_norm > 0  # the gradient does reach the vision tower through the prompt
 
 
