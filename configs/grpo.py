@@ -18,6 +18,8 @@ Variants (`get_config(arg)`, comma-separated; from Python `configs.grpo.get_conf
   small        the `small` preset (~20M parameters, same code path and tokenizer as `tiny`): 1200 SFT
                steps of 8 traces at lr 1e-3, 40 GRPO steps at lr 2e-5, 256 held-out examples (per-family
                accuracy resolves to about +-0.06); about 2 hours on a 2-core CPU, minutes on one accelerator.
+               Not yet above chance: through SFT step 500 its predictions do not depend on the image
+               (benchmarks/sft_probe.py --other_image; benchmarks/RESULTS.md, "a teacher-forced probe").
                The tiny model (0.3M) stops at an SFT loss of ~1.7 without completing a trace (format 0
                after 100 steps): 59% of the trace tokens are box digits, and the answer is 1.7% of them.
 """
