@@ -62,3 +62,4 @@ def test_every_builtin_trace_has_each_segment():
 def test_pieces_must_spell_the_trace():
     with pytest.raises(ValueError, match="do not spell"):
         _probe().segment_labels("<answer>yes</answer>", ["<answer>", "no", "</answer>"])
+
