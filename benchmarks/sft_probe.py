@@ -79,13 +79,21 @@ def segment_labels(trace: str, pieces: Sequence[str]) -> list[str]:
     return labels
 
 
-def probe(params: Any, config: Any, examples: Sequence[dict[str, Any]], processed: Sequence[dict[str, Any]],
-          tokenizer: Any, batch_size: int = 8) -> dict[str, Any]:
-    """Teacher-forced next-token accuracy and NLL per segment, overall and per family."""
+def trace_labels(examples: Sequence[dict[str, Any]], processed: Sequence[dict[str, Any]],
+                 tokenizer: Any) -> list[list[str]]:
+    """Per example, the segment of each target token and of the eos after them."""
+    out = []
+    for ex, pex in zip(examples, processed, strict=True):
+        pieces = [tokenizer.decode([int(t)], skip_special_tokens=False) for t in pex["target_tokens"]]
+        out.append([*segment_labels(ex["trace"], pieces), "syntax"])  # eos
+    return out
+
+
+def make_forward(config: Any) -> Any:
+    """jit(params, inputs) -> (argmax int [B, L], log-probs float32 [B, L, vocab])."""
     import jax
     import jax.numpy as jnp
 
-    from sif_jax.data.batching import collate_sft
     from sif_jax.model.family import family_of
 
     family = family_of(config)
@@ -97,24 +105,31 @@ def probe(params: Any, config: Any, examples: Sequence[dict[str, Any]], processe
         logits = aux["hidden"].astype(jnp.float32) @ family.lm_head_kernel(p, config).astype(jnp.float32)
         return jnp.argmax(logits, -1), jax.nn.log_softmax(logits, -1)
 
+    return forward
+
+
+def probe(forward: Any, params: Any, config: Any, examples: Sequence[dict[str, Any]],
+          processed: Sequence[dict[str, Any]], labels: Sequence[list[str]], batch_size: int = 8) -> dict[str, Any]:
+    """Teacher-forced next-token accuracy and NLL per segment, overall and per family (`forward`:
+    `make_forward(config)`; `labels`: `trace_labels(examples, processed, tokenizer)`)."""
+    from sif_jax.data.batching import collate_sft
+
     hits: dict[tuple[str, str], list[float]] = defaultdict(list)
     nll: dict[tuple[str, str], list[float]] = defaultdict(list)
     exact: dict[str, list[float]] = defaultdict(list)
     for start in range(0, len(processed), batch_size):
         chunk = list(processed[start:start + batch_size])
         raw = list(examples[start:start + batch_size])
+        segs = labels[start:start + batch_size]
         batch = collate_sft(chunk, config, length_buckets=(192, 512, 640), patch_buckets=(256,))
         pred, logp = forward(params, batch.inputs.arrays())
         pred, logp = np.asarray(pred), np.asarray(logp)
         ids = np.asarray(batch.inputs.input_ids)
         length = ids.shape[1]
-        for r, (ex, pex) in enumerate(zip(raw, chunk, strict=True)):
-            target = [int(t) for t in pex["target_tokens"]]
-            labels = segment_labels(ex["trace"], [tokenizer.decode([t], skip_special_tokens=False) for t in target])
-            labels.append("syntax")  # eos
-            first = length - len(labels)  # the trace's first column (left padding)
+        for r, (ex, row_labels) in enumerate(zip(raw, segs, strict=True)):
+            first = length - len(row_labels)  # the trace's first column (left padding)
             ok_answer = []
-            for j, seg in enumerate(labels):
+            for j, seg in enumerate(row_labels):
                 col = first + j
                 hit = float(pred[r, col - 1] == ids[r, col])
                 lp = float(-logp[r, col - 1, ids[r, col]])
@@ -173,12 +188,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     image_keys = ("pixel_values", "image_grid_thw", "image_patches")
     swapped = [{**p, **{k: processed[(i + 1) % len(processed)][k] for k in image_keys}}
                for i, p in enumerate(processed)]
+    labels = trace_labels(examples, processed, tokenizer)
+    forward = make_forward(info.config)
     results: dict[Any, Any] = {}
     for step in steps:
         saved = _restore_state_items(os.path.join(os.path.abspath(args.run), "sft"), step, None, lora_phase=False)
         params = to_layout(saved["params"], info.config)
         runs = {"own image": processed, **({"other image": swapped} if args.other_image else {})}
-        results[step] = {name: probe(params, info.config, examples, data, tokenizer) for name, data in runs.items()}
+        results[step] = {name: probe(forward, params, info.config, examples, data, labels)
+                         for name, data in runs.items()}
         for name, res in results[step].items():
             row = res["all"]
             print(f"step {step} ({name}): " + "  ".join(f"{s} {row.get('acc_' + s, float('nan')):.3f}"
