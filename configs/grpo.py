@@ -70,6 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sft.learning_rate = 3e-3  # from scratch; the released models use 1e-4 (METHODS §1.4)
     c.sft.warmup_fraction = 0.1
     c.sft.answer_weight = 1.0  # loss weight of the <answer>...</answer> tokens and eos (the rest of the trace: 1)
+    c.sft.caption_fraction = 0.0  # built-in task: share of SFT examples that are grounding captions (data/captions.py)
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.steps = 30

@@ -123,6 +123,7 @@ class SFTConfig:
     learning_rate: float = 3e-3
     warmup_fraction: float = 0.1
     answer_weight: float = 1.0
+    caption_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         _need(_is_int(self.steps) and self.steps >= 0, "sft.steps", self.steps, "must be >= 0")
@@ -130,6 +131,7 @@ class SFTConfig:
         _need(self.learning_rate > 0, "sft.learning_rate", self.learning_rate, "must be > 0")
         _need(0 <= self.warmup_fraction < 1, "sft.warmup_fraction", self.warmup_fraction, "must lie in [0, 1)")
         _need(self.answer_weight > 0, "sft.answer_weight", self.answer_weight, "must be > 0")
+        _need(0 <= self.caption_fraction <= 1, "sft.caption_fraction", self.caption_fraction, "must lie in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,6 +318,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         _need(_is_int(self.seed), "seed", self.seed, "must be an integer")
         _need(_is_int(self.log_every) and self.log_every >= 1, "log_every", self.log_every, "must be >= 1")
+        _need(self.sft.caption_fraction == 0 or self.data.source == "builtin", "sft.caption_fraction",
+              self.sft.caption_fraction, f"grounding captions need the built-in task's scenes, not "
+              f"config.data.source={self.data.source!r}")
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)

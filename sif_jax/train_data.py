@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sif_jax.batch import Batch
 from sif_jax.data import pipeline, sources
+from sif_jax.data.captions import CaptionMix
 from sif_jax.data.prompts import get_prompt
 from sif_jax.data.scenes import SceneConfig
 from sif_jax.data.tokenizer import BuiltinTokenizer, Tokenizer, check_tokenizer
@@ -101,6 +102,9 @@ class TrainData:
         """The SFT examples: the training source, less records without an assistant trace (GQA, SAYO,
         VSR and WhatsUp carry none). ValueError when none is left."""
         src = self._train_source
+        fraction = self.config.sft.caption_fraction
+        if fraction > 0:  # the built-in task (checked by run_config)
+            return CaptionMix(src, fraction, seed=self.config.seed)
         if not isinstance(src, sources.RecordSource):
             return src
         with_trace = [r for r in src.records if sources.assistant_trace(r)]
