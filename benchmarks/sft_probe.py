@@ -80,13 +80,26 @@ def segment_labels(trace: str, pieces: Sequence[str]) -> list[str]:
 
 
 def trace_labels(examples: Sequence[dict[str, Any]], processed: Sequence[dict[str, Any]],
-                 tokenizer: Any) -> list[list[str]]:
-    """Per example, the segment of each target token and of the eos after them."""
+                 tokenizer: Any, captions: bool = False) -> list[list[str]]:
+    """Per example, the segment of each target token and of the eos after them. `captions`: every
+    step text is an object's name, labelled `text` (a caption has no goal or conclusion)."""
     out = []
     for ex, pex in zip(examples, processed, strict=True):
         pieces = [tokenizer.decode([int(t)], skip_special_tokens=False) for t in pex["target_tokens"]]
-        out.append([*segment_labels(ex["trace"], pieces), "syntax"])  # eos
+        labels = [*segment_labels(ex["trace"], pieces), "syntax"]  # eos
+        out.append([("text" if s in ("goal", "conclusion") else s) for s in labels] if captions else labels)
     return out
+
+
+def probe_examples(source: Any, n: int, captions: bool = False) -> list[dict[str, Any]]:
+    """The first `n` examples of a `BuiltinSource`, or (`captions`) the grounding captions of the same
+    scenes (`sif_jax.data.captions`)."""
+    if not captions:
+        return [source[i] for i in range(n)]
+    from sif_jax.data.captions import caption_example
+    from sif_jax.data.scenes import generate_scene
+
+    return [caption_example(generate_scene(source.scene_seed(i), source.scene_config), i) for i in range(n)]
 
 
 def make_forward(config: Any) -> Any:
@@ -166,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--image_size", type=int, default=224)
     ap.add_argument("--other_image", action="store_true",
                     help="also probe with each example given the next example's image (a counterfactual)")
+    ap.add_argument("--captions", action="store_true",
+                    help="probe grounding captions of the held-out scenes (sif_jax/data/captions.py) instead of "
+                         "their questions' traces: `text` is then the objects' names, `answer` their number")
     ap.add_argument("--out", default="", help="write every number here (JSON)")
     args = ap.parse_args(argv)
 
@@ -183,12 +199,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     source = BuiltinSource(seed=args.seed, size=args.examples, split="test",
                            scene_config=SceneConfig(height=args.image_size, width=args.image_size))
     pre = Preprocessor(tokenizer, info.config, PreprocessConfig.from_prompt(get_prompt("builtin")))
-    examples = [source[i] for i in range(args.examples)]
+    examples = probe_examples(source, args.examples, captions=args.captions)
     processed = [pre(ex) for ex in examples]
     image_keys = ("pixel_values", "image_grid_thw", "image_patches")
     swapped = [{**p, **{k: processed[(i + 1) % len(processed)][k] for k in image_keys}}
                for i, p in enumerate(processed)]
-    labels = trace_labels(examples, processed, tokenizer)
+    labels = trace_labels(examples, processed, tokenizer, captions=args.captions)
     forward = make_forward(info.config)
     results: dict[Any, Any] = {}
     for step in steps:
@@ -212,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                           flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"run": args.run, "examples": args.examples, "seed": args.seed, "steps": results}, f, indent=1)
+            json.dump({"run": args.run, "examples": args.examples, "seed": args.seed, "captions": args.captions,
+                       "steps": results}, f, indent=1)
 
 
 if __name__ == "__main__":

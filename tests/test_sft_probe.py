@@ -63,3 +63,23 @@ def test_pieces_must_spell_the_trace():
     with pytest.raises(ValueError, match="do not spell"):
         _probe().segment_labels("<answer>yes</answer>", ["<answer>", "no", "</answer>"])
 
+
+
+def test_caption_probe_labels_names_as_text():
+    from sif_jax.data.pipeline import Preprocessor
+    from sif_jax.model.config import tiny
+
+    probe, tok = _probe(), BuiltinTokenizer()
+    source = BuiltinSource(seed=3, size=4, split="test")
+    examples = probe.probe_examples(source, 4, captions=True)
+    assert [ex["family"] for ex in examples] == ["caption"] * 4
+    assert [ex["image"].tobytes() for ex in examples] == [source[i]["image"].tobytes() for i in range(4)]
+    pre = Preprocessor(tok, tiny())
+    processed = [pre(ex) for ex in examples]
+    for ex, pex, labels in zip(examples, processed, probe.trace_labels(examples, processed, tok, captions=True),
+                               strict=True):
+        assert len(labels) == len(pex["target_tokens"]) + 1
+        assert {"box", "depth", "text", "answer", "syntax"} == set(labels), ex["id"]
+        names = "".join(tok.decode([int(t)]) for t, s in zip(pex["target_tokens"], labels, strict=False)
+                        if s == "text")
+        assert names.count("The ") == int(ex["answer"])
