@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--learning_rate", type=float, default=1e-3)
     ap.add_argument("--eval_images", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--image_size", type=int, default=224, help="scene height and width in pixels")
     ap.add_argument("--save", default="", help="write the trained tower's params here (.npz)")
     args = ap.parse_args(argv)
 
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from sif_jax.data.batching import collate
     from sif_jax.data.pipeline import BuiltinSource, PreprocessConfig, Preprocessor
     from sif_jax.data.prompts import get_prompt
-    from sif_jax.data.scenes import COLORS, SHAPES, generate_scene
+    from sif_jax.data.scenes import COLORS, SHAPES, SceneConfig, generate_scene
     from sif_jax.data.tokenizer import BuiltinTokenizer
     from sif_jax.model.family import family_of, get_preset
 
@@ -82,7 +83,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     keys = ("pixel_values", "patch_positions", "window_segments", "frame_segments")
 
     def batch(source: Any, indices: Sequence[int]) -> tuple[dict[str, Any], np.ndarray]:
-        b = collate([pre(source[i]) for i in indices], config, length_buckets=(256,), patch_buckets=(256,))
+        rows = [pre(source[i]) for i in indices]
+        patches = max(r["image_patches"] for r in rows)
+        b = collate(rows, config, length_buckets=(patches // config.vision.merge_unit + 256,),
+                    patch_buckets=(patches,))
         inputs = family.model_inputs(b.inputs.arrays())
         labels = np.concatenate([cell_labels(generate_scene(source.scene_seed(i), source.scene_config), cell)
                                  for i in indices])
@@ -111,8 +115,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return optax.apply_updates(trained, updates), opt_state, loss
 
     predict = jax.jit(lambda t, v: jnp.argmax(logits_of(t, v), -1))
-    train = BuiltinSource(seed=args.seed, size=10**6, split="train")
-    test = BuiltinSource(seed=args.seed, size=args.eval_images, split="test")
+    scenes = SceneConfig(height=args.image_size, width=args.image_size)
+    train = BuiltinSource(seed=args.seed, size=10**6, split="train", scene_config=scenes)
+    test = BuiltinSource(seed=args.seed, size=args.eval_images, split="test", scene_config=scenes)
 
     def evaluate(t: Any) -> dict[str, float]:
         preds, labels = [], []
