@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.workdir = "workdir/grpo"
     c.seed = 0
     c.freeze_vision = True
+    c.vision_init = ""  # .npz of vision tower params to start from (benchmarks/vision_cells.py --save)
 
     c.data = ml_collections.ConfigDict()
     # builtin | tfds:<dir>[:<name>] | sif_json:<file>[:<image_root>] | gqa:<questions>:<scene_graphs>:<image_dir>
@@ -71,6 +72,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sft.warmup_fraction = 0.1
     c.sft.answer_weight = 1.0  # loss weight of the <answer>...</answer> tokens and eos (the rest of the trace: 1)
     c.sft.caption_fraction = 0.0  # built-in task: share of SFT examples that are grounding captions (data/captions.py)
+    c.sft.region_attention_weight = 0.0  # λ of the SFT region-attention loss (sif_jax/region_supervision.py)
+    c.sft.region_attention_layers = (-1,)  # decoder layers it supervises, heads averaged (-1 = the last)
+    c.sft.freeze_vision = False  # keep the vision tower fixed during SFT (e.g. after model.vision_init)
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.steps = 30

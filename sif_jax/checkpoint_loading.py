@@ -279,3 +279,28 @@ def load_model(path: str, *, model: str = "", tokenizer: str = "", attention_bac
         check_tokenizer(tok, info.config, what=f"{flag_prefix}tokenizer")
     params = jax.device_put(load_params(info))
     return LoadedModel(info, info.config, params, tok)
+
+
+def load_vision_tower(path: str, visual: Any, field: str = "config.vision_init") -> Any:
+    """The vision tower params `visual` (the `params["visual"]` tree) replaced by the arrays of the
+    .npz at `path`, keyed by `jax.tree_util.keystr` of each leaf's path (what
+    `benchmarks/vision_cells.py --save` writes: a tower pre-trained on per-cell object labels), cast to
+    each leaf's dtype. ValueError naming `field`, the file and the leaf for a missing file, a missing
+    leaf or another shape."""
+    import jax
+
+    if not os.path.isfile(path):
+        raise ValueError(f"{field}={path!r}: no such file")
+    with np.load(path) as saved:
+        arrays = {k: saved[k] for k in saved.files}
+
+    def take(key_path: Any, leaf: Any) -> Any:
+        key = jax.tree_util.keystr(key_path)
+        if key not in arrays:
+            raise ValueError(f"{field}={path!r}: no array for the vision tower's {key} (saved for another model "
+                             "or layer layout?)")
+        if arrays[key].shape != leaf.shape:
+            raise ValueError(f"{field}={path!r}: {key} has shape {arrays[key].shape}, the model's is {leaf.shape}")
+        return jax.numpy.asarray(arrays[key], leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(take, visual)

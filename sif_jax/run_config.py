@@ -48,7 +48,8 @@ def _is_int(value: Any) -> bool:
 @dataclasses.dataclass(frozen=True)
 class ModelChoice:
     """Which model and how it runs: `config.model` (a preset name), `init_checkpoint`, `tokenizer`,
-    `attention_backend`, `scan_layers`, `remat_policy`, `freeze_vision` (GRPO leaves the vision tower fixed)."""
+    `attention_backend`, `scan_layers`, `remat_policy`, `freeze_vision` (GRPO leaves the vision tower fixed),
+    `vision_init` (an .npz of vision tower params, `checkpoint_loading.load_vision_tower`)."""
 
     KEYS: ClassVar[dict[str, str]] = {"preset": "model"}  # dataclass field -> config key, where they differ
 
@@ -59,6 +60,7 @@ class ModelChoice:
     scan_layers: bool = False
     remat_policy: str = "none"
     freeze_vision: bool = True
+    vision_init: str = ""
 
     def __post_init__(self) -> None:
         names = presets()
@@ -124,6 +126,9 @@ class SFTConfig:
     warmup_fraction: float = 0.1
     answer_weight: float = 1.0
     caption_fraction: float = 0.0
+    region_attention_weight: float = 0.0
+    region_attention_layers: tuple[int, ...] = (-1,)
+    freeze_vision: bool = False
 
     def __post_init__(self) -> None:
         _need(_is_int(self.steps) and self.steps >= 0, "sft.steps", self.steps, "must be >= 0")
@@ -132,6 +137,11 @@ class SFTConfig:
         _need(0 <= self.warmup_fraction < 1, "sft.warmup_fraction", self.warmup_fraction, "must lie in [0, 1)")
         _need(self.answer_weight > 0, "sft.answer_weight", self.answer_weight, "must be > 0")
         _need(0 <= self.caption_fraction <= 1, "sft.caption_fraction", self.caption_fraction, "must lie in [0, 1]")
+        _need(self.region_attention_weight >= 0, "sft.region_attention_weight", self.region_attention_weight,
+              "must be >= 0")
+        _need(len(self.region_attention_layers) > 0 and all(_is_int(i) for i in self.region_attention_layers),
+              "sft.region_attention_layers", self.region_attention_layers, "name at least one decoder layer")
+        _need(isinstance(self.freeze_vision, bool), "sft.freeze_vision", self.freeze_vision, "must be True or False")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,6 +328,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         _need(_is_int(self.seed), "seed", self.seed, "must be an integer")
         _need(_is_int(self.log_every) and self.log_every >= 1, "log_every", self.log_every, "must be >= 1")
+        _need(self.sft.region_attention_weight == 0 or not self.model.scan_layers, "sft.region_attention_weight",
+              self.sft.region_attention_weight, "region-attention supervision records each decoder layer's queries "
+              "and keys: needs scan_layers=False")
         _need(self.sft.caption_fraction == 0 or self.data.source == "builtin", "sft.caption_fraction",
               self.sft.caption_fraction, f"grounding captions need the built-in task's scenes, not "
               f"config.data.source={self.data.source!r}")
@@ -413,6 +426,9 @@ def check_run(rc: RunConfig, check_paths: bool = True, *, check_files: bool = Tr
               lo.init_adapter, "is not a PEFT adapter directory (no adapter_config.json)")
     if m.init_checkpoint and check_paths:
         _need(os.path.isdir(m.init_checkpoint), "init_checkpoint", m.init_checkpoint, "is not a directory")
+    if m.vision_init and check_paths:
+        _need(os.path.isfile(m.vision_init), "vision_init", m.vision_init,
+              "is not a file (an .npz of vision tower params, benchmarks/vision_cells.py --save)")
     hf_init = bool(m.init_checkpoint) and os.path.exists(os.path.join(m.init_checkpoint, "config.json"))
     if m.tokenizer and m.tokenizer != "builtin":
         _need(not check_paths or os.path.isfile(m.tokenizer), "tokenizer", m.tokenizer,

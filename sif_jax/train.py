@@ -26,7 +26,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from sif_jax import lora as lora_lib
-from sif_jax import parallel
+from sif_jax import parallel, region_supervision
 from sif_jax.batch import Batch
 from sif_jax.checkpoint import Checkpointer, load_run_params, run_checkpoint_meta
 from sif_jax.convert.hf import load_hf_checkpoint
@@ -149,6 +149,11 @@ def _setup(config: ml_collections.ConfigDict | RunConfig) -> tuple[Run, Any]:
             jax.random.key(config.seed))
     else:
         params = jax.device_put(params, run_.param_shardings)
+    if m.vision_init:  # a pre-trained vision tower (benchmarks/vision_cells.py --save)
+        from sif_jax.checkpoint_loading import load_vision_tower
+
+        visual = load_vision_tower(m.vision_init, params["visual"])
+        params = jax.device_put({**params, "visual": visual}, run_.param_shardings)
     epath.Path(config.workdir).mkdir(parents=True, exist_ok=True)  # local or gs://
     return run_, params
 
@@ -287,9 +292,11 @@ def sft_schedule(steps: int, learning_rate: float, warmup_fraction: float) -> op
 
 
 def sft_optimizer(config: ml_collections.ConfigDict | RunConfig) -> optax.GradientTransformation:
-    """AdamW with warm-up + cosine decay over `sft.steps` (`sft_schedule`); the vision tower trains."""
+    """AdamW with warm-up + cosine decay over `sft.steps` (`sft_schedule`); the vision tower trains
+    unless `sft.freeze_vision`."""
     sft = as_run_config(config).sft
-    return make_optimizer(sft_schedule(sft.steps, sft.learning_rate, sft.warmup_fraction), freeze_vision=False)
+    return make_optimizer(sft_schedule(sft.steps, sft.learning_rate, sft.warmup_fraction),
+                          freeze_vision=sft.freeze_vision)
 
 
 def grpo_optimizer(config: ml_collections.ConfigDict | RunConfig) -> optax.GradientTransformation:
@@ -305,15 +312,26 @@ def _checkpointer(run: Run, phase: str) -> Checkpointer:
 def sft_step(state: TrainState, batch: Batch, *, run: Run, lora: LoraConfig | None,
              apply: Any) -> tuple[TrainState, dict[str, float]]:
     """One SFT step on a collated batch (placed on the mesh): the token-mean NLL of the masked
-    (assistant) tokens, answer tokens weighted by `sft.answer_weight` (`sft.loss_weights`), and its
-    gradients (`sft.sft_grads`), then the optimizer update `apply`. Logs that weighted mean."""
-    weights = loss_weights(batch.loss_mask, batch.answer_start, run.config.sft.answer_weight)
+    (assistant) tokens, answer tokens weighted by `sft.answer_weight` (`sft.loss_weights`), plus
+    `sft.region_attention_weight` × the region-attention term (`region_supervision`), and its
+    gradients (`sft.sft_grads`), then the optimizer update `apply`. Logs the weighted NLL mean and,
+    when supervised, the mean −log region mass (`sft_region_nll`)."""
+    sft = run.config.sft
+    weights = loss_weights(batch.loss_mask, batch.answer_start, sft.answer_weight)
     denominator = jnp.maximum(jnp.sum(weights[:, 1:]), 1.0)
-    grads, (nll, tokens) = sft_grads(state.params, batch.inputs, weights, denominator, state.base,
-                                     _dropout_key(lora, state), config=run.model, lora=lora,
-                                     grad_shardings=parallel.sharding_leaves(state.params))
+    supervised = sft.region_attention_weight > 0
+    layers = region_supervision.layer_indices(sft.region_attention_layers, run.model.text.num_layers) \
+        if supervised else ()
+    grads, (nll, tokens, region_sum, region_rows) = sft_grads(
+        state.params, batch.inputs, weights, denominator, state.base, _dropout_key(lora, state),
+        batch.region_mask if supervised else None, config=run.model, lora=lora,
+        grad_shardings=parallel.sharding_leaves(state.params), region_weight=float(sft.region_attention_weight),
+        region_layers=layers)
     state = apply(state, grads)
-    return state, {"sft_loss": float(nll / tokens)}
+    metrics = {"sft_loss": float(nll / tokens)}
+    if supervised:
+        metrics["sft_region_nll"] = float(region_sum / max(float(region_rows), 1.0))
+    return state, metrics
 
 
 def run_sft(run: Run, params: Any, *, stop_after: int | None = None) -> Any:

@@ -17,8 +17,8 @@ def test_every_field_of_the_config_file_reaches_the_typed_config():
     c = grpo.get_config()
     rc = run_config.build(c, check_files=False)
     assert rc.model.preset == c.model and rc.model.attention_backend == c.attention_backend
-    assert (rc.model.scan_layers, rc.model.remat_policy, rc.model.freeze_vision) == (
-        c.scan_layers, c.remat_policy, c.freeze_vision)
+    assert (rc.model.scan_layers, rc.model.remat_policy, rc.model.freeze_vision, rc.model.vision_init) == (
+        c.scan_layers, c.remat_policy, c.freeze_vision, c.vision_init)
     assert (rc.workdir, rc.seed, rc.log_every) == (c.workdir, c.seed, c.log_every)
     assert (rc.checkpointing.every, rc.checkpointing.max_to_keep) == (c.checkpoint_every, c.max_checkpoints)
     for section in ("data", "sft", "grpo", "lora", "mesh", "distributed"):

@@ -236,9 +236,9 @@ def test_sft_adapter_gradient_is_the_projected_full_gradient(tiny_hf, hf_tiny_io
     adapters = random_adapters(specs, 4)
     batch = {**prompt, "loss_mask": jnp.asarray(hf_tiny_io["attention_mask"], bool)}
     denominator = jnp.asarray(10.0)
-    grads, (num, _) = sft_grads(adapters, batch, batch["loss_mask"], denominator, params, config=config, lora=lora)
+    grads, (num, *_) = sft_grads(adapters, batch, batch["loss_mask"], denominator, params, config=config, lora=lora)
     merged = lora_lib.merge(params, adapters, lora.scale)
-    full, (num_full, _) = sft_grads(merged, batch, batch["loss_mask"], denominator, config=config)
+    full, (num_full, *_) = sft_grads(merged, batch, batch["loss_mask"], denominator, config=config)
     np.testing.assert_allclose(float(num), float(num_full), rtol=1e-6)
     assert_projection(grads, full, adapters, specs, lora.scale)
 

@@ -123,11 +123,11 @@ def test_sft_loss_over_a_quantised_base_is_that_of_its_dequantised_copy(tiny_hf,
     base = lora_lib.quantize_base(params, specs, base_dtype)
     loss_mask = jnp.asarray(hf_tiny_io["attention_mask"], bool)
     denominator = jnp.asarray(10.0)
-    grads, (num, _) = sft_grads(adapters, prompt, loss_mask, denominator, base, config=config, lora=lora)
+    grads, (num, *_) = sft_grads(adapters, prompt, loss_mask, denominator, base, config=config, lora=lora)
     plain = lora_lib.LoraConfig(rank=4, alpha=8.0)
-    grads_f32, (num_f32, _) = sft_grads(adapters, prompt, loss_mask, denominator, dequantized_f32(base), config=config,
+    grads_f32, (num_f32, *_) = sft_grads(adapters, prompt, loss_mask, denominator, dequantized_f32(base), config=config,
                                         lora=plain)
-    _, (num_orig, _) = sft_grads(adapters, prompt, loss_mask, denominator, params, config=config, lora=plain)
+    _, (num_orig, *_) = sft_grads(adapters, prompt, loss_mask, denominator, params, config=config, lora=plain)
     assert abs(float(num) - float(num_f32)) <= 1e-5 * max(1.0, abs(float(num_f32)))
     assert float(num) != float(num_orig)  # the quantisation is really in the loss
     for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_f32), strict=True):
