@@ -39,10 +39,10 @@ from sif_jax.infer.scoring import score_inputs
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.family import family_of
 from sif_jax.model.layers import apply_rotary
+from sif_jax.region_supervision import capture_filter, layer_qk
 
 Params = Any
 METHODS = ("probabilities", "one_hot")
-_QK_NAMES = ("q_proj", "k_proj", "q_norm", "k_norm")
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -86,26 +86,14 @@ def _one_hot_masses(params: Params, embeddings: jax.Array, positions: jax.Array,
     return region, visual
 
 
-def _captured(tree: Any, layer: int, name: str) -> jax.Array | None:
-    """The recorded `__call__` output of text/layers_{layer}/{name}, or None."""
-    node = tree.get("text", {}).get(f"layers_{layer}", {}).get(name)
-    return None if node is None else node["__call__"][0]
-
-
 @functools.partial(jax.jit, static_argnames=("config", "layers"))
 def _row_probabilities(params: Params, inputs: dict[str, jax.Array], rows: jax.Array, *, config: ModelConfig,
                        layers: tuple[int, ...]) -> jax.Array:
     """float32 [layers, heads, T, L]: attention probabilities of query rows `rows` (int [T]) of the one-row
     batch `inputs` over all L keys, per requested layer and head."""
     family = family_of(config)
-    wanted = {f"layers_{i}" for i in layers}
-
-    def record(module: Any, method: str) -> bool:
-        return method == "__call__" and module.name in _QK_NAMES and len(module.path) >= 2 \
-            and module.path[-2] in wanted
-
     _, state = family.module(config).apply({"params": params}, **family.model_inputs(inputs), return_hidden=True,
-                                           capture_intermediates=record, mutable=["intermediates"])
+                                           capture_intermediates=capture_filter(layers), mutable=["intermediates"])
     tree = state["intermediates"]
     cos, sin = family.text_rope(config, inputs["positions"])  # [1, L, head_dim]
     length = inputs["input_ids"].shape[1]
@@ -114,10 +102,7 @@ def _row_probabilities(params: Params, inputs: dict[str, jax.Array], rows: jax.A
     allowed = (keys_pos[None, :] <= rows[:, None]) & valid[None, :]  # [T, L]: causal and not padding
     out = []
     for i in layers:
-        q = _captured(tree, i, "q_norm")
-        q = _captured(tree, i, "q_proj") if q is None else q
-        k = _captured(tree, i, "k_norm")
-        k = _captured(tree, i, "k_proj") if k is None else k
+        q, k = layer_qk(tree, i)
         if q is None or k is None:
             raise ValueError(f"attention map: layer {i}'s queries / keys were not recorded (unrolled layers named "
                              "text/layers_{i} with q_proj / k_proj are needed; use method='one_hot')")

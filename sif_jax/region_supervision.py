@@ -67,6 +67,17 @@ def _captured(tree: Any, layer: int, name: str) -> jax.Array | None:
     return None if node is None else node["__call__"][0]
 
 
+def layer_qk(intermediates: Any, layer: int) -> tuple[jax.Array | None, jax.Array | None]:
+    """Decoder `layer`'s recorded queries [B, L, H, D] and keys [B, L, KV, D] before the rotary embedding
+    (`q_norm` / `k_norm` where the family normalises them, else `q_proj` / `k_proj`); None where not
+    recorded (`capture_filter`)."""
+    q = _captured(intermediates, layer, "q_norm")
+    q = _captured(intermediates, layer, "q_proj") if q is None else q
+    k = _captured(intermediates, layer, "k_norm")
+    k = _captured(intermediates, layer, "k_proj") if k is None else k
+    return q, k
+
+
 def region_mass(intermediates: Any, layers: Sequence[int], cos: jax.Array, sin: jax.Array,
                 attention_mask: jax.Array, region_mask: jax.Array) -> jax.Array:
     """float32 [B, L]: every query row's attention mass on the region keys, averaged over `layers` and
@@ -82,10 +93,7 @@ def region_mass(intermediates: Any, layers: Sequence[int], cos: jax.Array, sin: 
     allowed = causal[None] & valid[:, None, :]  # [B, Lq, Lk]
     masses = []
     for i in layers:
-        q = _captured(intermediates, i, "q_norm")
-        q = _captured(intermediates, i, "q_proj") if q is None else q
-        k = _captured(intermediates, i, "k_norm")
-        k = _captured(intermediates, i, "k_proj") if k is None else k
+        q, k = layer_qk(intermediates, i)
         if q is None or k is None:
             raise ValueError(f"sft.region_attention_weight: decoder layer {i}'s queries / keys were not recorded; "
                              "region-attention supervision needs unrolled layers (scan_layers=False)")
