@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                   flush=True)
     if args.save:
         leaves = jax.tree_util.tree_leaves_with_path(trained["visual"])
-        np.savez(args.save, **{jax.tree_util.keystr(k): np.asarray(x) for k, x in leaves})
+        np.savez(args.save, **{jax.tree_util.keystr(k): np.asarray(x, np.float32) for k, x in leaves})  # bf16: no npz
 
 
 if __name__ == "__main__":

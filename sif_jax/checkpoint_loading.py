@@ -286,7 +286,7 @@ def load_vision_tower(path: str, visual: Any, field: str = "config.vision_init")
     .npz at `path`, keyed by `jax.tree_util.keystr` of each leaf's path (what
     `benchmarks/vision_cells.py --save` writes: a tower pre-trained on per-cell object labels), cast to
     each leaf's dtype. ValueError naming `field`, the file and the leaf for a missing file, a missing
-    leaf or another shape."""
+    or extra leaf or another shape."""
     import jax
 
     if not os.path.isfile(path):
@@ -303,4 +303,9 @@ def load_vision_tower(path: str, visual: Any, field: str = "config.vision_init")
             raise ValueError(f"{field}={path!r}: {key} has shape {arrays[key].shape}, the model's is {leaf.shape}")
         return jax.numpy.asarray(arrays[key], leaf.dtype)
 
-    return jax.tree_util.tree_map_with_path(take, visual)
+    out = jax.tree_util.tree_map_with_path(take, visual)
+    extra = sorted(set(arrays) - {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(visual)})
+    if extra:
+        raise ValueError(f"{field}={path!r}: {len(extra)} arrays the model's vision tower does not have, e.g. "
+                         f"{extra[0]} (saved for another model?)")
+    return out

@@ -6,13 +6,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
+# The top-level params subtrees that hold a family's vision tower (Qwen-VL: "visual"; LLaVA: "vision_tower").
+VISION_SUBTREES = ("visual", "vision_tower")
+
 
 def make_optimizer(learning_rate: float | optax.Schedule, *, weight_decay: float = 0.0,
                    grad_clip: float = 1.0, freeze_vision: bool = False) -> optax.GradientTransformation:
-    """AdamW with global-norm clipping; with `freeze_vision` the vision tower's final updates
-    are zeroed (weight decay included), so it never changes.
+    """AdamW with global-norm clipping; with `freeze_vision` the vision tower's (`VISION_SUBTREES`)
+    gradients are zeroed before the clipping, so they neither move it nor shrink the other params'
+    step, and its final updates are zeroed too (weight decay included), so it never changes.
 
-    Freezing is a stateless last step rather than optax.multi_transform: the optimizer state
+    Freezing is a stateless step rather than optax.multi_transform: the optimizer state
     keeps the params' tree structure, which the sharding rules map one to one.
     """
     tx = optax.chain(optax.clip_by_global_norm(grad_clip), optax.adamw(learning_rate, weight_decay=weight_decay))
@@ -21,6 +25,7 @@ def make_optimizer(learning_rate: float | optax.Schedule, *, weight_decay: float
 
     def zero_vision(updates, params=None):
         del params
-        return {name: jax.tree.map(jnp.zeros_like, sub) if name == "visual" else sub for name, sub in updates.items()}
+        return {name: jax.tree.map(jnp.zeros_like, sub) if name in VISION_SUBTREES else sub
+                for name, sub in updates.items()}
 
-    return optax.chain(tx, optax.stateless(zero_vision))
+    return optax.chain(optax.stateless(zero_vision), tx, optax.stateless(zero_vision))

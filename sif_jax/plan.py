@@ -70,7 +70,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding
 
 from sif_jax import lora as lora_lib
-from sif_jax import parallel, train
+from sif_jax import parallel, region_supervision, train
 from sif_jax.batch import Batch, ModelInputs, batch_axis
 from sif_jax.data.batching import pick_bucket
 from sif_jax.infer.sampler import generate
@@ -340,9 +340,13 @@ def _programs(config: RunConfig, run: train.Run) -> list[Program]:
         state = state_of(optimizer, False, config.seed)
         batch = abstract_batch(config, model, mesh, config.sft.batch_size, longest, sft=True)
         denominator = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
+        weight = float(config.sft.region_attention_weight)  # region-attention supervision: its [B, H, L, L] too
+        layers = region_supervision.layer_indices(config.sft.region_attention_layers, model.text.num_layers) \
+            if weight > 0 else ()
         programs.append(Program("sft_grads", lambda b=batch, d=denominator: sft_grads.lower(
-            trainable, b.inputs, b.loss_mask, d, base, config=model, lora=lora,
-            grad_shardings=parallel.sharding_leaves(trainable)), per_chip_bytes(state) - loss_arg_bytes))
+            trainable, b.inputs, b.loss_mask, d, base, None, b.region_mask if weight > 0 else None, config=model,
+            lora=lora, grad_shardings=parallel.sharding_leaves(trainable), region_weight=weight,
+            region_layers=layers), per_chip_bytes(state) - loss_arg_bytes))
         apply = train._make_apply(optimizer, train._state_shardings(run, optimizer, reference=False, lora=lora))
         programs.append(Program("sft_update", lambda a=apply, s=state: a.lower(s, trainable)))
 

@@ -41,12 +41,12 @@ def layer_indices(layers: Sequence[int], num_layers: int) -> tuple[int, ...]:
     """`layers` with negative indices counted from the end (-1 = the last decoder layer); ValueError
     for an empty list or an index outside the model's `num_layers`."""
     if not layers:
-        raise ValueError("sft.region_attention_layers: name at least one decoder layer")
+        raise ValueError("config.sft.region_attention_layers=(): name at least one decoder layer")
     out = []
     for i in layers:
         if not -num_layers <= int(i) < num_layers:
-            raise ValueError(f"sft.region_attention_layers: layer {i} is outside the model's {num_layers} "
-                             "decoder layers")
+            raise ValueError(f"config.sft.region_attention_layers={tuple(layers)!r}: layer {i} is outside the "
+                             f"model's {num_layers} decoder layers")
         out.append(int(i) % num_layers)
     return tuple(sorted(set(out)))
 
@@ -57,7 +57,7 @@ def capture_filter(layers: Sequence[int]) -> Any:
 
     def record(module: Any, method: str) -> bool:
         return (method == "__call__" and module.name in _QK_NAMES and len(module.path) >= 2
-                and module.path[-2] in wanted)
+                and module.path[0] == "text" and module.path[-2] in wanted)
 
     return record
 

@@ -28,7 +28,7 @@ from sif_jax.kernels.region_attention.ops import BACKENDS as KERNEL_BACKENDS
 from sif_jax.lora import BASE_DTYPES as LORA_BASE_DTYPES
 from sif_jax.lora import DEFAULT_TARGETS, LoraConfig
 from sif_jax.model.config import REMAT_POLICIES
-from sif_jax.model.family import presets
+from sif_jax.model.family import get_preset, presets
 from sif_jax.parallel import MESH_AXES
 from sif_jax.rl.loss import REDUCTIONS
 from sif_jax.rl.rewards import REWARD_NAMES
@@ -426,9 +426,15 @@ def check_run(rc: RunConfig, check_paths: bool = True, *, check_files: bool = Tr
               lo.init_adapter, "is not a PEFT adapter directory (no adapter_config.json)")
     if m.init_checkpoint and check_paths:
         _need(os.path.isdir(m.init_checkpoint), "init_checkpoint", m.init_checkpoint, "is not a directory")
-    if m.vision_init and check_paths:
-        _need(os.path.isfile(m.vision_init), "vision_init", m.vision_init,
+    if m.vision_init:
+        _need(not m.init_checkpoint, "vision_init", m.vision_init,
+              f"would replace the vision tower of config.init_checkpoint={m.init_checkpoint!r}; set one of them")
+        _need(not check_paths or os.path.isfile(m.vision_init), "vision_init", m.vision_init,
               "is not a file (an .npz of vision tower params, benchmarks/vision_cells.py --save)")
+    if rc.sft.region_attention_weight > 0:
+        from sif_jax.region_supervision import layer_indices
+
+        layer_indices(rc.sft.region_attention_layers, get_preset(m.preset).text.num_layers)  # ValueError naming it
     hf_init = bool(m.init_checkpoint) and os.path.exists(os.path.join(m.init_checkpoint, "config.json"))
     if m.tokenizer and m.tokenizer != "builtin":
         _need(not check_paths or os.path.isfile(m.tokenizer), "tokenizer", m.tokenizer,

@@ -152,6 +152,9 @@ def _setup(config: ml_collections.ConfigDict | RunConfig) -> tuple[Run, Any]:
     if m.vision_init:  # a pre-trained vision tower (benchmarks/vision_cells.py --save)
         from sif_jax.checkpoint_loading import load_vision_tower
 
+        if "visual" not in params:
+            raise ValueError(f"config.vision_init={m.vision_init!r}: the {model.family} family's vision tower "
+                             "cannot be loaded this way (Qwen-VL families only)")
         visual = load_vision_tower(m.vision_init, params["visual"])
         params = jax.device_put({**params, "visual": visual}, run_.param_shardings)
     epath.Path(config.workdir).mkdir(parents=True, exist_ok=True)  # local or gs://

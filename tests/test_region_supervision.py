@@ -76,11 +76,20 @@ def test_sft_grads_adds_the_weighted_term(setup):
     np.testing.assert_allclose(float(num1), float(num0), rtol=1e-6)  # same NLL
     assert float(rows1) == float(np.sum(np.asarray(mask)[:, 1:]))  # every label row of these examples
     assert float(r1) > 0
+    # the gradient is that of NLL / den + weight * term: linear in the weight
+    g0 = sft_grads(params, inputs, mask, den, config=config)[0]
+    g_half, g_one = (sft_grads(params, inputs, mask, den, None, None, region, config=config, region_weight=w,
+                               region_layers=(3,))[0] for w in (0.5, 1.0))
+    for a, b, c in zip(*(jax.tree_util.tree_leaves(g) for g in (g0, g_half, g_one)), strict=True):
+        np.testing.assert_allclose(np.asarray(b - a), 0.5 * np.asarray(c - a), rtol=1e-3, atol=1e-6)
+    assert any(float(jnp.abs(c - a).max()) > 1e-4 for a, c in zip(jax.tree_util.tree_leaves(g0),
+                                                                  jax.tree_util.tree_leaves(g_one), strict=True))
 
 
 def test_layer_indices_and_config_checks():
     assert rs.layer_indices((-1, 0, 3), 4) == (0, 3)
-    with pytest.raises(ValueError, match="layer 4 is outside the model's 4 decoder layers"):
+    with pytest.raises(ValueError, match=r"config\.sft\.region_attention_layers=\(4,\): layer 4 is outside the "
+                                         r"model's 4 decoder layers"):
         rs.layer_indices((4,), 4)
     from configs import grpo
     from sif_jax import run_config
@@ -89,6 +98,15 @@ def test_layer_indices_and_config_checks():
     c.sft.region_attention_weight = -1.0
     with pytest.raises(ValueError, match=r"config\.sft\.region_attention_weight=-1\.0: must be >= 0"):
         run_config.from_config_dict(c)
+    c = grpo.get_config()
+    c.sft.region_attention_weight, c.sft.region_attention_layers = 1.0, (7,)
+    with pytest.raises(ValueError, match=r"region_attention_layers=\(7,\): layer 7 is outside the model's 4"):
+        run_config.build(c)  # before anything loads: tiny has 4 decoder layers
+    c = grpo.get_config()
+    c.vision_init, c.init_checkpoint = "tower.npz", "/some/run"
+    with pytest.raises(ValueError, match=r"config\.vision_init='tower\.npz': would replace the vision tower of "
+                                         r"config\.init_checkpoint"):
+        run_config.build(c, check_paths=False)
     c = grpo.get_config()
     c.sft.region_attention_weight, c.scan_layers = 1.0, True
     with pytest.raises(ValueError, match=r"config\.sft\.region_attention_weight=1\.0: .*needs scan_layers=False"):
@@ -112,6 +130,9 @@ def test_load_vision_tower(tmp_path, setup):
     np.savez(tmp_path / "shape.npz", **{**arrays, first: np.zeros((1, 2), np.float32)})
     with pytest.raises(ValueError, match=r"has shape \(1, 2\)"):
         load_vision_tower(str(tmp_path / "shape.npz"), params["visual"])
+    np.savez(tmp_path / "extra.npz", **arrays, other=np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=r"1 arrays the model's vision tower does not have, e\.g\. other"):
+        load_vision_tower(str(tmp_path / "extra.npz"), params["visual"])
     with pytest.raises(ValueError, match="no such file"):
         load_vision_tower(str(tmp_path / "none.npz"), params["visual"])
 
@@ -133,9 +154,26 @@ def test_sft_run_with_the_grounding_aids(tmp_path):
     leaves = jax.tree_util.tree_leaves_with_path(params["visual"])
     np.savez(tmp_path / "tower.npz", **{jax.tree_util.keystr(k): np.asarray(x) + 0.01 for k, x in leaves})
     c.vision_init = str(tmp_path / "tower.npz")
-    trained = train.run_sft(*train._setup(c))
+    from sif_jax.data.captions import CaptionMix
+
+    run, params = train._setup(c)
+    mix = run.data.sft_source()
+    assert isinstance(mix, CaptionMix) and any(mix.is_caption(i) for i in range(8))
+    trained = train.run_sft(run, params)
     with open(tmp_path / "run" / "sft_metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]
     assert [r["step"] for r in rows] == [1, 2] and all(r["sft_region_nll"] > 0 for r in rows)
     for (_, x), y in zip(leaves, jax.tree_util.tree_leaves(trained["visual"]), strict=True):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x) + 0.01, rtol=1e-6)  # loaded, then frozen
+
+
+def test_a_frozen_tower_neither_moves_nor_shrinks_the_step():
+    from sif_jax.optim import make_optimizer
+
+    params = {"visual": {"w": jnp.ones(3)}, "text": {"w": jnp.ones(3)}}
+    small = {"visual": {"w": jnp.zeros(3)}, "text": {"w": jnp.full(3, 0.1)}}
+    large = {"visual": {"w": jnp.full(3, 100.0)}, "text": {"w": jnp.full(3, 0.1)}}
+    tx = make_optimizer(0.1, freeze_vision=True, grad_clip=1.0)
+    updates = [tx.update(g, tx.init(params), params)[0] for g in (small, large)]
+    assert bool(jnp.all(updates[1]["visual"]["w"] == 0))
+    np.testing.assert_allclose(np.asarray(updates[1]["text"]["w"]), np.asarray(updates[0]["text"]["w"]), rtol=1e-6)

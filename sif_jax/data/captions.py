@@ -46,7 +46,9 @@ def caption_trace(scene: Scene) -> Trace:
 
 
 def caption_example(scene: Scene, index: int) -> dict[str, Any]:
-    """The raw example (the fields of `pipeline.BuiltinSource`) of `scene`'s caption."""
+    """The raw example (the fields of `pipeline.BuiltinSource`) of `scene`'s caption: "problem"
+    `CAPTION_PROBLEM`, "trace" `caption_trace(scene).text`, "answer" the object count, "boxes"
+    float32 [objects, 4] (the written boxes, left to right: the target region), "family" "caption"."""
     trace = caption_trace(scene)
     boxes = np.asarray([s.boxes[0] for s in trace.steps], np.float32).reshape(-1, 4)
     return {
@@ -84,9 +86,12 @@ class CaptionMix:
         return len(self.source)
 
     def is_caption(self, index: int) -> bool:
+        """Whether example `index` is a caption: a uniform draw from the generator seeded (seed, index, 11)
+        below `fraction`."""
         return bool(np.random.default_rng([self.seed, int(index), 11]).random() < self.fraction)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """The raw example `index` (a caption or `source[index]`); IndexError outside [0, len)."""
         index = int(index)
         if not self.is_caption(index):
             return self.source[index]

@@ -133,3 +133,18 @@ def test_every_accelerator_name_maps_to_a_topology_with_its_chip_count(accelerat
     assert len(devices) == plan_lib.ACCELERATORS[accelerator].chips
     family = {"v4": "v4", "v5litepod": "v5e", "v5p": "v5p", "v6e": "v6e"}[accelerator.rsplit("-", 1)[0]]
     assert chip.generation == family
+
+
+def test_sft_region_attention_supervision_compiles_and_costs_its_probabilities():
+    """With sft.region_attention_weight > 0 the planned sft_grads is the supervised one: it compiles
+    (Mosaic kernel in the forward, recomputed probabilities for the loss) and needs more temporaries."""
+    rows = {}
+    for weight in (0.0, 1.0):
+        c = small_config()
+        c.grpo.steps = 0
+        c.sft.region_attention_weight = weight
+        c.sft.region_attention_layers = (0, 1, 2, 3)
+        result = plan_lib.plan(c, "v5p-8", programs=("sft_grads",))
+        (rows[weight],) = result.rows
+        assert not rows[weight].error and result.failure() is None, rows[weight]
+    assert rows[1.0].temporaries > rows[0.0].temporaries
