@@ -38,8 +38,7 @@ import numpy as np
 from sif_jax.infer.scoring import score_inputs
 from sif_jax.model.config import ModelConfig
 from sif_jax.model.family import family_of
-from sif_jax.model.layers import apply_rotary
-from sif_jax.region_supervision import capture_filter, layer_qk
+from sif_jax.region_supervision import capture_filter, layer_qk, rotated_qk
 
 Params = Any
 METHODS = ("probabilities", "one_hot")
@@ -106,10 +105,8 @@ def _row_probabilities(params: Params, inputs: dict[str, jax.Array], rows: jax.A
         if q is None or k is None:
             raise ValueError(f"attention map: layer {i}'s queries / keys were not recorded (unrolled layers named "
                              "text/layers_{i} with q_proj / k_proj are needed; use method='one_hot')")
-        q = apply_rotary(q.astype(jnp.float32), cos, sin)[0]  # [L, H, D]
-        k = apply_rotary(k.astype(jnp.float32), cos, sin)[0]  # [L, KV, D]
-        heads, kv_heads = q.shape[1], k.shape[1]
-        k = jnp.repeat(k, heads // kv_heads, axis=1)  # GQA: head h reads kv head h // (H / KV)
+        q, k = rotated_qk(q, k, cos, sin)
+        q, k = q[0], k[0]  # [L, H, D]
         logits = jnp.einsum("thd,lhd->htl", q[rows], k) / jnp.sqrt(jnp.float32(q.shape[-1]))
         logits = jnp.where(allowed[None], logits, -jnp.inf)
         out.append(jax.nn.softmax(logits, axis=-1))

@@ -78,6 +78,15 @@ def layer_qk(intermediates: Any, layer: int) -> tuple[jax.Array | None, jax.Arra
     return q, k
 
 
+def rotated_qk(q: jax.Array, k: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Recorded queries [B, L, H, D] and keys [B, L, KV, D] with the rotary embedding applied (cos, sin
+    [B, L, D], `family.text_rope`), in float32, the keys repeated to H heads (GQA: head h reads kv head
+    h // (H / KV))."""
+    q = apply_rotary(q.astype(jnp.float32), cos, sin)
+    k = apply_rotary(k.astype(jnp.float32), cos, sin)
+    return q, jnp.repeat(k, q.shape[2] // k.shape[2], axis=2)
+
+
 def region_mass(intermediates: Any, layers: Sequence[int], cos: jax.Array, sin: jax.Array,
                 attention_mask: jax.Array, region_mask: jax.Array) -> jax.Array:
     """float32 [B, L]: every query row's attention mass on the region keys, averaged over `layers` and
@@ -97,9 +106,7 @@ def region_mass(intermediates: Any, layers: Sequence[int], cos: jax.Array, sin: 
         if q is None or k is None:
             raise ValueError(f"sft.region_attention_weight: decoder layer {i}'s queries / keys were not recorded; "
                              "region-attention supervision needs unrolled layers (scan_layers=False)")
-        q = apply_rotary(q.astype(jnp.float32), cos, sin)  # [B, L, H, D]
-        k = apply_rotary(k.astype(jnp.float32), cos, sin)  # [B, L, KV, D]
-        k = jnp.repeat(k, q.shape[2] // k.shape[2], axis=2)  # GQA: head h reads kv head h // (H / KV)
+        q, k = rotated_qk(q, k, cos, sin)
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.float32(q.shape[-1]))
         # finite fill, so a fully masked (padding) row is uniform, not NaN, before it is zeroed
         probs = jax.nn.softmax(jnp.where(allowed[:, None], logits, -1e30), axis=-1)
