@@ -1,0 +1,264 @@
+"""Is the vision tower or the language model the bottleneck? SFT with oracle visual tokens.
+
+    python benchmarks/oracle_vision.py --features=oracle --steps=600             # tiny, ~15 min on 2 cores
+    python benchmarks/oracle_vision.py --features=oracle --position --steps=600  # + each cell's row and column
+    python benchmarks/oracle_vision.py --features=tower --steps=600              # the same loop, the real tower
+
+Trains a fresh model with the SFT loss on the built-in task's traces (`BuiltinSource(seed, "train")`,
+AdamW, linear warm-up then cosine decay to 0 over `--steps`, the default recipe's learning rate and
+batch; `--region_weight` adds the region-attention loss of `sft.region_attention_weight`), as the
+SFT phase does, except
+that with `--features=oracle` the language model's visual tokens are not the vision tower's output
+but a perfect reading of the scene: each merged visual token (one 28 x 28 pixel cell, raster order,
+as the tower's features) is replaced by a learned embedding of what the cell shows,
+
+    e(cell) = E_object[1 + colour * 4 + shape  (0: background)] + E_depth[depth bucket of that object]
+
+(the object covering most of the cell if it covers >= 20% of it, as `vision_cells.py` labels it;
+10 depth buckets of the object's normalised depth). Position reaches the language model the same way
+in both modes: the visual tokens' M-RoPE positions, which move attention scores but not the values
+read; `--position` also adds E_row[r] + E_col[c] of the cell, so that a value read says where it is.
+The embeddings are trained with the model.
+
+Every `--every` steps it runs `sft_probe.py`'s teacher-forced probe on held-out traces
+(`BuiltinSource(seed, "test")`) with each example's own visual tokens and with the next example's.
+If the oracle model's box/conclusion/answer accuracies drop with the other scene's tokens and its
+answers beat the tower model's, the language model can learn to read visual tokens within this budget
+and the tower's features are what is missing; if not, the recipe or the language model is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # `python benchmarks/oracle_vision.py` from the repository root
+    sys.path.insert(0, ROOT)
+
+from benchmarks.vision_cells import MIN_COVER  # noqa: E402
+
+DEPTH_BUCKETS = 10
+NUM_OBJECT_CLASSES = 1 + 8 * 4
+
+
+def cell_features(scene: Any, cell: int) -> tuple[np.ndarray, np.ndarray]:
+    """int32 [R * C] object class (0 background, else 1 + colour * 4 + shape) and int32 [R * C] depth
+    bucket (0 background, else 1 + floor(object depth * (DEPTH_BUCKETS - 1))) of `scene`'s cells."""
+    from sif_jax.data.scenes import COLORS, SHAPES
+
+    colors, shapes = list(COLORS), list(SHAPES)
+    h, w = scene.id_mask.shape
+    rows, cols = h // cell, w // cell
+    ids = scene.id_mask[:rows * cell, :cols * cell].reshape(rows, cell, cols, cell).transpose(0, 2, 1, 3)
+    ids = ids.reshape(rows * cols, -1)
+    label, depth = np.zeros(rows * cols, np.int32), np.zeros(rows * cols, np.int32)
+    for k in range(rows * cols):
+        values, counts = np.unique(ids[k][ids[k] >= 0], return_counts=True)
+        if len(values) and counts.max() >= MIN_COVER * cell * cell:
+            o = scene.objects[int(values[counts.argmax()])]
+            label[k] = 1 + colors.index(o.color) * len(shapes) + shapes.index(o.shape)
+            depth[k] = 1 + min(int(o.depth * (DEPTH_BUCKETS - 1)), DEPTH_BUCKETS - 2)
+    return label, depth
+
+
+def token_cells(input_ids: np.ndarray, image_token_id: int, cells: Sequence[tuple[np.ndarray, np.ndarray]]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-position (object class, depth bucket) int32 [B, L]: the k-th image token of row b gets
+    cell k of `cells[b]`; other positions 0."""
+    label, depth = np.zeros(input_ids.shape, np.int32), np.zeros(input_ids.shape, np.int32)
+    for b, (lab, dep) in enumerate(cells):
+        cols = np.flatnonzero(input_ids[b] == image_token_id)
+        if len(cols) != len(lab):
+            raise ValueError(f"row {b}: {len(cols)} image tokens but {len(lab)} cells")
+        label[b, cols], depth[b, cols] = lab, dep
+    return label, depth
+
+
+def oracle_interceptor(module_type: type, image_token_id: int, table: Any, label: Any, depth: Any, grid: int,
+                       position: bool) -> Any:
+    """A `flax.linen.intercept_methods` interceptor: the VLM's `embed` output (float [B, L, hidden]) at
+    image-token positions becomes `table["object"][label] + table["depth"][depth]` (label, depth:
+    int [B, L] from `token_cells`), plus `table["row"][k // grid] + table["col"][k % grid]` for the
+    row's k-th image token when `position`. Everything else, the vision tower included, runs as is."""
+    import jax.numpy as jnp
+
+    def interceptor(next_fun, fargs, fkwargs, context):
+        out = next_fun(*fargs, **fkwargs)
+        if context.method_name != "embed" or not isinstance(context.module, module_type):
+            return out
+        input_ids = fargs[0] if fargs else fkwargs["input_ids"]
+        is_image = input_ids == image_token_id
+        e = table["object"][label] + table["depth"][depth]
+        if position:  # the k-th image token of a row is cell k, raster order
+            k = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, None)
+            e = e + table["row"][k // grid] + table["col"][k % grid]
+        return jnp.where(is_image[..., None], e.astype(out.dtype), out)
+
+    return interceptor
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--features", choices=("oracle", "tower"), default="oracle")
+    ap.add_argument("--position", action="store_true",
+                    help="oracle tokens also carry their cell's row and column (E_row[r] + E_col[c])")
+    ap.add_argument("--region_weight", type=float, default=0.0,
+                    help="λ of the SFT region-attention loss (sif_jax/region_supervision.py); 0: off")
+    ap.add_argument("--region_layers", default="-2,-1", help="decoder layers it supervises")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch_size", type=int, default=16)
+    ap.add_argument("--learning_rate", type=float, default=3e-3)
+    ap.add_argument("--warmup_fraction", type=float, default=0.1)
+    ap.add_argument("--every", type=int, default=200, help="steps between probes")
+    ap.add_argument("--examples", type=int, default=64, help="held-out examples per probe")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--image_size", type=int, default=224, help="scene height and width in pixels")
+    ap.add_argument("--out", default="", help="write every probe here (JSON)")
+    args = ap.parse_args(argv)
+
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from benchmarks.sft_probe import SEGMENTS, probe, trace_labels
+    from sif_jax import region_supervision
+    from sif_jax.data.batching import collate_sft
+    from sif_jax.data.pipeline import BuiltinSource, PreprocessConfig, Preprocessor
+    from sif_jax.data.prompts import get_prompt
+    from sif_jax.data.scenes import SceneConfig, generate_scene
+    from sif_jax.data.tokenizer import BuiltinTokenizer
+    from sif_jax.model.family import family_of, get_preset
+    from sif_jax.sft import sft_loss_and_region_terms
+
+    config = get_preset(args.preset)
+    family = family_of(config)
+    module = family.module(config)
+    cell = config.vision.patch_size * config.vision.spatial_merge_size
+    grid = args.image_size // cell
+    scenes = SceneConfig(height=args.image_size, width=args.image_size)
+    tokenizer = BuiltinTokenizer()
+    pre = Preprocessor(tokenizer, config, PreprocessConfig.from_prompt(get_prompt("builtin")))
+    train = BuiltinSource(seed=args.seed, size=10**7, split="train", scene_config=scenes)
+    test = BuiltinSource(seed=args.seed, size=args.examples, split="test", scene_config=scenes)
+    oracle = args.features == "oracle"
+    hidden = config.text.hidden_size
+
+    def scene_cells(source: Any, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return cell_features(generate_scene(source.scene_seed(i), source.scene_config), cell)
+
+    def with_visual_tokens(fn: Any, table: Any, label: Any, depth: Any) -> Any:
+        if not oracle:
+            return fn()
+        with nn.intercept_methods(oracle_interceptor(type(module), config.image_token_id, table, label, depth,
+                                                     grid, args.position)):
+            return fn()
+
+    key = jax.random.key(args.seed)
+    params = family.init_params(config, key)
+    k1, k2 = jax.random.split(jax.random.fold_in(key, 1))
+    k3, k4 = jax.random.split(jax.random.fold_in(key, 2))
+    table = {"object": 0.5 * jax.random.normal(k1, (NUM_OBJECT_CLASSES, hidden)),
+             "depth": 0.5 * jax.random.normal(k2, (DEPTH_BUCKETS, hidden)),
+             "row": 0.5 * jax.random.normal(k3, (grid, hidden)),
+             "col": 0.5 * jax.random.normal(k4, (grid, hidden))}
+    schedule = optax.warmup_cosine_decay_schedule(0.0, args.learning_rate,
+                                                  max(1, int(args.warmup_fraction * args.steps)), args.steps)
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
+    state = (params, table)
+    opt_state = optimizer.init(state)
+
+    region_layers = region_supervision.layer_indices(tuple(int(x) for x in args.region_layers.split(",")),
+                                                     config.text.num_layers) if args.region_weight > 0 else ()
+
+    @jax.jit
+    def step(state, opt_state, inputs, mask, region_mask, label, depth):
+        def loss_fn(s):
+            p, t = s
+            num, den, region_sum, region_rows = with_visual_tokens(
+                lambda: sft_loss_and_region_terms(p, inputs, mask, region_mask if region_layers else None,
+                                                  config=config, region_layers=region_layers), t, label, depth)
+            return num / den + args.region_weight * region_sum / jnp.maximum(region_rows, 1.0)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state)
+        updates, opt_state = optimizer.update(grads, opt_state, state)
+        return optax.apply_updates(state, updates), opt_state, loss
+
+    # The held-out probe: sft_probe.probe collates batches of 8 in order; `Forward` feeds each its cells.
+    examples = [test[i] for i in range(args.examples)]
+    processed = [pre(ex) for ex in examples]
+    labels = trace_labels(examples, processed, tokenizer)
+    test_cells = [scene_cells(test, i) for i in range(args.examples)]
+
+    @jax.jit
+    def _forward(s, inputs, label, depth):
+        p, t = s
+
+        def run():
+            _, aux = module.apply({"params": p}, **family.model_inputs(inputs), return_hidden=True)
+            return aux["hidden"].astype(jnp.float32) @ family.lm_head_kernel(p, config).astype(jnp.float32)
+
+        logits = with_visual_tokens(run, t, label, depth)
+        return jnp.argmax(logits, -1), jax.nn.log_softmax(logits, -1)
+
+    class Forward:
+        def __init__(self, cells: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+            self.cells, self.start = cells, 0
+
+        def __call__(self, s: Any, inputs: Any) -> Any:
+            ids = np.asarray(inputs["input_ids"])
+            chunk = self.cells[self.start:self.start + ids.shape[0]]
+            self.start += ids.shape[0]
+            return _forward(s, inputs, *token_cells(ids, config.image_token_id, chunk))
+
+    swapped_cells = test_cells[1:] + test_cells[:1]
+    image_keys = ("pixel_values", "image_grid_thw", "image_patches")
+    swapped = [{**p, **{k: processed[(i + 1) % len(processed)][k] for k in image_keys}}
+               for i, p in enumerate(processed)]
+
+    results: dict[str, Any] = {"features": args.features, "position": args.position,
+                               "region_weight": args.region_weight, "region_layers": args.region_layers,
+                               "preset": args.preset, "seed": args.seed,
+                               "examples": args.examples, "steps": {}}
+    start, cursor = time.time(), 0
+    for s in range(1, args.steps + 1):
+        idx = range(cursor, cursor + args.batch_size)
+        cursor += args.batch_size
+        batch_ex = [pre(train[i]) for i in idx]
+        batch = collate_sft(batch_ex, config, length_buckets=(192, 256, 320, 384, 512, 640), patch_buckets=(256,))
+        ids = np.asarray(batch.inputs.input_ids)
+        label, depth = token_cells(ids, config.image_token_id, [scene_cells(train, i) for i in idx])
+        state, opt_state, loss = step(state, opt_state, batch.inputs.arrays(), batch.loss_mask, batch.region_mask,
+                                      label, depth)
+        if s % 50 == 0:
+            print(f"step {s}: loss {float(loss):.3f} ({time.time() - start:.0f} s)", flush=True)
+        if s % args.every == 0 or s == args.steps:
+            row = {"own": probe(Forward(test_cells), state, config, examples, processed, labels),
+                   "other": probe(Forward(swapped_cells), state, config, examples, swapped, labels)}
+            results["steps"][s] = row
+            for name in ("own", "other"):
+                r = row[name]["all"]
+                print(f"step {s} ({name} scene's visual tokens): "
+                      + "  ".join(f"{g} {r.get('acc_' + g, float('nan')):.3f}" for g in SEGMENTS)
+                      + f"  answer_exact {r['answer_exact']:.3f}", flush=True)
+                for fam, rf in sorted(row[name].items()):
+                    if fam != "all":
+                        print(f"    {fam:9s} answer_exact {rf['answer_exact']:.3f} box {rf.get('acc_box', 0):.3f} "
+                              f"conclusion {rf.get('acc_conclusion', 0):.3f}", flush=True)
+            if args.out:
+                with open(args.out, "w") as f:
+                    json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""benchmarks/oracle_vision.py: the oracle's cell labels, its token placement, that it replaces the
+tower's features (and only them), and a smoke run of every option at 112 px."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cell_features_match_the_tower_labels_and_depth_order():
+    from sif_jax.data.scenes import generate_scene
+
+    oracle, cells = _script("oracle_vision"), _script("vision_cells")
+    for seed in range(3):
+        scene = generate_scene(seed)
+        label, depth = oracle.cell_features(scene, 28)
+        np.testing.assert_array_equal(label, cells.cell_labels(scene, 28))
+        assert label.shape == (64,) and ((label == 0) == (depth == 0)).all()
+        assert depth.max() < oracle.DEPTH_BUCKETS
+        # cells of a nearer object never get a larger bucket than cells of a farther one
+        by_object = {}
+        for k in np.flatnonzero(label):
+            ids = scene.id_mask[(k // 8) * 28:(k // 8 + 1) * 28, (k % 8) * 28:(k % 8 + 1) * 28]
+            values, counts = np.unique(ids[ids >= 0], return_counts=True)
+            by_object[int(values[counts.argmax()])] = int(depth[k])
+        order = sorted(by_object, key=lambda i: scene.objects[i].depth)
+        assert [by_object[i] for i in order] == sorted(by_object[i] for i in order)
+
+
+def test_token_cells_places_cells_in_order_and_checks_counts():
+    oracle = _script("oracle_vision")
+    ids = np.array([[5, 9, 9, 9, 7], [9, 9, 9, 1, 2]])
+    cells = [(np.array([1, 2, 3]), np.array([4, 5, 6])), (np.array([7, 8, 9]), np.array([1, 1, 1]))]
+    label, depth = oracle.token_cells(ids, 9, cells)
+    np.testing.assert_array_equal(label, [[0, 1, 2, 3, 0], [7, 8, 9, 0, 0]])
+    np.testing.assert_array_equal(depth, [[0, 4, 5, 6, 0], [1, 1, 1, 0, 0]])
+    with pytest.raises(ValueError, match="row 1: 3 image tokens but 2 cells"):
+        oracle.token_cells(ids, 9, [cells[0], (np.array([1, 2]), np.array([1, 2]))])
+
+
+def test_oracle_replaces_the_towers_features_and_only_them():
+    import flax.linen as nn
+
+    from sif_jax.data.batching import collate_sft
+    from sif_jax.data.pipeline import BuiltinSource, PreprocessConfig, Preprocessor
+    from sif_jax.data.prompts import get_prompt
+    from sif_jax.data.scenes import generate_scene
+    from sif_jax.data.tokenizer import BuiltinTokenizer
+    from sif_jax.model.family import family_of, get_preset
+
+    oracle = _script("oracle_vision")
+    config = get_preset("tiny")
+    family = family_of(config)
+    module = family.module(config)
+    pre = Preprocessor(BuiltinTokenizer(), config, PreprocessConfig.from_prompt(get_prompt("builtin")))
+    source = BuiltinSource(seed=0, size=2, split="test")
+    processed = [pre(source[i]) for i in range(2)]
+    keys = ("pixel_values", "image_grid_thw", "image_patches")
+    swapped = [{**processed[i], **{k: processed[1 - i][k] for k in keys}} for i in range(2)]
+    own, other = (collate_sft(p, config, length_buckets=(512,), patch_buckets=(256,)) for p in (processed, swapped))
+    cells = [oracle.cell_features(generate_scene(source.scene_seed(i)), 28) for i in range(2)]
+    label, depth = oracle.token_cells(np.asarray(own.inputs.input_ids), config.image_token_id, cells)
+    params = family.init_params(config, jax.random.key(0))
+    keys4 = jax.random.split(jax.random.key(1), 4)
+    table = {"object": jax.random.normal(keys4[0], (oracle.NUM_OBJECT_CLASSES, 64)),
+             "depth": jax.random.normal(keys4[1], (oracle.DEPTH_BUCKETS, 64)),
+             "row": jax.random.normal(keys4[2], (8, 64)), "col": jax.random.normal(keys4[3], (8, 64))}
+
+    def hidden(batch, lab, dep, position=False, use_oracle=True):
+        def run():
+            return module.apply({"params": params}, **family.model_inputs(batch.inputs.arrays()),
+                                return_hidden=True)[1]["hidden"]
+        if not use_oracle:
+            return np.asarray(run())
+        with nn.intercept_methods(oracle.oracle_interceptor(type(module), config.image_token_id, table, lab, dep,
+                                                            8, position)):
+            return np.asarray(run())
+
+    base = hidden(own, label, depth)
+    # another image's pixels change nothing: the tower's output is not used
+    np.testing.assert_array_equal(hidden(other, label, depth), base)
+    # the oracle's cells, their position, and no oracle at all each change the last hidden state
+    assert np.abs(hidden(own, label[::-1], depth[::-1]) - base)[:, -1].max() > 1e-3
+    assert np.abs(hidden(own, label, depth, position=True) - base)[:, -1].max() > 1e-3
+    assert np.abs(hidden(own, label, depth, use_oracle=False) - base)[:, -1].max() > 1e-3
+
+
+def test_oracle_smoke_every_option():
+    out = _script("oracle_vision").main(["--steps=2", "--every=2", "--examples=8", "--batch_size=2",
+                                         "--image_size=112", "--position", "--region_weight=1"])
+    assert out["position"] and out["steps"].keys() == {2}
+    for name in ("own", "other"):
+        row = out["steps"][2][name]["all"]
+        assert row["examples"] == 8 and 0.0 <= row["answer_exact"] <= 1.0 and 0.0 <= row["acc_box"] <= 1.0
