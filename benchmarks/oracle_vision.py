@@ -113,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--region_weight", type=float, default=0.0,
                     help="λ of the SFT region-attention loss (sif_jax/region_supervision.py); 0: off")
     ap.add_argument("--region_layers", default="-2,-1", help="decoder layers it supervises")
+    ap.add_argument("--captions", action="store_true",
+                    help="train and probe on grounding captions of the scenes (sif_jax/data/captions.py) instead "
+                         "of their questions' traces: `text` is then the objects' names")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch_size", type=int, default=16)
@@ -124,15 +127,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--image_size", type=int, default=224, help="scene height and width in pixels")
     ap.add_argument("--out", default="", help="write every probe here (JSON)")
     args = ap.parse_args(argv)
+    if args.steps < 1 or args.every < 1:
+        ap.error(f"--steps={args.steps} --every={args.every}: both must be at least 1")
 
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
     import optax
 
-    from benchmarks.sft_probe import SEGMENTS, probe, trace_labels
+    from benchmarks.sft_probe import SEGMENTS, probe, probe_examples, trace_labels
     from sif_jax import region_supervision
     from sif_jax.data.batching import collate_sft
+    from sif_jax.data.captions import caption_example
     from sif_jax.data.pipeline import BuiltinSource, PreprocessConfig, Preprocessor
     from sif_jax.data.prompts import get_prompt
     from sif_jax.data.scenes import SceneConfig, generate_scene
@@ -171,8 +177,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
              "depth": 0.5 * jax.random.normal(k2, (DEPTH_BUCKETS, hidden)),
              "row": 0.5 * jax.random.normal(k3, (grid, hidden)),
              "col": 0.5 * jax.random.normal(k4, (grid, hidden))}
-    schedule = optax.warmup_cosine_decay_schedule(0.0, args.learning_rate,
-                                                  max(1, int(args.warmup_fraction * args.steps)), args.steps)
+    warmup = min(max(1, int(args.warmup_fraction * args.steps)), args.steps - 1)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, args.learning_rate, warmup, args.steps)
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
     state = (params, table)
     opt_state = optimizer.init(state)
@@ -194,9 +200,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return optax.apply_updates(state, updates), opt_state, loss
 
     # The held-out probe: sft_probe.probe collates batches of 8 in order; `Forward` feeds each its cells.
-    examples = [test[i] for i in range(args.examples)]
+    examples = probe_examples(test, args.examples, captions=args.captions)
     processed = [pre(ex) for ex in examples]
-    labels = trace_labels(examples, processed, tokenizer)
+    labels = trace_labels(examples, processed, tokenizer, captions=args.captions)
     test_cells = [scene_cells(test, i) for i in range(args.examples)]
 
     @jax.jit
@@ -227,13 +233,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     results: dict[str, Any] = {"features": args.features, "position": args.position,
                                "region_weight": args.region_weight, "region_layers": args.region_layers,
-                               "preset": args.preset, "seed": args.seed,
+                               "captions": args.captions, "preset": args.preset, "seed": args.seed,
                                "examples": args.examples, "steps": {}}
     start, cursor = time.time(), 0
     for s in range(1, args.steps + 1):
         idx = range(cursor, cursor + args.batch_size)
         cursor += args.batch_size
-        batch_ex = [pre(train[i]) for i in idx]
+        batch_ex = [pre(caption_example(generate_scene(train.scene_seed(i), scenes), i) if args.captions
+                        else train[i]) for i in idx]
         batch = collate_sft(batch_ex, config, length_buckets=(192, 256, 320, 384, 512, 640), patch_buckets=(256,))
         ids = np.asarray(batch.inputs.input_ids)
         label, depth = token_cells(ids, config.image_token_id, [scene_cells(train, i) for i in idx])

@@ -105,3 +105,11 @@ def test_oracle_smoke_every_option():
     for name in ("own", "other"):
         row = out["steps"][2][name]["all"]
         assert row["examples"] == 8 and 0.0 <= row["answer_exact"] <= 1.0 and 0.0 <= row["acc_box"] <= 1.0
+
+
+def test_tower_smoke_on_captions():
+    out = _script("oracle_vision").main(["--features=tower", "--captions", "--steps=1", "--every=1", "--examples=8",
+                                         "--batch_size=2", "--image_size=112"])
+    assert out["captions"] and out["features"] == "tower"
+    row = out["steps"][1]["own"]["all"]
+    assert row["examples"] == 8 and "acc_text" in row and "acc_conclusion" not in row  # captions have no conclusion
