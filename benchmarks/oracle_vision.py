@@ -15,7 +15,7 @@ as the tower's features) is replaced by a learned embedding of what the cell sho
     e(cell) = E_object[1 + colour * 4 + shape  (0: background)] + E_depth[depth bucket of that object]
 
 (the object covering most of the cell if it covers >= 20% of it, as `vision_cells.py` labels it;
-10 depth buckets of the object's normalised depth). Position reaches the language model the same way
+its normalised depth in 9 buckets, 1-9, and 0 for background). Position reaches the language model the same way
 in both modes: the visual tokens' M-RoPE positions, which move attention scores but not the values
 read; `--position` also adds E_row[r] + E_col[c] of the cell, so that a value read says where it is.
 The embeddings are trained with the model.

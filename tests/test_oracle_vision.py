@@ -92,8 +92,9 @@ def test_oracle_replaces_the_towers_features_and_only_them():
     base = hidden(own, label, depth)
     # another image's pixels change nothing: the tower's output is not used
     np.testing.assert_array_equal(hidden(other, label, depth), base)
-    # the oracle's cells, their position, and no oracle at all each change the last hidden state
-    assert np.abs(hidden(own, label[::-1], depth[::-1]) - base)[:, -1].max() > 1e-3
+    # the other scene's cells, their position, and no oracle at all each change the last hidden state
+    other_label, other_depth = oracle.token_cells(np.asarray(own.inputs.input_ids), config.image_token_id, cells[::-1])
+    assert np.abs(hidden(own, other_label, other_depth) - base)[:, -1].max() > 1e-3
     assert np.abs(hidden(own, label, depth, position=True) - base)[:, -1].max() > 1e-3
     assert np.abs(hidden(own, label, depth, use_oracle=False) - base)[:, -1].max() > 1e-3
 
@@ -113,3 +114,43 @@ def test_tower_smoke_on_captions():
     assert out["captions"] and out["features"] == "tower"
     row = out["steps"][1]["own"]["all"]
     assert row["examples"] == 8 and "acc_text" in row and "acc_conclusion" not in row  # captions have no conclusion
+
+
+def test_oracle_gradient_reaches_the_table_not_the_tower():
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from sif_jax.data.batching import collate_sft
+    from sif_jax.data.pipeline import BuiltinSource, PreprocessConfig, Preprocessor
+    from sif_jax.data.prompts import get_prompt
+    from sif_jax.data.scenes import SceneConfig, generate_scene
+    from sif_jax.data.tokenizer import BuiltinTokenizer
+    from sif_jax.model.family import family_of, get_preset
+    from sif_jax.sft import sft_loss_terms
+
+    oracle = _script("oracle_vision")
+    config = get_preset("tiny")
+    family = family_of(config)
+    scenes = SceneConfig(height=112, width=112)
+    pre = Preprocessor(BuiltinTokenizer(), config, PreprocessConfig.from_prompt(get_prompt("builtin")))
+    source = BuiltinSource(seed=0, size=2, split="train", scene_config=scenes)
+    batch = collate_sft([pre(source[i]) for i in range(2)], config, length_buckets=(512,), patch_buckets=(64,))
+    cells = [oracle.cell_features(generate_scene(source.scene_seed(i), scenes), 28) for i in range(2)]
+    label, depth = oracle.token_cells(np.asarray(batch.inputs.input_ids), config.image_token_id, cells)
+    params = family.init_params(config, jax.random.key(0))
+    table = {"object": jnp.ones((oracle.NUM_OBJECT_CLASSES, 64)), "depth": jnp.ones((oracle.DEPTH_BUCKETS, 64)),
+             "row": jnp.ones((4, 64)), "col": jnp.ones((4, 64))}
+
+    def loss(p, t):
+        with nn.intercept_methods(oracle.oracle_interceptor(type(family.module(config)), config.image_token_id, t,
+                                                            label, depth, 4, True)):
+            num, den = sft_loss_terms(p, batch.inputs.arrays(), batch.loss_mask, config=config)
+        return num / den
+
+    g_params, g_table = jax.grad(loss, argnums=(0, 1))(params, table)
+    tower = jax.tree_util.tree_leaves(g_params["visual"])
+    assert all(float(jnp.abs(x).max()) == 0.0 for x in tower)
+    used = np.unique(label[label > 0])
+    rows = np.abs(np.asarray(g_table["object"])).sum(-1)
+    assert (rows[used] > 0).all() and (np.delete(rows, np.append(used, 0)) == 0).all()
+    assert float(jnp.abs(g_table["row"]).sum()) > 0
