@@ -43,7 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `python benchmarks/oracle_vision.py` from the repository root
     sys.path.insert(0, ROOT)
 
-from benchmarks.vision_cells import MIN_COVER  # noqa: E402
+from benchmarks.vision_cells import cell_objects, object_class  # noqa: E402
 
 DEPTH_BUCKETS = 10
 NUM_OBJECT_CLASSES = 1 + 8 * 4
@@ -52,19 +52,12 @@ NUM_OBJECT_CLASSES = 1 + 8 * 4
 def cell_features(scene: Any, cell: int) -> tuple[np.ndarray, np.ndarray]:
     """int32 [R * C] object class (0 background, else 1 + colour * 4 + shape) and int32 [R * C] depth
     bucket (0 background, else 1 + floor(object depth * (DEPTH_BUCKETS - 1))) of `scene`'s cells."""
-    from sif_jax.data.scenes import COLORS, SHAPES
-
-    colors, shapes = list(COLORS), list(SHAPES)
-    h, w = scene.id_mask.shape
-    rows, cols = h // cell, w // cell
-    ids = scene.id_mask[:rows * cell, :cols * cell].reshape(rows, cell, cols, cell).transpose(0, 2, 1, 3)
-    ids = ids.reshape(rows * cols, -1)
-    label, depth = np.zeros(rows * cols, np.int32), np.zeros(rows * cols, np.int32)
-    for k in range(rows * cols):
-        values, counts = np.unique(ids[k][ids[k] >= 0], return_counts=True)
-        if len(values) and counts.max() >= MIN_COVER * cell * cell:
-            o = scene.objects[int(values[counts.argmax()])]
-            label[k] = 1 + colors.index(o.color) * len(shapes) + shapes.index(o.shape)
+    objects = cell_objects(scene, cell)
+    label, depth = np.zeros(len(objects), np.int32), np.zeros(len(objects), np.int32)
+    for k, i in enumerate(objects):
+        if i >= 0:
+            o = scene.objects[i]
+            label[k] = object_class(o)
             depth[k] = 1 + min(int(o.depth * (DEPTH_BUCKETS - 1)), DEPTH_BUCKETS - 2)
     return label, depth
 
@@ -144,7 +137,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from sif_jax.data.scenes import SceneConfig, generate_scene
     from sif_jax.data.tokenizer import BuiltinTokenizer
     from sif_jax.model.family import family_of, get_preset
+    from sif_jax.optim import make_optimizer
     from sif_jax.sft import sft_loss_and_region_terms
+    from sif_jax.train import sft_schedule
 
     config = get_preset(args.preset)
     family = family_of(config)
@@ -177,9 +172,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
              "depth": 0.5 * jax.random.normal(k2, (DEPTH_BUCKETS, hidden)),
              "row": 0.5 * jax.random.normal(k3, (grid, hidden)),
              "col": 0.5 * jax.random.normal(k4, (grid, hidden))}
-    warmup = min(max(1, int(args.warmup_fraction * args.steps)), args.steps - 1)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, args.learning_rate, warmup, args.steps)
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
+    optimizer = make_optimizer(sft_schedule(args.steps, args.learning_rate, args.warmup_fraction))
     state = (params, table)
     opt_state = optimizer.init(state)
 

@@ -32,22 +32,32 @@ MIN_COVER = 0.2
 OBJECT_WEIGHT = 4.0
 
 
-def cell_labels(scene: Any, cell: int) -> np.ndarray:
-    """int32 [R * C] raster-order labels of `scene`'s cells: 0 background, else 1 + colour * 4 + shape."""
-    from sif_jax.data.scenes import COLORS, SHAPES
-
-    colors, shapes = list(COLORS), list(SHAPES)
+def cell_objects(scene: Any, cell: int) -> np.ndarray:
+    """int32 [R * C] raster-order index into `scene.objects` of the object that covers the most of
+    each `cell` x `cell` pixel cell if it covers at least MIN_COVER of it, else -1."""
     h, w = scene.id_mask.shape
     rows, cols = h // cell, w // cell
     ids = scene.id_mask[:rows * cell, :cols * cell].reshape(rows, cell, cols, cell).transpose(0, 2, 1, 3)
     ids = ids.reshape(rows * cols, -1)
-    out = np.zeros(rows * cols, np.int32)
+    out = np.full(rows * cols, -1, np.int32)
     for k in range(rows * cols):
         values, counts = np.unique(ids[k][ids[k] >= 0], return_counts=True)
         if len(values) and counts.max() >= MIN_COVER * cell * cell:
-            o = scene.objects[int(values[counts.argmax()])]
-            out[k] = 1 + colors.index(o.color) * len(shapes) + shapes.index(o.shape)
+            out[k] = values[counts.argmax()]
     return out
+
+
+def object_class(obj: Any) -> int:
+    """1 + colour * 4 + shape: the class of a `SceneObject` (0 is background)."""
+    from sif_jax.data.scenes import COLORS, SHAPES
+
+    return 1 + list(COLORS).index(obj.color) * len(SHAPES) + list(SHAPES).index(obj.shape)
+
+
+def cell_labels(scene: Any, cell: int) -> np.ndarray:
+    """int32 [R * C] raster-order labels of `scene`'s cells: 0 background, else 1 + colour * 4 + shape."""
+    return np.asarray([0 if i < 0 else object_class(scene.objects[i]) for i in cell_objects(scene, cell)],
+                      np.int32)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
