@@ -3,6 +3,7 @@
     python benchmarks/oracle_vision.py --features=oracle --steps=600             # tiny, ~15 min on 2 cores
     python benchmarks/oracle_vision.py --features=oracle --position --steps=600  # + each cell's row and column
     python benchmarks/oracle_vision.py --features=tower --steps=600              # the same loop, the real tower
+    python benchmarks/oracle_vision.py --features=oracle --position --targets=cell --steps=4000  # one-hop lookups
 
 Trains a fresh model with the SFT loss on the built-in task's traces (`BuiltinSource(seed, "train")`,
 AdamW, linear warm-up then cosine decay to 0 over `--steps`, the default recipe's learning rate and
@@ -19,6 +20,10 @@ its normalised depth in 9 buckets, 1-9, and 0 for background). Position reaches 
 in both modes: the visual tokens' M-RoPE positions, which move attention scores but not the values
 read; `--position` also adds E_row[r] + E_col[c] of the cell, so that a value read says where it is.
 The embeddings are trained with the model.
+
+`--targets=answer` keeps the questions but trains on `<answer>...</answer>` alone, so every
+target token needs the image or the question; `--targets=cell` asks instead the simplest read there
+is, "What is at row three column five?" (`cell_question`), whose answer is the object's name.
 
 Every `--every` steps it runs `sft_probe.py`'s teacher-forced probe on held-out traces
 (`BuiltinSource(seed, "test")`) with each example's own visual tokens and with the next example's.
@@ -60,6 +65,31 @@ def cell_features(scene: Any, cell: int) -> tuple[np.ndarray, np.ndarray]:
             label[k] = object_class(o)
             depth[k] = 1 + min(int(o.depth * (DEPTH_BUCKETS - 1)), DEPTH_BUCKETS - 2)
     return label, depth
+
+
+NUMBER_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def cell_question(example: dict[str, Any], scene: Any, cell: int) -> dict[str, Any]:
+    """`example` (a `BuiltinSource` example of `scene`) asked a one-hop lookup instead: "What is at row
+    R column C?" for a cell drawn (seeded by the scene) among those `cell_objects` gives an object (if
+    none, the cell of the largest object's centre); the answer is its "colour shape" name, the target
+    `<answer>name</answer>`, the family "cell". ValueError if the grid is wider than NUMBER_WORDS."""
+    objects = cell_objects(scene, cell)
+    grid = scene.id_mask.shape[1] // cell
+    if grid > len(NUMBER_WORDS):
+        raise ValueError(f"cell_question: {grid} columns, the words go up to {len(NUMBER_WORDS)}")
+    shown = np.flatnonzero(objects >= 0)
+    if len(shown):
+        k = int(np.random.default_rng([scene.seed, 7]).choice(shown))
+        name = scene.objects[objects[k]].name
+    else:  # every object covers under MIN_COVER of each cell: ask for the cell of the largest one's centre
+        i = int(np.argmax([(scene.id_mask == j).sum() for j in range(len(scene.objects))]))
+        ys, xs = np.nonzero(scene.id_mask == i)
+        k = int(ys.mean()) // cell * grid + int(xs.mean()) // cell
+        name = scene.objects[i].name
+    return {**example, "problem": f"What is at row {NUMBER_WORDS[k // grid]} column {NUMBER_WORDS[k % grid]}?",
+            "answer": name, "choices": [], "family": "cell", "trace": f"<answer>{name}</answer>"}
 
 
 def token_cells(input_ids: np.ndarray, image_token_id: int, cells: Sequence[tuple[np.ndarray, np.ndarray]]
@@ -109,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--captions", action="store_true",
                     help="train and probe on grounding captions of the scenes (sif_jax/data/captions.py) instead "
                          "of their questions' traces: `text` is then the objects' names")
+    ap.add_argument("--targets", choices=("trace", "answer", "cell"), default="trace",
+                    help="what the model is trained and probed on: the question and its SIF trace; the question "
+                         "and only `<answer>...</answer>`; or `cell`, a one-hop lookup: \"What is at row three "
+                         "column five?\" -> `<answer>red cube</answer>` for a random cell that shows an object")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch_size", type=int, default=16)
@@ -119,7 +153,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--image_size", type=int, default=224, help="scene height and width in pixels")
     ap.add_argument("--out", default="", help="write every probe here (JSON)")
+    ap.add_argument("--save", default="", help="write the trained model and oracle table here (msgpack)")
+    ap.add_argument("--init", default="",
+                    help="start from a --save file of the same preset and --image_size (a curriculum: e.g. "
+                         "--targets=cell first, then the questions); the optimizer starts afresh")
     args = ap.parse_args(argv)
+    if args.captions and args.targets != "trace":
+        ap.error(f"--captions and --targets={args.targets}: captions have their own targets; pick one")
     if args.steps < 1 or args.every < 1:
         ap.error(f"--steps={args.steps} --every={args.every}: both must be at least 1")
 
@@ -154,6 +194,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     oracle = args.features == "oracle"
     hidden = config.text.hidden_size
 
+    def targets(ex: dict[str, Any]) -> dict[str, Any]:
+        if args.targets == "answer":
+            return {**ex, "trace": f"<answer>{ex['answer']}</answer>"}
+        if args.targets == "cell":
+            return cell_question(ex, generate_scene(ex["scene_seed"], scenes), cell)
+        return ex
+
     def scene_cells(source: Any, i: int) -> tuple[np.ndarray, np.ndarray]:
         return cell_features(generate_scene(source.scene_seed(i), source.scene_config), cell)
 
@@ -174,6 +221,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
              "col": 0.5 * jax.random.normal(k4, (grid, hidden))}
     optimizer = make_optimizer(sft_schedule(args.steps, args.learning_rate, args.warmup_fraction))
     state = (params, table)
+    if args.init:
+        from flax import serialization
+
+        with open(args.init, "rb") as f:
+            state = serialization.from_bytes(state, f.read())
     opt_state = optimizer.init(state)
 
     region_layers = region_supervision.layer_indices(tuple(int(x) for x in args.region_layers.split(",")),
@@ -193,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return optax.apply_updates(state, updates), opt_state, loss
 
     # The held-out probe: sft_probe.probe collates batches of 8 in order; `Forward` feeds each its cells.
-    examples = probe_examples(test, args.examples, captions=args.captions)
+    examples = [targets(ex) for ex in probe_examples(test, args.examples, captions=args.captions)]
     processed = [pre(ex) for ex in examples]
     labels = trace_labels(examples, processed, tokenizer, captions=args.captions)
     test_cells = [scene_cells(test, i) for i in range(args.examples)]
@@ -226,15 +278,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     results: dict[str, Any] = {"features": args.features, "position": args.position,
                                "region_weight": args.region_weight, "region_layers": args.region_layers,
-                               "captions": args.captions, "preset": args.preset, "seed": args.seed,
-                               "examples": args.examples, "steps": {}}
+                               "captions": args.captions, "targets": args.targets, "preset": args.preset,
+                               "seed": args.seed, "examples": args.examples, "init": args.init, "steps": {}}
     start, cursor = time.time(), 0
     for s in range(1, args.steps + 1):
         idx = range(cursor, cursor + args.batch_size)
         cursor += args.batch_size
         batch_ex = [pre(caption_example(generate_scene(train.scene_seed(i), scenes), i) if args.captions
-                        else train[i]) for i in idx]
-        batch = collate_sft(batch_ex, config, length_buckets=(192, 256, 320, 384, 512, 640), patch_buckets=(256,))
+                        else targets(train[i])) for i in idx]
+        batch = collate_sft(batch_ex, config, length_buckets=(128, 192, 256, 320, 384, 512, 640), patch_buckets=(256,))
         ids = np.asarray(batch.inputs.input_ids)
         label, depth = token_cells(ids, config.image_token_id, [scene_cells(train, i) for i in idx])
         state, opt_state, loss = step(state, opt_state, batch.inputs.arrays(), batch.loss_mask, batch.region_mask,
@@ -257,6 +309,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if args.out:
                 with open(args.out, "w") as f:
                     json.dump(results, f, indent=1)
+    if args.save:
+        from flax import serialization
+
+        with open(args.save, "wb") as f:
+            f.write(serialization.to_bytes(state))
     return results
 
 

@@ -154,3 +154,54 @@ def test_oracle_gradient_reaches_the_table_not_the_tower():
     rows = np.abs(np.asarray(g_table["object"])).sum(-1)
     assert (rows[used] > 0).all() and (np.delete(rows, np.append(used, 0)) == 0).all()
     assert float(jnp.abs(g_table["row"]).sum()) > 0
+
+
+def test_cell_question_names_the_object_under_the_asked_cell():
+    from sif_jax.data.pipeline import BuiltinSource
+    from sif_jax.data.scenes import generate_scene
+
+    oracle, cells = _script("oracle_vision"), _script("vision_cells")
+    source = BuiltinSource(seed=0, size=40, split="train")
+    words = {w: i for i, w in enumerate(oracle.NUMBER_WORDS)}
+    for i in range(40):
+        example = source[i]
+        scene = generate_scene(example["scene_seed"], source.scene_config)
+        q = oracle.cell_question(example, scene, 28)
+        assert q == oracle.cell_question(example, scene, 28)  # the cell is fixed per scene
+        _, _, _, _, row, _, col = q["problem"].rstrip("?").split()
+        k = words[row] * 8 + words[col]
+        ids = scene.id_mask[(k // 8) * 28:(k // 8 + 1) * 28, (k % 8) * 28:(k % 8 + 1) * 28]
+        shown = [scene.objects[j].name for j in np.unique(ids[ids >= 0])]
+        assert q["answer"] in shown, (i, q["problem"], q["answer"], shown)
+        assert q["trace"] == f"<answer>{q['answer']}</answer>" and q["family"] == "cell"
+        assert q["image"] is example["image"]
+        owner = cells.cell_objects(scene, 28)[k]
+        if owner >= 0:  # a cell the tower's labels give an object: that object
+            assert q["answer"] == scene.objects[owner].name
+
+
+def test_answer_targets_smoke():
+    out = _script("oracle_vision").main(["--targets=answer", "--steps=1", "--every=1", "--examples=8",
+                                         "--batch_size=2", "--image_size=112"])
+    row = out["steps"][1]["own"]
+    assert out["targets"] == "answer" and row["all"]["examples"] == 8
+    assert "acc_box" not in row["all"] and "acc_answer" in row["all"]  # only the answer is a target
+    assert len(row) > 2 and "cell" not in row  # the question families
+
+
+def test_short_targets_refuse_captions():
+    with pytest.raises(SystemExit):
+        _script("oracle_vision").main(["--targets=answer", "--captions", "--steps=1"])
+
+
+def test_save_then_init_continues_from_the_saved_model(tmp_path):
+    main = _script("oracle_vision").main
+    common = ["--targets=cell", "--position", "--examples=8", "--batch_size=2", "--image_size=112"]
+    saved = main([*common, "--steps=3", "--every=3", f"--save={tmp_path / 'm.msgpack'}"])["steps"][3]
+    # one step at a near-zero learning rate: the loaded model probes as the saved one, a fresh one does not
+    again = main([*common, "--steps=1", "--every=1", f"--init={tmp_path / 'm.msgpack'}", "--learning_rate=1e-12"])
+    fresh = main([*common, "--steps=1", "--every=1", "--learning_rate=1e-12"])["steps"][1]
+    assert set(saved["own"]) == {"all", "cell"} and "acc_box" not in saved["own"]["all"]
+    nll = saved["own"]["all"]["nll_answer"]
+    assert again["init"] and again["steps"][1]["own"]["all"]["nll_answer"] == pytest.approx(nll, abs=1e-5)
+    assert abs(fresh["own"]["all"]["nll_answer"] - nll) > 1e-4
