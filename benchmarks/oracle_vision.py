@@ -3,7 +3,8 @@
     python benchmarks/oracle_vision.py --features=oracle --steps=600             # tiny, ~15 min on 2 cores
     python benchmarks/oracle_vision.py --features=oracle --position --steps=600  # + each cell's row and column
     python benchmarks/oracle_vision.py --features=tower --steps=600              # the same loop, the real tower
-    python benchmarks/oracle_vision.py --features=oracle --position --targets=cell --steps=4000  # one-hop lookups
+    python benchmarks/oracle_vision.py --features=oracle --position --targets=cell --steps=3000  # one-hop lookups
+    python benchmarks/oracle_vision.py --features=oracle --position --lookup_fraction=0.25  # traces + lookups
 
 Trains a fresh model with the SFT loss on the built-in task's traces (`BuiltinSource(seed, "train")`,
 AdamW, linear warm-up then cosine decay to 0 over `--steps`, the default recipe's learning rate and
@@ -24,6 +25,9 @@ The embeddings are trained with the model.
 `--targets=answer` keeps the questions but trains on `<answer>...</answer>` alone, so every
 target token needs the image or the question; `--targets=cell` asks instead the simplest read there
 is, "What is at row three column five?" (`cell_question`), whose answer is the object's name.
+`--lookup_fraction=f` keeps the traces (or answers) and makes the first round(f * batch) examples of
+every batch such lookups about their own scenes, so both are learnt at once; the lookups are then probed
+too (rows `lookup` in the output).
 
 Every `--every` steps it runs `sft_probe.py`'s teacher-forced probe on held-out traces
 (`BuiltinSource(seed, "test")`) with each example's own visual tokens and with the next example's.
@@ -143,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     help="what the model is trained and probed on: the question and its SIF trace; the question "
                          "and only `<answer>...</answer>`; or `cell`, a one-hop lookup: \"What is at row three "
                          "column five?\" -> `<answer>red cube</answer>` for a random cell that shows an object")
+    ap.add_argument("--lookup_fraction", type=float, default=0.0,
+                    help="the first round(f * batch_size) examples of each batch are cell lookups of their scenes "
+                         "(with --targets=trace or answer); the lookups are probed too")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch_size", type=int, default=16)
@@ -160,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     if args.captions and args.targets != "trace":
         ap.error(f"--captions and --targets={args.targets}: captions have their own targets; pick one")
+    if not 0 <= args.lookup_fraction <= 1 or (args.lookup_fraction and (args.targets == "cell" or args.captions)):
+        ap.error(f"--lookup_fraction={args.lookup_fraction}: a fraction in [0, 1] of a batch of traces or answers "
+                 "(not with --targets=cell or --captions)")
     if args.steps < 1 or args.every < 1:
         ap.error(f"--steps={args.steps} --every={args.every}: both must be at least 1")
 
@@ -167,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
     import optax
+    from flax import serialization
 
     from benchmarks.sft_probe import SEGMENTS, probe, probe_examples, trace_labels
     from sif_jax import region_supervision
@@ -194,15 +205,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     oracle = args.features == "oracle"
     hidden = config.text.hidden_size
 
-    def targets(ex: dict[str, Any]) -> dict[str, Any]:
+    def targets(ex: dict[str, Any], scene: Any, lookup: bool = False) -> dict[str, Any]:
+        """`ex` (an example of `scene`) with this run's targets; `lookup`: a cell question instead."""
+        if lookup or args.targets == "cell":
+            return cell_question(ex, scene, cell)
         if args.targets == "answer":
             return {**ex, "trace": f"<answer>{ex['answer']}</answer>"}
-        if args.targets == "cell":
-            return cell_question(ex, generate_scene(ex["scene_seed"], scenes), cell)
         return ex
-
-    def scene_cells(source: Any, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return cell_features(generate_scene(source.scene_seed(i), source.scene_config), cell)
 
     def with_visual_tokens(fn: Any, table: Any, label: Any, depth: Any) -> Any:
         if not oracle:
@@ -222,8 +231,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     optimizer = make_optimizer(sft_schedule(args.steps, args.learning_rate, args.warmup_fraction))
     state = (params, table)
     if args.init:
-        from flax import serialization
-
         with open(args.init, "rb") as f:
             state = serialization.from_bytes(state, f.read())
     opt_state = optimizer.init(state)
@@ -245,10 +252,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return optax.apply_updates(state, updates), opt_state, loss
 
     # The held-out probe: sft_probe.probe collates batches of 8 in order; `Forward` feeds each its cells.
-    examples = [targets(ex) for ex in probe_examples(test, args.examples, captions=args.captions)]
-    processed = [pre(ex) for ex in examples]
-    labels = trace_labels(examples, processed, tokenizer, captions=args.captions)
-    test_cells = [scene_cells(test, i) for i in range(args.examples)]
+    test_scenes = [generate_scene(test.scene_seed(i), scenes) for i in range(args.examples)]
+    test_cells = [cell_features(scene, cell) for scene in test_scenes]
 
     @jax.jit
     def _forward(s, inputs, label, depth):
@@ -273,36 +278,52 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     swapped_cells = test_cells[1:] + test_cells[:1]
     image_keys = ("pixel_values", "image_grid_thw", "image_patches")
-    swapped = [{**p, **{k: processed[(i + 1) % len(processed)][k] for k in image_keys}}
-               for i, p in enumerate(processed)]
+    probe_sets = {}  # name -> (examples, processed, labels, processed with the next example's image)
+    for name, lookup in [("", False)] + ([("lookup", True)] if args.lookup_fraction else []):
+        examples = [targets(ex, scene, lookup) for ex, scene in
+                    zip(probe_examples(test, args.examples, captions=args.captions), test_scenes, strict=True)]
+        processed = [pre(ex) for ex in examples]
+        swapped = [{**p, **{k: processed[(i + 1) % len(processed)][k] for k in image_keys}}
+                   for i, p in enumerate(processed)]
+        probe_sets[name] = (examples, processed, trace_labels(examples, processed, tokenizer, captions=args.captions),
+                            swapped)
 
     results: dict[str, Any] = {"features": args.features, "position": args.position,
                                "region_weight": args.region_weight, "region_layers": args.region_layers,
-                               "captions": args.captions, "targets": args.targets, "preset": args.preset,
+                               "captions": args.captions, "targets": args.targets,
+                               "lookup_fraction": args.lookup_fraction, "preset": args.preset,
                                "seed": args.seed, "examples": args.examples, "init": args.init, "steps": {}}
+    lookups = round(args.lookup_fraction * args.batch_size)
     start, cursor = time.time(), 0
     for s in range(1, args.steps + 1):
         idx = range(cursor, cursor + args.batch_size)
         cursor += args.batch_size
-        batch_ex = [pre(caption_example(generate_scene(train.scene_seed(i), scenes), i) if args.captions
-                        else targets(train[i])) for i in idx]
+        batch_scenes = [generate_scene(train.scene_seed(i), scenes) for i in idx]
+        batch_ex = [pre(caption_example(scene, i) if args.captions else targets(train[i], scene, j < lookups))
+                    for j, (i, scene) in enumerate(zip(idx, batch_scenes, strict=True))]
         batch = collate_sft(batch_ex, config, length_buckets=(128, 192, 256, 320, 384, 512, 640), patch_buckets=(256,))
         ids = np.asarray(batch.inputs.input_ids)
-        label, depth = token_cells(ids, config.image_token_id, [scene_cells(train, i) for i in idx])
+        label, depth = token_cells(ids, config.image_token_id, [cell_features(scene, cell) for scene in batch_scenes])
         state, opt_state, loss = step(state, opt_state, batch.inputs.arrays(), batch.loss_mask, batch.region_mask,
                                       label, depth)
         if s % 50 == 0:
             print(f"step {s}: loss {float(loss):.3f} ({time.time() - start:.0f} s)", flush=True)
         if s % args.every == 0 or s == args.steps:
-            row = {"own": probe(Forward(test_cells), state, config, examples, processed, labels),
-                   "other": probe(Forward(swapped_cells), state, config, examples, swapped, labels)}
+            row = {}
+            for set_name, (examples, processed, labels, swapped) in probe_sets.items():
+                for scene_name, cells, inputs in (("own", test_cells, processed), ("other", swapped_cells, swapped)):
+                    key = f"{set_name}_{scene_name}" if set_name else scene_name
+                    row[key] = probe(Forward(cells), state, config, examples, inputs, labels)
             results["steps"][s] = row
-            for name in ("own", "other"):
-                r = row[name]["all"]
-                print(f"step {s} ({name} scene's visual tokens): "
+            for name, r_all in row.items():
+                r = r_all["all"]
+                print(f"step {s} ({name}: {'lookups, ' if name.startswith('lookup') else ''}"
+                      f"{name.rsplit('_', 1)[-1]} scene's visual tokens): "
                       + "  ".join(f"{g} {r.get('acc_' + g, float('nan')):.3f}" for g in SEGMENTS)
                       + f"  answer_exact {r['answer_exact']:.3f}", flush=True)
-                for fam, rf in sorted(row[name].items()):
+                if name.startswith("lookup"):
+                    continue
+                for fam, rf in sorted(r_all.items()):
                     if fam != "all":
                         print(f"    {fam:9s} answer_exact {rf['answer_exact']:.3f} box {rf.get('acc_box', 0):.3f} "
                               f"conclusion {rf.get('acc_conclusion', 0):.3f}", flush=True)
@@ -310,8 +331,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 with open(args.out, "w") as f:
                     json.dump(results, f, indent=1)
     if args.save:
-        from flax import serialization
-
         with open(args.save, "wb") as f:
             f.write(serialization.to_bytes(state))
     return results

@@ -101,11 +101,15 @@ def test_oracle_replaces_the_towers_features_and_only_them():
 
 def test_oracle_smoke_every_option():
     out = _script("oracle_vision").main(["--steps=2", "--every=2", "--examples=8", "--batch_size=2",
-                                         "--image_size=112", "--position", "--region_weight=1"])
-    assert out["position"] and out["steps"].keys() == {2}
+                                         "--image_size=112", "--position", "--region_weight=1",
+                                         "--lookup_fraction=0.5"])
+    assert out["position"] and out["steps"].keys() == {2} and out["lookup_fraction"] == 0.5
+    assert out["steps"][2].keys() == {"own", "other", "lookup_own", "lookup_other"}
     for name in ("own", "other"):
         row = out["steps"][2][name]["all"]
         assert row["examples"] == 8 and 0.0 <= row["answer_exact"] <= 1.0 and 0.0 <= row["acc_box"] <= 1.0
+        lookup = out["steps"][2][f"lookup_{name}"]
+        assert lookup.keys() == {"all", "cell"} and "acc_box" not in lookup["all"]  # lookups: answers only
 
 
 def test_tower_smoke_on_captions():
@@ -189,9 +193,12 @@ def test_answer_targets_smoke():
     assert len(row) > 2 and "cell" not in row  # the question families
 
 
-def test_short_targets_refuse_captions():
+@pytest.mark.parametrize("args", [["--targets=answer", "--captions"], ["--targets=cell", "--lookup_fraction=0.25"],
+                                  ["--lookup_fraction=1.5"]])
+def test_conflicting_targets_are_refused(args, capsys):
     with pytest.raises(SystemExit):
-        _script("oracle_vision").main(["--targets=answer", "--captions", "--steps=1"])
+        _script("oracle_vision").main([*args, "--steps=1"])
+    assert "--" + args[-1].split("=")[0].lstrip("-") in capsys.readouterr().err
 
 
 def test_save_then_init_continues_from_the_saved_model(tmp_path):
