@@ -9,6 +9,14 @@ import warnings
 # processes may load it at once.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+# XLA's persistent compilation cache, shared by every test process (the xdist workers and the
+# subprocesses they start, which inherit the environment): many tests build the same tiny programs
+# (a run, then its resume; the same run config from several tests), and on two cores compiling them
+# again is most of the suite's time. Entries are keyed by the program, its options and the backend,
+# so a hit is the same executable; set JAX_COMPILATION_CACHE_DIR="" to compile everything afresh.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), ".cache", "xla_tests"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -1,5 +1,6 @@
 """Sharded training on simulated CPU devices and across two processes."""
 
+import functools
 import json
 import os
 import socket
@@ -21,6 +22,7 @@ def _env(**extra):
     return env
 
 
+@functools.cache  # the one-device base is shared by both tests (one xdist worker runs this whole file)
 def _sharded_loss(mesh: str, backend: str = "reference") -> dict:
     # One process per mesh: XLA's CPU all-reduce aborts when one process runs programs on
     # several meshes over the same simulated devices.

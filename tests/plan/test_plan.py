@@ -47,8 +47,8 @@ def run_cli(*args):
                           env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("mesh", [(1, 4, 1), (2, 1, 2)])
-def test_every_program_of_a_grpo_run_compiles_for_v5p_8(mesh):
+def test_every_program_of_a_grpo_run_compiles_for_v5p_8():
+    mesh = (1, 4, 1)
     result = plan_lib.plan(small_config(mesh), "v5p-8")
     assert result.mesh == dict(zip(("data", "fsdp", "tensor"), mesh, strict=True))
     assert [r.name for r in result.rows] == ["sft_grads", "sft_update", *GRPO_PROGRAMS]
@@ -74,11 +74,23 @@ def test_every_program_of_a_grpo_run_compiles_for_v5p_8(mesh):
     # params (reference + Adam moments + counters) is resident
     assert rows["grpo_update"].resident == 0
     assert 0 < rows["score_policy"].resident < rows["grpo_update"].arguments
-    if mesh == (1, 4, 1):  # FSDP: the gradient comes out sharded like the params, not replicated per chip
-        assert rows["grpo_loss_grads"].outputs < rows["grpo_loss_grads"].arguments
-        assert rows["sft_grads"].outputs < rows["sft_grads"].arguments
+    # FSDP: the gradient comes out sharded like the params, not replicated per chip
+    assert rows["grpo_loss_grads"].outputs < rows["grpo_loss_grads"].arguments
+    assert rows["sft_grads"].outputs < rows["sft_grads"].arguments
     # two micro-batches: the gradient accumulator lives on during the loss
     assert rows["grpo_loss_grads"].resident > rows["score_policy"].resident
+
+
+def test_data_and_tensor_mesh_compiles_the_kernel_programs_for_v5p_8():
+    """(data=2, tensor=2): the Mosaic kernel, shard_mapped over batch and heads, in the prefill, the
+    one-token decode step and the loss's backward pass (the update and SFT programs, whose sharding
+    the FSDP test above covers, are left out to keep the test short)."""
+    programs = ("sampler_prefill", "sampler_decode", "grpo_loss_grads")
+    result = plan_lib.plan(small_config((2, 1, 2)), "v5p-8", programs=programs)
+    assert result.mesh == {"data": 2, "fsdp": 1, "tensor": 2} and result.failure() is None
+    assert tuple(r.name for r in result.rows) == programs
+    for row in result.rows:
+        assert not row.error and row.mosaic_calls > 0 and row.flops > 0 and row.total <= result.hbm_bytes, row
 
 
 def test_every_program_of_a_qwen3_vl_run_compiles_for_v5p_8():
