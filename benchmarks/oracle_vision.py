@@ -317,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             results["steps"][s] = row
             for name, r_all in row.items():
                 r = r_all["all"]
-                print(f"step {s} ({name}: {'lookups, ' if name.startswith('lookup') else ''}"
+                print(f"step {s} ({'lookups, ' if name.startswith('lookup') else ''}"
                       f"{name.rsplit('_', 1)[-1]} scene's visual tokens): "
                       + "  ".join(f"{g} {r.get('acc_' + g, float('nan')):.3f}" for g in SEGMENTS)
                       + f"  answer_exact {r['answer_exact']:.3f}", flush=True)
