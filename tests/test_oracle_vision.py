@@ -198,7 +198,7 @@ def test_answer_targets_smoke():
 def test_conflicting_targets_are_refused(args, capsys):
     with pytest.raises(SystemExit):
         _script("oracle_vision").main([*args, "--steps=1"])
-    assert "--" + args[-1].split("=")[0].lstrip("-") in capsys.readouterr().err
+    assert args[-1].split("=")[0] in capsys.readouterr().err  # the error names the refused option
 
 
 def test_save_then_init_continues_from_the_saved_model(tmp_path):
