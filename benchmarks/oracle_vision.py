@@ -25,8 +25,10 @@ The embeddings are trained with the model.
 `--targets=answer` keeps the questions but trains on `<answer>...</answer>` alone, so every
 target token needs the image or the question; `--targets=cell` asks instead the simplest read there
 is, "What is at row three column five?" (`cell_question`), whose answer is the object's name.
+`--targets=locate` asks the inverse, "Where is the red cube?" -> "row three column five"
+(`locate_question`): the name is matched against the tokens' contents and the position read out.
 `--lookup_fraction=f` keeps the traces (or answers) and makes the first round(f * batch) examples of
-every batch such lookups about their own scenes, so both are learnt at once; the lookups are then probed
+every batch such lookups (`--lookup=cell` or `locate`) about their own scenes, so both are learnt at once; the lookups are then probed
 too (rows `lookup` in the output).
 
 Every `--every` steps it runs `sft_probe.py`'s teacher-forced probe on held-out traces
@@ -96,6 +98,33 @@ def cell_question(example: dict[str, Any], scene: Any, cell: int) -> dict[str, A
             "answer": name, "choices": [], "family": "cell", "trace": f"<answer>{name}</answer>"}
 
 
+def locate_question(example: dict[str, Any], scene: Any, cell: int) -> dict[str, Any]:
+    """`example` (a `BuiltinSource` example of `scene`) asked the inverse lookup instead: "Where is the
+    red cube?" for an object (seeded by the scene) whose colour and shape no other object of the scene
+    has and that `cell_objects` shows in at least one cell; the answer is "row R column C" for the shown
+    cell nearest its pixel centroid (the words of `cell_question`), the target `<answer>...</answer>`,
+    the family "locate". If no such object, the largest object and the cell of its centroid.
+    ValueError if the grid is wider than NUMBER_WORDS."""
+    objects = cell_objects(scene, cell)
+    grid = scene.id_mask.shape[1] // cell
+    if grid > len(NUMBER_WORDS):
+        raise ValueError(f"locate_question: {grid} columns, the words go up to {len(NUMBER_WORDS)}")
+    classes = [object_class(o) for o in scene.objects]
+    shown = [i for i in range(len(scene.objects)) if classes.count(classes[i]) == 1 and (objects == i).any()]
+    if shown:
+        i = int(np.random.default_rng([scene.seed, 8]).choice(shown))
+        cells = np.flatnonzero(objects == i)
+    else:
+        i = int(np.argmax([(scene.id_mask == j).sum() for j in range(len(scene.objects))]))
+        cells = np.arange(len(objects))
+    ys, xs = np.nonzero(scene.id_mask == i)
+    centre = ((ys.mean() + 0.5) / cell - 0.5, (xs.mean() + 0.5) / cell - 0.5)  # in cell units
+    k = int(cells[np.argmin([(c // grid - centre[0]) ** 2 + (c % grid - centre[1]) ** 2 for c in cells])])
+    name, where = scene.objects[i].name, f"row {NUMBER_WORDS[k // grid]} column {NUMBER_WORDS[k % grid]}"
+    return {**example, "problem": f"Where is the {name}?", "answer": where, "choices": [], "family": "locate",
+            "trace": f"<answer>{where}</answer>"}
+
+
 def token_cells(input_ids: np.ndarray, image_token_id: int, cells: Sequence[tuple[np.ndarray, np.ndarray]]
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-position (object class, depth bucket) int32 [B, L]: the k-th image token of row b gets
@@ -143,13 +172,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--captions", action="store_true",
                     help="train and probe on grounding captions of the scenes (sif_jax/data/captions.py) instead "
                          "of their questions' traces: `text` is then the objects' names")
-    ap.add_argument("--targets", choices=("trace", "answer", "cell"), default="trace",
+    ap.add_argument("--targets", choices=("trace", "answer", "cell", "locate"), default="trace",
                     help="what the model is trained and probed on: the question and its SIF trace; the question "
-                         "and only `<answer>...</answer>`; or `cell`, a one-hop lookup: \"What is at row three "
-                         "column five?\" -> `<answer>red cube</answer>` for a random cell that shows an object")
+                         "and only `<answer>...</answer>`; `cell`, a one-hop lookup: \"What is at row three "
+                         "column five?\" -> `<answer>red cube</answer>` for a random cell that shows an object; or "
+                         "`locate`, the inverse: \"Where is the red cube?\" -> `<answer>row three column five</answer>`")
     ap.add_argument("--lookup_fraction", type=float, default=0.0,
-                    help="the first round(f * batch_size) examples of each batch are cell lookups of their scenes "
-                         "(with --targets=trace or answer); the lookups are probed too")
+                    help="the first round(f * batch_size) examples of each batch are --lookup questions about their "
+                         "scenes (with --targets=trace or answer); the lookups are probed too")
+    ap.add_argument("--lookup", choices=("cell", "locate"), default="cell",
+                    help="the kind of question --lookup_fraction mixes in (see --targets)")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch_size", type=int, default=16)
@@ -167,9 +199,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     if args.captions and args.targets != "trace":
         ap.error(f"--captions and --targets={args.targets}: captions have their own targets; pick one")
-    if not 0 <= args.lookup_fraction <= 1 or (args.lookup_fraction and (args.targets == "cell" or args.captions)):
+    if not 0 <= args.lookup_fraction <= 1 or (args.lookup_fraction and (args.targets in ("cell", "locate") or args.captions)):
         ap.error(f"--lookup_fraction={args.lookup_fraction}: a fraction in [0, 1] of a batch of traces or answers "
-                 "(not with --targets=cell or --captions)")
+                 "(not with --targets=cell, locate or --captions)")
     if args.steps < 1 or args.every < 1:
         ap.error(f"--steps={args.steps} --every={args.every}: both must be at least 1")
 
@@ -206,7 +238,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     hidden = config.text.hidden_size
 
     def targets(ex: dict[str, Any], scene: Any, lookup: bool = False) -> dict[str, Any]:
-        """`ex` (an example of `scene`) with this run's targets; `lookup`: a cell question instead."""
+        """`ex` (an example of `scene`) with this run's targets; `lookup`: a --lookup question instead."""
+        if args.targets == "locate" or (lookup and args.lookup == "locate"):
+            return locate_question(ex, scene, cell)
         if lookup or args.targets == "cell":
             return cell_question(ex, scene, cell)
         if args.targets == "answer":
@@ -291,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"features": args.features, "position": args.position,
                                "region_weight": args.region_weight, "region_layers": args.region_layers,
                                "captions": args.captions, "targets": args.targets,
-                               "lookup_fraction": args.lookup_fraction, "preset": args.preset,
+                               "lookup_fraction": args.lookup_fraction, "lookup": args.lookup, "preset": args.preset,
                                "seed": args.seed, "examples": args.examples, "init": args.init, "steps": {}}
     lookups = round(args.lookup_fraction * args.batch_size)
     start, cursor = time.time(), 0

@@ -102,14 +102,14 @@ def test_oracle_replaces_the_towers_features_and_only_them():
 def test_oracle_smoke_every_option():
     out = _script("oracle_vision").main(["--steps=2", "--every=2", "--examples=8", "--batch_size=2",
                                          "--image_size=112", "--position", "--region_weight=1",
-                                         "--lookup_fraction=0.5"])
+                                         "--lookup_fraction=0.5", "--lookup=locate"])
     assert out["position"] and out["steps"].keys() == {2} and out["lookup_fraction"] == 0.5
     assert out["steps"][2].keys() == {"own", "other", "lookup_own", "lookup_other"}
     for name in ("own", "other"):
         row = out["steps"][2][name]["all"]
         assert row["examples"] == 8 and 0.0 <= row["answer_exact"] <= 1.0 and 0.0 <= row["acc_box"] <= 1.0
         lookup = out["steps"][2][f"lookup_{name}"]
-        assert lookup.keys() == {"all", "cell"} and "acc_box" not in lookup["all"]  # lookups: answers only
+        assert lookup.keys() == {"all", "locate"} and "acc_box" not in lookup["all"]  # lookups: answers only
 
 
 def test_tower_smoke_on_captions():
@@ -184,6 +184,40 @@ def test_cell_question_names_the_object_under_the_asked_cell():
             assert q["answer"] == scene.objects[owner].name
 
 
+def test_locate_question_answers_a_cell_that_shows_the_named_object():
+    from sif_jax.data.pipeline import BuiltinSource
+    from sif_jax.data.scenes import generate_scene
+
+    oracle, cells = _script("oracle_vision"), _script("vision_cells")
+    source = BuiltinSource(seed=0, size=40, split="train")
+    words = {w: i for i, w in enumerate(oracle.NUMBER_WORDS)}
+    fallbacks = 0
+    for i in range(40):
+        example = source[i]
+        scene = generate_scene(example["scene_seed"], source.scene_config)
+        q = oracle.locate_question(example, scene, 28)
+        assert q == oracle.locate_question(example, scene, 28)  # the object is fixed per scene
+        name = q["problem"].removeprefix("Where is the ").removesuffix("?")
+        names = [o.name for o in scene.objects]
+        shown = cells.cell_objects(scene, 28)
+        if not any(names.count(n) == 1 and (shown == j).any() for j, n in enumerate(names)):
+            fallbacks += 1  # no object is both unique and shown: the largest one is asked for
+            assert name == names[int(np.argmax([(scene.id_mask == j).sum() for j in range(len(names))]))]
+            continue
+        named = [j for j, n in enumerate(names) if n == name]
+        assert len(named) == 1, (i, q["problem"])  # a colour and shape no other object has
+        _, row, _, col = q["answer"].split()
+        k = words[row] * 8 + words[col]
+        assert shown[k] == named[0], (i, q["problem"], q["answer"])  # the oracle shows it there
+        # of the cells that show it, the one nearest its centroid
+        ys, xs = np.nonzero(scene.id_mask == named[0])
+        dist = [np.hypot((c // 8 + 0.5) * 28 - ys.mean() - 0.5, (c % 8 + 0.5) * 28 - xs.mean() - 0.5)
+                for c in np.flatnonzero(shown == named[0])]
+        assert np.hypot((k // 8 + 0.5) * 28 - ys.mean() - 0.5, (k % 8 + 0.5) * 28 - xs.mean() - 0.5) == min(dist)
+        assert q["trace"] == f"<answer>{q['answer']}</answer>" and q["family"] == "locate"
+    assert fallbacks <= 2  # ~2% of scenes
+
+
 def test_answer_targets_smoke():
     out = _script("oracle_vision").main(["--targets=answer", "--steps=1", "--every=1", "--examples=8",
                                          "--batch_size=2", "--image_size=112"])
@@ -194,6 +228,7 @@ def test_answer_targets_smoke():
 
 
 @pytest.mark.parametrize("args", [["--targets=answer", "--captions"], ["--targets=cell", "--lookup_fraction=0.25"],
+                                  ["--targets=locate", "--lookup_fraction=0.25"],
                                   ["--lookup_fraction=1.5"]])
 def test_conflicting_targets_are_refused(args, capsys):
     with pytest.raises(SystemExit):
