@@ -28,8 +28,8 @@ is, "What is at row three column five?" (`cell_question`), whose answer is the o
 `--targets=locate` asks the inverse, "Where is the red cube?" -> "row three column five"
 (`locate_question`): the name is matched against the tokens' contents and the position read out.
 `--lookup_fraction=f` keeps the traces (or answers) and makes the first round(f * batch) examples of
-every batch such lookups (`--lookup=cell` or `locate`) about their own scenes, so both are learnt at once; the lookups are then probed
-too (rows `lookup` in the output).
+every batch such lookups (`--lookup=cell` or `locate`) about their own scenes, so both are learnt at
+once; the lookups are then probed too (rows `lookup` in the output).
 
 Every `--every` steps it runs `sft_probe.py`'s teacher-forced probe on held-out traces
 (`BuiltinSource(seed, "test")`) with each example's own visual tokens and with the next example's.
@@ -176,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     help="what the model is trained and probed on: the question and its SIF trace; the question "
                          "and only `<answer>...</answer>`; `cell`, a one-hop lookup: \"What is at row three "
                          "column five?\" -> `<answer>red cube</answer>` for a random cell that shows an object; or "
-                         "`locate`, the inverse: \"Where is the red cube?\" -> `<answer>row three column five</answer>`")
+                         "`locate`, the inverse: \"Where is the red cube?\" -> "
+                         "`<answer>row three column five</answer>`")
     ap.add_argument("--lookup_fraction", type=float, default=0.0,
                     help="the first round(f * batch_size) examples of each batch are --lookup questions about their "
                          "scenes (with --targets=trace or answer); the lookups are probed too")
@@ -199,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     if args.captions and args.targets != "trace":
         ap.error(f"--captions and --targets={args.targets}: captions have their own targets; pick one")
-    if not 0 <= args.lookup_fraction <= 1 or (args.lookup_fraction and (args.targets in ("cell", "locate") or args.captions)):
+    lookup_only = args.targets in ("cell", "locate") or args.captions
+    if not 0 <= args.lookup_fraction <= 1 or (args.lookup_fraction and lookup_only):
         ap.error(f"--lookup_fraction={args.lookup_fraction}: a fraction in [0, 1] of a batch of traces or answers "
                  "(not with --targets=cell, locate or --captions)")
     if args.steps < 1 or args.every < 1:
