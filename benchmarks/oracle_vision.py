@@ -204,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not 0 <= args.lookup_fraction <= 1 or (args.lookup_fraction and lookup_only):
         ap.error(f"--lookup_fraction={args.lookup_fraction}: a fraction in [0, 1] of a batch of traces or answers "
                  "(not with --targets=cell, locate or --captions)")
+    if args.lookup != "cell" and not args.lookup_fraction:
+        ap.error(f"--lookup={args.lookup} chooses what --lookup_fraction mixes in; give --lookup_fraction too")
     if args.steps < 1 or args.every < 1:
         ap.error(f"--steps={args.steps} --every={args.every}: both must be at least 1")
 

@@ -228,7 +228,7 @@ def test_answer_targets_smoke():
 
 
 @pytest.mark.parametrize("args", [["--targets=answer", "--captions"], ["--targets=cell", "--lookup_fraction=0.25"],
-                                  ["--targets=locate", "--lookup_fraction=0.25"],
+                                  ["--targets=locate", "--lookup_fraction=0.25"], ["--lookup=locate"],
                                   ["--lookup_fraction=1.5"]])
 def test_conflicting_targets_are_refused(args, capsys):
     with pytest.raises(SystemExit):
