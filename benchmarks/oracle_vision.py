@@ -76,6 +76,11 @@ def cell_features(scene: Any, cell: int) -> tuple[np.ndarray, np.ndarray]:
 NUMBER_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 
+def largest_object(scene: Any) -> int:
+    """Index into `scene.objects` of the object with the most visible pixels."""
+    return int(np.argmax([(scene.id_mask == j).sum() for j in range(len(scene.objects))]))
+
+
 def cell_question(example: dict[str, Any], scene: Any, cell: int) -> dict[str, Any]:
     """`example` (a `BuiltinSource` example of `scene`) asked a one-hop lookup instead: "What is at row
     R column C?" for a cell drawn (seeded by the scene) among those `cell_objects` gives an object (if
@@ -90,7 +95,7 @@ def cell_question(example: dict[str, Any], scene: Any, cell: int) -> dict[str, A
         k = int(np.random.default_rng([scene.seed, 7]).choice(shown))
         name = scene.objects[objects[k]].name
     else:  # every object covers under MIN_COVER of each cell: ask for the cell of the largest one's centre
-        i = int(np.argmax([(scene.id_mask == j).sum() for j in range(len(scene.objects))]))
+        i = largest_object(scene)
         ys, xs = np.nonzero(scene.id_mask == i)
         k = int(ys.mean()) // cell * grid + int(xs.mean()) // cell
         name = scene.objects[i].name
@@ -115,7 +120,7 @@ def locate_question(example: dict[str, Any], scene: Any, cell: int) -> dict[str,
         i = int(np.random.default_rng([scene.seed, 8]).choice(shown))
         cells = np.flatnonzero(objects == i)
     else:
-        i = int(np.argmax([(scene.id_mask == j).sum() for j in range(len(scene.objects))]))
+        i = largest_object(scene)
         cells = np.arange(len(objects))
     ys, xs = np.nonzero(scene.id_mask == i)
     centre = ((ys.mean() + 0.5) / cell - 0.5, (xs.mean() + 0.5) / cell - 0.5)  # in cell units
