@@ -17,6 +17,8 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), ".cache", "xla_tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# A run writes ~150 MB there; past 1 GiB the least recently used entries are deleted.
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(1 << 30))
 # XLA's CPU backend at optimisation level 0, without LLVM's expensive passes: the tests' programs
 # are small and run a few times, so compiling is most of their cost, and this takes about a third
 # off the CPU time of the suite. The programs compute the same values (every numeric test passes

@@ -1,6 +1,7 @@
 """The planner follows the LoRA train state: adapter-only optimizer moments, no reference copy,
 the loss and update programs take the adapters (and the frozen base)."""
 
+import functools
 import math
 import os
 
@@ -20,14 +21,26 @@ from tests.plan.test_plan import small_config  # noqa: E402
 PROGRAMS = ["score_reference", "grpo_loss_grads", "grpo_update", "lora_merge"]
 
 
-def test_lora_plan_compiles_and_its_state_is_the_base_plus_adapters():
+def lora_config(rank: int = 4, base_dtype: str = ""):
     c = small_config((1, 4, 1))
     c.attention_backend = "xla"
     c.sft.steps = 0
-    full = {r.name: r for r in plan_lib.plan(c, "v5p-8", programs=PROGRAMS[:3]).rows}
-    c.lora.rank = 4
-    c.lora.alpha = 8.0
-    result = plan_lib.plan(c, "v5p-8", programs=PROGRAMS)
+    if rank:
+        c.lora.rank = rank
+        c.lora.alpha = 2.0 * rank
+    if base_dtype:
+        c.lora.base_dtype = base_dtype
+    return c
+
+
+@functools.cache  # both tests plan the plain rank-4 run (one xdist worker runs this whole file)
+def lora_plan() -> plan_lib.Plan:
+    return plan_lib.plan(lora_config(), "v5p-8", programs=PROGRAMS)
+
+
+def test_lora_plan_compiles_and_its_state_is_the_base_plus_adapters():
+    full = {r.name: r for r in plan_lib.plan(lora_config(rank=0), "v5p-8", programs=PROGRAMS[:3]).rows}
+    result = lora_plan()
     assert result.failure() is None
     lora = {r.name: r for r in result.rows}
     assert sorted(lora) == sorted(PROGRAMS)
@@ -42,14 +55,8 @@ def test_lora_plan_compiles_and_its_state_is_the_base_plus_adapters():
 
 
 def test_lora_plan_with_an_int8_base_keeps_the_quantised_base_resident():
-    c = small_config((1, 4, 1))
-    c.attention_backend = "xla"
-    c.sft.steps = 0
-    c.lora.rank = 4
-    c.lora.alpha = 8.0
-    plain = {r.name: r for r in plan_lib.plan(c, "v5p-8", programs=PROGRAMS).rows}
-    c.lora.base_dtype = "int8"
-    result = plan_lib.plan(c, "v5p-8", programs=PROGRAMS)
+    plain = {r.name: r for r in lora_plan().rows}
+    result = plan_lib.plan(lora_config(base_dtype="int8"), "v5p-8", programs=PROGRAMS)
     assert result.failure() is None
     int8 = {r.name: r for r in result.rows}
     # the loss takes adapters + the quantised base: its adapted kernels at 1 byte (+ scales) not 4
