@@ -5,6 +5,7 @@
     python benchmarks/oracle_vision.py --features=tower --steps=600              # the same loop, the real tower
     python benchmarks/oracle_vision.py --features=oracle --position --targets=cell --steps=3000  # one-hop lookups
     python benchmarks/oracle_vision.py --features=oracle --position --lookup_fraction=0.25  # traces + lookups
+    python benchmarks/oracle_vision.py --features=text --steps=600   # the scene written into the prompt
 
 Trains a fresh model with the SFT loss on the built-in task's traces (`BuiltinSource(seed, "train")`,
 AdamW, linear warm-up then cosine decay to 0 over `--steps`, the default recipe's learning rate and
@@ -20,7 +21,11 @@ as the tower's features) is replaced by a learned embedding of what the cell sho
 its normalised depth in 9 buckets, 1-9, and 0 for background). Position reaches the language model the same way
 in both modes: the visual tokens' M-RoPE positions, which move attention scores but not the values
 read; `--position` also adds E_row[r] + E_col[c] of the cell, so that a value read says where it is.
-The embeddings are trained with the model.
+The embeddings are trained with the model. `--features=text` keeps the tower's visual tokens and
+writes the scene into the prompt before the question instead (`scene_text`: every object's name, box
+and depth, the numbers a trace writes), so the same probe tells whether this language model learns to
+find what a trace needs in its context when it is text, which separates retrieval from visual tokens
+from retrieval in general.
 
 `--targets=answer` keeps the questions but trains on `<answer>...</answer>` alone, so every
 target token needs the image or the question; `--targets=cell` asks instead the simplest read there
@@ -130,6 +135,23 @@ def locate_question(example: dict[str, Any], scene: Any, cell: int) -> dict[str,
             "trace": f"<answer>{where}</answer>"}
 
 
+def scene_text(scene: Any) -> str:
+    """The scene written out (`--features=text`): "Scene: the purple cone at [0.013,0.602,0.175,0.759]
+    depth 0.137; ...; the cyan cylinder at [...] depth 0.588." Objects left to right by box centre, each by
+    its referring name, its box rounded outward and its mean depth, the very numbers a trace writes for
+    it (`sif_jax.data.captions.caption_trace`), so a trace's target step can be copied from here once the
+    named object is found."""
+    from sif_jax.data.captions import caption_trace
+    from sif_jax.data.format import fmt_number
+
+    parts = []
+    for step in caption_trace(scene).steps:
+        name = step.text[len("The "):-1]
+        coords = ",".join(fmt_number(v) for v in step.boxes[0])
+        parts.append(f"the {name} at [{coords}] depth {fmt_number(step.depths[0])}")
+    return "Scene: " + "; ".join(parts) + "."
+
+
 def token_cells(input_ids: np.ndarray, image_token_id: int, cells: Sequence[tuple[np.ndarray, np.ndarray]]
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-position (object class, depth bucket) int32 [B, L]: the k-th image token of row b gets
@@ -168,7 +190,9 @@ def oracle_interceptor(module_type: type, image_token_id: int, table: Any, label
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--features", choices=("oracle", "tower"), default="oracle")
+    ap.add_argument("--features", choices=("oracle", "tower", "text"), default="oracle",
+                    help="the visual tokens: perfect ones (oracle), the tower's (tower), or the tower's with the "
+                         "scene also written into the prompt (text: `scene_text`)")
     ap.add_argument("--position", action="store_true",
                     help="oracle tokens also carry their cell's row and column (E_row[r] + E_col[c])")
     ap.add_argument("--region_weight", type=float, default=0.0,
@@ -256,6 +280,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             return {**ex, "trace": f"<answer>{ex['answer']}</answer>"}
         return ex
 
+    def with_scene(ex: dict[str, Any], scene: Any) -> dict[str, Any]:
+        """`ex` with `scene` written before its question (--features=text), else `ex`."""
+        return {**ex, "problem": f"{scene_text(scene)} {ex['problem']}"} if args.features == "text" else ex
+
     def with_visual_tokens(fn: Any, table: Any, label: Any, depth: Any) -> Any:
         if not oracle:
             return fn()
@@ -325,9 +353,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for name, lookup in [("", False)] + ([("lookup", True)] if args.lookup_fraction else []):
         examples = [targets(ex, scene, lookup) for ex, scene in
                     zip(probe_examples(test, args.examples, captions=args.captions), test_scenes, strict=True)]
-        processed = [pre(ex) for ex in examples]
-        swapped = [{**p, **{k: processed[(i + 1) % len(processed)][k] for k in image_keys}}
-                   for i, p in enumerate(processed)]
+        processed = [pre(with_scene(ex, scene)) for ex, scene in zip(examples, test_scenes, strict=True)]
+        # the next example's image (and with --features=text its scene's description); the same trace
+        swapped = [{**(pre(with_scene(ex, test_scenes[(i + 1) % len(examples)])) if args.features == "text" else p),
+                    **{k: processed[(i + 1) % len(processed)][k] for k in image_keys}}
+                   for i, (ex, p) in enumerate(zip(examples, processed, strict=True))]
         probe_sets[name] = (examples, processed, trace_labels(examples, processed, tokenizer, captions=args.captions),
                             swapped)
 
@@ -342,9 +372,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         idx = range(cursor, cursor + args.batch_size)
         cursor += args.batch_size
         batch_scenes = [generate_scene(train.scene_seed(i), scenes) for i in idx]
-        batch_ex = [pre(caption_example(scene, i) if args.captions else targets(train[i], scene, j < lookups))
-                    for j, (i, scene) in enumerate(zip(idx, batch_scenes, strict=True))]
-        batch = collate_sft(batch_ex, config, length_buckets=(128, 192, 256, 320, 384, 512, 640), patch_buckets=(256,))
+        raw = [caption_example(scene, i) if args.captions else targets(train[i], scene, j < lookups)
+               for j, (i, scene) in enumerate(zip(idx, batch_scenes, strict=True))]
+        batch_ex = [pre(with_scene(ex, scene)) for ex, scene in zip(raw, batch_scenes, strict=True)]
+        batch = collate_sft(batch_ex, config, length_buckets=(128, 192, 256, 320, 384, 512, 640, 768),
+                            patch_buckets=(256,))
         ids = np.asarray(batch.inputs.input_ids)
         label, depth = token_cells(ids, config.image_token_id, [cell_features(scene, cell) for scene in batch_scenes])
         state, opt_state, loss = step(state, opt_state, batch.inputs.arrays(), batch.loss_mask, batch.region_mask,

@@ -134,7 +134,7 @@ def probe(forward: Any, params: Any, config: Any, examples: Sequence[dict[str, A
         chunk = list(processed[start:start + batch_size])
         raw = list(examples[start:start + batch_size])
         segs = labels[start:start + batch_size]
-        batch = collate_sft(chunk, config, length_buckets=(192, 512, 640), patch_buckets=(256,))
+        batch = collate_sft(chunk, config, length_buckets=(192, 512, 640, 768), patch_buckets=(256,))
         pred, logp = forward(params, batch.inputs.arrays())
         pred, logp = np.asarray(pred), np.asarray(logp)
         ids = np.asarray(batch.inputs.input_ids)

@@ -218,11 +218,35 @@ def test_locate_question_answers_a_cell_that_shows_the_named_object():
     assert fallbacks <= 2  # ~2% of scenes
 
 
-def test_answer_targets_smoke():
-    out = _script("oracle_vision").main(["--targets=answer", "--steps=1", "--every=1", "--examples=8",
-                                         "--batch_size=2", "--image_size=112"])
+def test_scene_text_writes_every_object_with_the_numbers_its_trace_writes():
+    import json
+    import re
+
+    from sif_jax.data.pipeline import BuiltinSource
+    from sif_jax.data.scenes import generate_scene
+
+    scene_text = _script("oracle_vision").scene_text
+    source = BuiltinSource(seed=0, size=20, split="train")
+    for i in range(20):
+        scene, ex = generate_scene(source.scene_seed(i), source.scene_config), source[i]
+        text = scene_text(scene)
+        entries = text.removeprefix("Scene: ").removesuffix(".").split("; ")
+        assert len(entries) == len(scene.objects), text
+        boxes = [[float(v) for v in re.search(r"\[(.*?)\]", e).group(1).split(",")] for e in entries]
+        centres = [b[0] + b[2] for b in boxes]
+        assert centres == sorted(centres), text  # left to right
+        # the trace's last area (its target objects): each box and depth is written for one object
+        last_area = re.findall(r"<area>(.*?)</area>", ex["trace"])[-1]
+        for item in json.loads(last_area):
+            coords = ",".join(str(v) for v in item["bbox_2d"])
+            assert sum(f"[{coords}] depth {item['depth']}" in e for e in entries) >= 1, (i, coords, text)
+
+
+def test_answer_targets_smoke_with_the_scene_in_text():
+    out = _script("oracle_vision").main(["--features=text", "--targets=answer", "--steps=1", "--every=1",
+                                         "--examples=8", "--batch_size=2", "--image_size=112"])
     row = out["steps"][1]["own"]
-    assert out["targets"] == "answer" and row["all"]["examples"] == 8
+    assert out["features"] == "text" and out["targets"] == "answer" and row["all"]["examples"] == 8
     assert "acc_box" not in row["all"] and "acc_answer" in row["all"]  # only the answer is a target
     assert len(row) > 2 and "cell" not in row  # the question families
 
