@@ -21,10 +21,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(1 << 30))
 # XLA's CPU backend at optimisation level 0, without LLVM's expensive passes: the tests' programs
 # are small and run a few times, so compiling is much of their cost: the whole suite takes ~16% less
-# CPU time (a third less for the training and GRPO tests; the Pallas interpreter and the TPU compiles
-# gain nothing). The programs compute the same values (every numeric test passes either way), and
-# the ahead-of-time TPU compiles give the same memory and cost analyses (libtpu does not read these
-# options). JAX_DISABLE_MOST_OPTIMIZATIONS=0 tests the optimised CPU programs.
+# CPU time (a third less for the training and GRPO tests, a quarter for the TPU plan of a GRPO run).
+# The programs compute the same values (the whole suite passes either way), and the ahead-of-time
+# TPU compiles give the same memory and cost analyses. JAX_DISABLE_MOST_OPTIMIZATIONS=0 tests the
+# optimised CPU programs.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import numpy as np  # noqa: E402
