@@ -22,7 +22,7 @@ its normalised depth in 9 buckets, 1-9, and 0 for background). Position reaches 
 in both modes: the visual tokens' M-RoPE positions, which move attention scores but not the values
 read; `--position` also adds E_row[r] + E_col[c] of the cell, so that a value read says where it is.
 The embeddings are trained with the model. `--features=text` keeps the tower's visual tokens and
-writes the scene into the prompt before the question instead (`scene_text`: every object's name, box
+also writes the scene into the prompt before the question (`scene_text`: every object's name, box
 and depth, the numbers a trace writes), so the same probe tells whether this language model learns to
 find what a trace needs in its context when it is text, which separates retrieval from visual tokens
 from retrieval in general.
@@ -150,6 +150,29 @@ def scene_text(scene: Any) -> str:
         coords = ",".join(fmt_number(v) for v in step.boxes[0])
         parts.append(f"the {name} at [{coords}] depth {fmt_number(step.depths[0])}")
     return "Scene: " + "; ".join(parts) + "."
+
+
+IMAGE_KEYS = ("pixel_values", "image_grid_thw", "image_patches")
+
+
+def with_scene(example: dict[str, Any], scene: Any) -> dict[str, Any]:
+    """`example` with `scene_text(scene)` written before its question ("problem")."""
+    return {**example, "problem": f"{scene_text(scene)} {example['problem']}"}
+
+
+def probe_inputs(examples: Sequence[dict[str, Any]], scenes: Sequence[Any], pre: Any, text: bool
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The probe's preprocessed examples (`pre`: a `Preprocessor`), and the same examples seen with the
+    next example's scene: its image (`IMAGE_KEYS`) and, with `text`, its `scene_text` in place of the own
+    one. The trace, hence the target tokens, stays the example's own."""
+    def seen(ex: dict[str, Any], scene: Any) -> dict[str, Any]:
+        return pre(with_scene(ex, scene) if text else ex)
+
+    processed = [seen(ex, scene) for ex, scene in zip(examples, scenes, strict=True)]
+    n = len(processed)
+    swapped = [{**(seen(ex, scenes[(i + 1) % n]) if text else p), **{k: processed[(i + 1) % n][k] for k in IMAGE_KEYS}}
+               for i, (ex, p) in enumerate(zip(examples, processed, strict=True))]
+    return processed, swapped
 
 
 def token_cells(input_ids: np.ndarray, image_token_id: int, cells: Sequence[tuple[np.ndarray, np.ndarray]]
@@ -280,10 +303,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             return {**ex, "trace": f"<answer>{ex['answer']}</answer>"}
         return ex
 
-    def with_scene(ex: dict[str, Any], scene: Any) -> dict[str, Any]:
-        """`ex` with `scene` written before its question (--features=text), else `ex`."""
-        return {**ex, "problem": f"{scene_text(scene)} {ex['problem']}"} if args.features == "text" else ex
-
     def with_visual_tokens(fn: Any, table: Any, label: Any, depth: Any) -> Any:
         if not oracle:
             return fn()
@@ -348,16 +367,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             return _forward(s, inputs, *token_cells(ids, config.image_token_id, chunk))
 
     swapped_cells = test_cells[1:] + test_cells[:1]
-    image_keys = ("pixel_values", "image_grid_thw", "image_patches")
     probe_sets = {}  # name -> (examples, processed, labels, processed with the next example's image)
     for name, lookup in [("", False)] + ([("lookup", True)] if args.lookup_fraction else []):
         examples = [targets(ex, scene, lookup) for ex, scene in
                     zip(probe_examples(test, args.examples, captions=args.captions), test_scenes, strict=True)]
-        processed = [pre(with_scene(ex, scene)) for ex, scene in zip(examples, test_scenes, strict=True)]
-        # the next example's image (and with --features=text its scene's description); the same trace
-        swapped = [{**(pre(with_scene(ex, test_scenes[(i + 1) % len(examples)])) if args.features == "text" else p),
-                    **{k: processed[(i + 1) % len(processed)][k] for k in image_keys}}
-                   for i, (ex, p) in enumerate(zip(examples, processed, strict=True))]
+        processed, swapped = probe_inputs(examples, test_scenes, pre, text=args.features == "text")
         probe_sets[name] = (examples, processed, trace_labels(examples, processed, tokenizer, captions=args.captions),
                             swapped)
 
@@ -374,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         batch_scenes = [generate_scene(train.scene_seed(i), scenes) for i in idx]
         raw = [caption_example(scene, i) if args.captions else targets(train[i], scene, j < lookups)
                for j, (i, scene) in enumerate(zip(idx, batch_scenes, strict=True))]
-        batch_ex = [pre(with_scene(ex, scene)) for ex, scene in zip(raw, batch_scenes, strict=True)]
+        batch_ex = [pre(with_scene(ex, scene) if args.features == "text" else ex)
+                    for ex, scene in zip(raw, batch_scenes, strict=True)]
         batch = collate_sft(batch_ex, config, length_buckets=(128, 192, 256, 320, 384, 512, 640, 768),
                             patch_buckets=(256,))
         ids = np.asarray(batch.inputs.input_ids)

@@ -239,7 +239,34 @@ def test_scene_text_writes_every_object_with_the_numbers_its_trace_writes():
         last_area = re.findall(r"<area>(.*?)</area>", ex["trace"])[-1]
         for item in json.loads(last_area):
             coords = ",".join(str(v) for v in item["bbox_2d"])
-            assert sum(f"[{coords}] depth {item['depth']}" in e for e in entries) >= 1, (i, coords, text)
+            assert sum(f"[{coords}] depth {item['depth']}" in e for e in entries) == 1, (i, coords, text)
+
+
+@pytest.mark.parametrize("text", [True, False])
+def test_probe_inputs_swap_the_image_and_the_written_scene_and_keep_the_trace(text):
+    from sif_jax.data.pipeline import BuiltinSource, PreprocessConfig, Preprocessor
+    from sif_jax.data.prompts import get_prompt
+    from sif_jax.data.scenes import generate_scene
+    from sif_jax.data.tokenizer import BuiltinTokenizer
+    from sif_jax.model.family import get_preset
+
+    oracle = _script("oracle_vision")
+    tokenizer = BuiltinTokenizer()
+    pre = Preprocessor(tokenizer, get_preset("tiny"), PreprocessConfig.from_prompt(get_prompt("builtin")))
+    source = BuiltinSource(seed=0, size=3, split="test")
+    examples = [source[i] for i in range(3)]
+    scenes = [generate_scene(source.scene_seed(i), source.scene_config) for i in range(3)]
+    processed, swapped = oracle.probe_inputs(examples, scenes, pre, text=text)
+    for i in range(3):
+        nxt = (i + 1) % 3
+        own_prompt = tokenizer.decode(list(processed[i]["prompt_tokens"]), skip_special_tokens=False)
+        other_prompt = tokenizer.decode(list(swapped[i]["prompt_tokens"]), skip_special_tokens=False)
+        assert (oracle.scene_text(scenes[i]) in own_prompt) == text
+        assert (oracle.scene_text(scenes[nxt]) in other_prompt) == text
+        assert examples[i]["problem"] in own_prompt and examples[i]["problem"] in other_prompt
+        np.testing.assert_array_equal(swapped[i]["target_tokens"], processed[i]["target_tokens"])
+        np.testing.assert_array_equal(swapped[i]["pixel_values"], processed[nxt]["pixel_values"])
+        assert not np.array_equal(swapped[i]["pixel_values"], processed[i]["pixel_values"])
 
 
 def test_answer_targets_smoke_with_the_scene_in_text():
