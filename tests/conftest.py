@@ -17,8 +17,6 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), ".cache", "xla_tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-# A run writes ~150 MB there; past 1 GiB the least recently used entries are deleted.
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(1 << 30))
 # XLA's CPU backend at optimisation level 0, without LLVM's expensive passes: the tests' programs
 # are small and run a few times, so compiling is much of their cost: the whole suite takes ~16% less
 # CPU time (a third less for the training and GRPO tests, a quarter for the TPU plan of a GRPO run).
